@@ -1,0 +1,68 @@
+//! The Delivery store: shipments, inbox and outbox — every write is one atomic unit.
+
+use async_trait::async_trait;
+use orderflow_domain::{OrderId, Shipment, ShipmentId, ShipmentStatus, Timestamp};
+
+use crate::outbox::{OutboxMessage, OutboxStore};
+use crate::sales::{ChangeError, ChangeOutcome, InboxEntry};
+use crate::{Page, ReadError};
+
+/// A new shipment or a change of one, with everything it writes, atomically.
+#[derive(Debug, Clone)]
+pub struct ShipmentChange {
+    /// The shipment in its new state.
+    pub shipment: Shipment,
+    /// `None` to create it; otherwise the version the change was computed from.
+    pub expected_version: Option<u32>,
+    /// Messages to publish after commit.
+    pub messages: Vec<OutboxMessage>,
+    /// The message that caused the change, when a consumer made it.
+    pub inbox: Option<InboxEntry>,
+}
+
+/// Filters of the shipment list.
+#[derive(Debug, Clone, Default)]
+pub struct ShipmentQuery {
+    /// Only shipments in this status.
+    pub status: Option<ShipmentStatus>,
+    /// Only shipments whose status last changed before this instant (the autopilot's "due" filter).
+    pub updated_before: Option<Timestamp>,
+    /// Page size.
+    pub limit: usize,
+    /// Continue after this shipment (lists are newest first).
+    pub after: Option<ShipmentId>,
+}
+
+/// Persistence of the Delivery service.
+#[async_trait]
+pub trait DeliveryStore: OutboxStore {
+    /// Creates (`expected_version: None`) or changes a shipment with its messages and inbox entry.
+    ///
+    /// # Errors
+    /// - [`ChangeError::Conflict`] when creating a shipment for an order that already has one, or when
+    ///   the stored version is not `expected_version`;
+    /// - [`ChangeError::NotFound`] when changing a shipment that does not exist;
+    /// - [`ChangeError::Unexpected`] when the store fails.
+    ///
+    /// When the inbox already holds the message the result is `Ok(ChangeOutcome::AlreadyProcessed)`
+    /// and nothing is written.
+    async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError>;
+
+    /// One shipment.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails.
+    async fn shipment(&self, id: ShipmentId) -> Result<Option<Shipment>, ReadError>;
+
+    /// The shipment of an order.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails.
+    async fn shipment_for_order(&self, order_id: OrderId) -> Result<Option<Shipment>, ReadError>;
+
+    /// Shipments newest first, filtered.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails.
+    async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError>;
+}

@@ -1,0 +1,108 @@
+//! Messaging ports: publishing commands and audit records, and consuming commands with an explicit
+//! outcome the consumer maps to ack, retry or dead-letter.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orderflow_domain::{CloudEvent, RoutingKey, Timestamp};
+
+use crate::BoxError;
+
+/// Why a publish failed. Always worth retrying later: the outbox keeps the row.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The broker refused, timed out or is unreachable.
+    #[error("publish failed")]
+    Unexpected(#[source] BoxError),
+}
+
+/// Sends commands between the services (RabbitMQ in production).
+#[async_trait]
+pub trait CommandPublisher: Send + Sync {
+    /// Publishes `event` on `key`, returning once the broker has confirmed it (durably queued).
+    ///
+    /// # Errors
+    /// [`PublishError::Unexpected`] when the broker did not confirm; the caller must not assume delivery.
+    async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError>;
+}
+
+/// Appends events to the audit stream analysts read (Kafka in production).
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends `event`, keyed by its subject (the order id) so each order's history stays ordered;
+    /// returns once delivery is acknowledged.
+    ///
+    /// # Errors
+    /// [`PublishError::Unexpected`] when delivery was not acknowledged.
+    async fn append(&self, event: &CloudEvent) -> Result<(), PublishError>;
+}
+
+/// A command as a consumer receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The queue it came from.
+    pub queue: RoutingKey,
+    /// The broker's message id (the event id when sent by orderflow).
+    pub message_id: Option<String>,
+    /// The raw body; decoding it is the handler's job, so bad bodies become permanent failures.
+    pub body: Vec<u8>,
+    /// How many times it has been retried so far.
+    pub retries: u32,
+}
+
+/// What a handler made of a delivery; the consumer acks, retries or dead-letters accordingly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerOutcome {
+    /// The effect is committed (or was already): ack.
+    Done,
+    /// A passing fault (database down, timeout): retry at the next back-off level, dead-letter after the last.
+    Transient(String),
+    /// Retrying cannot help (bad JSON, unknown type, illegal transition): dead-letter at once.
+    Permanent(String),
+}
+
+/// Handles the commands of one queue.
+#[async_trait]
+pub trait MessageHandler: Send + Sync {
+    /// Processes one delivery. Must be idempotent: deliveries are at-least-once.
+    async fn handle(&self, delivery: &Delivery) -> HandlerOutcome;
+}
+
+/// Why a consumer stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumeError {
+    /// The broker failed in a way the consumer could not recover from.
+    #[error("consumer failed")]
+    Unexpected(#[source] BoxError),
+}
+
+/// Delivers the commands of a queue to a handler (RabbitMQ in production, an in-process bus in tests and
+/// `orderflow dev`), with retries at growing delays and a dead-letter queue.
+#[async_trait]
+pub trait CommandConsumer: Send + Sync {
+    /// Consumes `queue` until the consumer is shut down, acking only after the handler returned
+    /// [`HandlerOutcome::Done`].
+    ///
+    /// # Errors
+    /// [`ConsumeError::Unexpected`] when the broker cannot be used any more.
+    async fn consume(&self, queue: RoutingKey, handler: Arc<dyn MessageHandler>) -> Result<(), ConsumeError>;
+}
+
+/// A dead-lettered message, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message id.
+    pub message_id: Option<String>,
+    /// The queue it failed on.
+    pub original_queue: RoutingKey,
+    /// The last error.
+    pub error: String,
+    /// When it was dead-lettered.
+    pub failed_at: Timestamp,
+    /// Retries before it was given up.
+    pub retries: u32,
+    /// The body as received.
+    pub body: Vec<u8>,
+}
