@@ -259,7 +259,8 @@ impl Order {
         Ok((order, event))
     }
 
-    /// Records the payment worker's verdict.
+    /// Records the payment worker's verdict. A decline for an order the customer cancelled meanwhile
+    /// changes nothing: there is nothing to give back.
     ///
     /// # Errors
     /// [`TransitionError::NotAllowed`] when the order is not awaiting payment and the verdict is not the one
@@ -285,7 +286,9 @@ impl Order {
                 | OrderStatus::Delivered,
                 PaymentOutcome::Completed,
             )
-            | (OrderStatus::PaymentFailed, PaymentOutcome::Declined { .. }) => Ok(Step::Unchanged(self)),
+            | (OrderStatus::PaymentFailed | OrderStatus::Cancelled, PaymentOutcome::Declined { .. }) => {
+                Ok(Step::Unchanged(self))
+            }
             (status, _) => Err(TransitionError::NotAllowed { status: status.as_str(), action: "settle payment" }),
         }
     }

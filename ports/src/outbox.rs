@@ -156,3 +156,20 @@ impl OutboxRelay {
         Ok(count)
     }
 }
+
+impl OutboxMessage {
+    /// Wraps what a domain event sends into an outbox message with a fresh event id.
+    pub fn from_outgoing(
+        outgoing: orderflow_domain::Outgoing,
+        id: EventId,
+        source: orderflow_domain::Source,
+        at: orderflow_domain::Timestamp,
+        traceparent: Option<String>,
+    ) -> Self {
+        Self {
+            event: CloudEvent::wrap(id, source, outgoing.body, at, traceparent),
+            command: outgoing.command,
+            audit: outgoing.audit,
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! Real HTTP between [`JwksVerifier`] and a started [`DevIssuer`], plus hand-made malicious tokens.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use orderflow_ports::auth::{AuthError, TokenVerifier};
+use serde_json::{Value, json};
+
+use super::{DevClient, DevIssuer, JwksVerifier, RunningIssuer, VerifierSettings};
+
+const AUDIENCE: &str = "orderflow-api";
+
+async fn start_issuer() -> Result<RunningIssuer> {
+    Ok(DevIssuer::start("127.0.0.1:0".parse()?, AUDIENCE, DevClient::defaults()).await?)
+}
+
+fn verifier_for(issuer: &RunningIssuer, settings: VerifierSettings) -> Result<JwksVerifier> {
+    Ok(JwksVerifier::new(issuer.issuer_url(), AUDIENCE, settings)?)
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Claims the verifier accepts from `issuer`; tests override one at a time.
+fn good_claims(issuer: &RunningIssuer) -> Value {
+    json!({
+        "iss": issuer.issuer_url(),
+        "sub": "sales-client",
+        "client_id": "sales-client",
+        "aud": AUDIENCE,
+        "iat": now(),
+        "exp": now() + 300,
+        "scope": "orders:read",
+    })
+}
+
+fn with(mut claims: Value, name: &str, value: Value) -> Value {
+    if let Some(object) = claims.as_object_mut() {
+        object.insert(name.to_owned(), value);
+    }
+    claims
+}
+
+fn without(mut claims: Value, name: &str) -> Value {
+    if let Some(object) = claims.as_object_mut() {
+        object.remove(name);
+    }
+    claims
+}
+
+/// A JWT assembled by hand, with whatever header and signature an attacker likes.
+fn handmade_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+fn assert_invalid(result: Result<orderflow_ports::auth::Principal, AuthError>, what: &str) -> Result<String> {
+    match result {
+        Err(AuthError::InvalidToken(reason)) => Ok(reason),
+        other => bail!("{what}: expected InvalidToken, got {other:?}"),
+    }
+}
+
+async fn request_token(issuer: &RunningIssuer, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Result<(u16, Value)> {
+    let mut request = reqwest::Client::new().post(issuer.token_url()).form(form);
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+#[tokio::test]
+async fn a_token_from_the_token_endpoint_verifies_and_yields_its_scopes_and_client() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+
+    let (status, body) =
+        request_token(&issuer, &[("grant_type", "client_credentials")], Some(("sales-client", "dev-secret-sales"))).await?;
+    ensure!(status == 200, "status {status}: {body}");
+    ensure!(body["token_type"] == "Bearer" && body["expires_in"] == 3600, "{body}");
+    ensure!(body["scope"] == "orders:read orders:write", "{body}");
+    let token = body["access_token"].as_str().context("no access_token")?;
+    let principal = verifier.verify(token).await?;
+
+    assert_eq!(principal.client_id, "sales-client");
+    assert_eq!(principal.subject, "sales-client");
+    assert_eq!(principal.scopes, BTreeSet::from(["orders:read".to_owned(), "orders:write".to_owned()]));
+    assert_eq!(issuer.jwks_fetches(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_secret_post_with_a_subset_of_scopes_gets_exactly_that_subset() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "admin"),
+        ("client_secret", "dev-secret-admin"),
+        ("scope", "admin shipments:read"),
+    ];
+    let (status, body) = request_token(&issuer, &form, None).await?;
+    ensure!(status == 200, "status {status}: {body}");
+    let principal = verifier.verify(body["access_token"].as_str().context("no access_token")?).await?;
+
+    assert_eq!(principal.client_id, "admin");
+    assert_eq!(principal.scopes, BTreeSet::from(["admin".to_owned(), "shipments:read".to_owned()]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_or_garbage_token_is_refused_without_fetching_keys() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+
+    for token in ["", "garbage", "a.b.c", "eyJhbGciOiJFUzI1NiJ9..", "..."] {
+        assert_invalid(verifier.verify(token).await, token)?;
+    }
+    assert_eq!(issuer.jwks_fetches(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_alg_none_token_is_refused() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+    let header = json!({ "alg": "none", "typ": "JWT", "kid": issuer.current_kid() });
+
+    for alg in ["none", "None", "NONE"] {
+        let token = handmade_token(&with(header.clone(), "alg", json!(alg)), &good_claims(&issuer), b"");
+        assert_invalid(verifier.verify(&token).await, alg)?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_hs256_token_keyed_with_the_published_public_key_is_refused() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+    let jwks: Value = reqwest::get(issuer.jwks_url()).await?.json().await?;
+    let jwk = &jwks["keys"][0];
+    let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().context("no x")?)?;
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(issuer.current_kid());
+
+    // Whatever bytes of the public key a confused verifier might use as the HMAC secret.
+    for secret in [jwk.to_string().into_bytes(), x] {
+        let token = jsonwebtoken::encode(&header, &good_claims(&issuer), &EncodingKey::from_secret(&secret))?;
+        let reason = assert_invalid(verifier.verify(&token).await, "HS256")?;
+        assert!(reason.contains("not allowed"), "{reason}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_header_alg_that_does_not_match_the_key_is_refused() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+    let header = json!({ "alg": "RS256", "typ": "JWT", "kid": issuer.current_kid() });
+
+    let token = handmade_token(&header, &good_claims(&issuer), &[0; 256]);
+
+    let reason = assert_invalid(verifier.verify(&token).await, "RS256 on an EC key")?;
+    assert!(reason.contains("does not match"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_without_a_kid_is_refused() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+    let signed = issuer.sign(&good_claims(&issuer))?;
+    let (_, rest) = signed.split_once('.').context("not a JWT")?;
+
+    let token = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(json!({ "alg": "ES256", "typ": "JWT" }).to_string()));
+
+    let reason = assert_invalid(verifier.verify(&token).await, "no kid")?;
+    assert!(reason.contains("kid"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_from_another_issuer_is_refused() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let other = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+
+    let foreign = other.mint("sales-client", &["orders:read"], Duration::from_secs(300))?;
+    assert_invalid(verifier.verify(&foreign).await, "token minted by another issuer")?;
+
+    let wrong_iss = issuer.sign(&with(good_claims(&issuer), "iss", json!(other.issuer_url())))?;
+    let reason = assert_invalid(verifier.verify(&wrong_iss).await, "iss of another issuer")?;
+    assert!(reason.contains("issuer"), "{reason}");
+
+    let iss_array = issuer.sign(&with(good_claims(&issuer), "iss", json!([issuer.issuer_url(), other.issuer_url()])))?;
+    assert_invalid(verifier.verify(&iss_array).await, "iss array")?;
+
+    let no_iss = issuer.sign(&without(good_claims(&issuer), "iss"))?;
+    assert_invalid(verifier.verify(&no_iss).await, "no iss")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_is_refused_and_an_audience_list_naming_us_is_accepted() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+
+    for aud in [json!("someone-else"), json!(["someone-else", "another"]), json!([])] {
+        let token = issuer.sign(&with(good_claims(&issuer), "aud", aud.clone()))?;
+        let reason = assert_invalid(verifier.verify(&token).await, &aud.to_string())?;
+        assert!(reason.contains("audience"), "{reason}");
+    }
+    let no_aud = issuer.sign(&without(good_claims(&issuer), "aud"))?;
+    assert_invalid(verifier.verify(&no_aud).await, "no aud")?;
+
+    let listed = issuer.sign(&with(good_claims(&issuer), "aud", json!(["someone-else", AUDIENCE])))?;
+    verifier.verify(&listed).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_expired_beyond_the_leeway_is_refused_but_one_within_it_is_accepted() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+
+    let expired = issuer.sign(&with(good_claims(&issuer), "exp", json!(now() - 60)))?;
+    let reason = assert_invalid(verifier.verify(&expired).await, "expired")?;
+    assert!(reason.contains("expired"), "{reason}");
+
+    let within_leeway = issuer.sign(&with(good_claims(&issuer), "exp", json!(now() - 10)))?;
+    verifier.verify(&within_leeway).await?;
+
+    let no_exp = issuer.sign(&without(good_claims(&issuer), "exp"))?;
+    assert_invalid(verifier.verify(&no_exp).await, "no exp")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_whose_nbf_is_in_the_future_is_refused() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+
+    let premature = issuer.sign(&with(good_claims(&issuer), "nbf", json!(now() + 120)))?;
+
+    let reason = assert_invalid(verifier.verify(&premature).await, "nbf in the future")?;
+    assert!(reason.contains("not valid yet"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tampered_payload_is_refused() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+    let token = issuer.mint("analyst", &["orders:read"], Duration::from_secs(300))?;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.get(1).context("no payload")?)?)?;
+    claims["scope"] = json!("orders:read orders:write admin");
+
+    let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(claims.to_string()), parts[2]);
+
+    let reason = assert_invalid(verifier.verify(&forged).await, "tampered")?;
+    assert!(reason.contains("signature"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn scp_azp_and_a_missing_sub_are_read_like_other_servers_send_them() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+    let claims = without(without(without(good_claims(&issuer), "scope"), "sub"), "client_id");
+
+    let token = issuer.sign(&with(with(claims.clone(), "scp", json!(["orders:read", "shipments:read"])), "azp", json!("analyst")))?;
+    let principal = verifier.verify(&token).await?;
+    assert_eq!((principal.subject.as_str(), principal.client_id.as_str()), ("analyst", "analyst"));
+    assert_eq!(principal.scopes, BTreeSet::from(["orders:read".to_owned(), "shipments:read".to_owned()]));
+
+    let token = issuer.sign(&with(with(claims.clone(), "scp", json!("a b")), "sub", json!("user-1")))?;
+    let principal = verifier.verify(&token).await?;
+    assert_eq!((principal.subject.as_str(), principal.client_id.as_str()), ("user-1", "user-1"));
+    assert_eq!(principal.scopes, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+
+    let anonymous = issuer.sign(&claims)?;
+    assert_invalid(verifier.verify(&anonymous).await, "neither sub nor client")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unknown_kid_is_refused_without_refetching_the_jwks_within_the_refresh_interval() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let stranger = start_issuer().await?;
+    let verifier = Arc::new(verifier_for(&issuer, VerifierSettings::default())?);
+    verifier.verify(&issuer.mint("analyst", &[], Duration::from_secs(300))?).await?;
+    assert_eq!(issuer.jwks_fetches(), 1);
+
+    // Right issuer and audience, but signed by a key the issuer never published, each with a fresh kid.
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        stranger.rotate_key()?;
+        let token = stranger.sign(&good_claims(&issuer))?;
+        let verifier = Arc::clone(&verifier);
+        attempts.spawn(async move { verifier.verify(&token).await });
+    }
+    for result in attempts.join_all().await {
+        let reason = assert_invalid(result, "unknown kid")?;
+        assert!(reason.contains("unknown signing key"), "{reason}");
+    }
+
+    assert_eq!(issuer.jwks_fetches(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_unknown_kids_after_the_refresh_interval_cause_exactly_one_refetch() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let stranger = start_issuer().await?;
+    let settings = VerifierSettings { min_refresh_interval: Duration::from_secs(1), ..VerifierSettings::default() };
+    let verifier = Arc::new(verifier_for(&issuer, settings)?);
+    verifier.verify(&issuer.mint("analyst", &[], Duration::from_secs(300))?).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let token = stranger.sign(&good_claims(&issuer))?;
+        let verifier = Arc::clone(&verifier);
+        attempts.spawn(async move { verifier.verify(&token).await });
+    }
+    for result in attempts.join_all().await {
+        assert_invalid(result, "unknown kid")?;
+    }
+
+    assert_eq!(issuer.jwks_fetches(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_key_rotated_at_the_issuer_is_picked_up_without_restarting_the_verifier() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let settings = VerifierSettings { min_refresh_interval: Duration::from_millis(200), ..VerifierSettings::default() };
+    let verifier = verifier_for(&issuer, settings)?;
+    let before = issuer.mint("analyst", &["orders:read"], Duration::from_secs(300))?;
+    verifier.verify(&before).await?;
+
+    let new_kid = issuer.rotate_key()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = issuer.mint("analyst", &["orders:read"], Duration::from_secs(300))?;
+
+    assert_eq!(jsonwebtoken::decode_header(&after)?.kid, Some(new_kid));
+    assert_eq!(verifier.verify(&after).await?.client_id, "analyst");
+    assert_eq!(verifier.verify(&before).await?.client_id, "analyst");
+    assert_eq!(issuer.jwks_fetches(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_issuer_is_an_unexpected_error_not_an_invalid_token() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let token = issuer.mint("analyst", &[], Duration::from_secs(300))?;
+    let url = issuer.issuer_url().to_owned();
+    drop(issuer);
+    let verifier = JwksVerifier::new(url, AUDIENCE, VerifierSettings::default())?;
+
+    for _ in 0..2 {
+        let result = verifier.verify(&token).await;
+        assert!(matches!(result, Err(AuthError::Unexpected(_))), "{result:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_gets_401_invalid_client() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let grant = [("grant_type", "client_credentials")];
+
+    for (id, secret) in [("sales-client", "dev-secret-admin"), ("sales-client", ""), ("nobody", "dev-secret-sales")] {
+        let (status, body) = request_token(&issuer, &grant, Some((id, secret))).await?;
+        assert_eq!((status, &body["error"]), (401, &json!("invalid_client")), "{id}:{secret}");
+    }
+    let (status, body) = request_token(&issuer, &grant, None).await?;
+    assert_eq!((status, &body["error"]), (401, &json!("invalid_client")), "no credentials");
+    let post = [("grant_type", "client_credentials"), ("client_id", "analyst"), ("client_secret", "nope")];
+    let (status, body) = request_token(&issuer, &post, None).await?;
+    assert_eq!((status, &body["error"]), (401, &json!("invalid_client")), "client_secret_post");
+    Ok(())
+}
+
+#[tokio::test]
+async fn asking_for_a_scope_the_client_lacks_gets_invalid_scope() -> Result<()> {
+    let issuer = start_issuer().await?;
+
+    let form = [("grant_type", "client_credentials"), ("scope", "orders:read admin")];
+    let (status, body) = request_token(&issuer, &form, Some(("analyst", "dev-secret-analyst"))).await?;
+
+    assert_eq!((status, &body["error"]), (400, &json!("invalid_scope")), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_grant_type_gets_unsupported_grant_type() -> Result<()> {
+    let issuer = start_issuer().await?;
+
+    let form = [("grant_type", "password"), ("username", "u"), ("password", "p")];
+    let (status, body) = request_token(&issuer, &form, Some(("analyst", "dev-secret-analyst"))).await?;
+
+    assert_eq!((status, &body["error"]), (400, &json!("unsupported_grant_type")), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_discovery_document_points_at_the_token_and_jwks_endpoints() -> Result<()> {
+    let issuer = start_issuer().await?;
+
+    let url = format!("{}/.well-known/openid-configuration", issuer.issuer_url());
+    let doc: Value = reqwest::get(url).await?.json().await?;
+
+    assert_eq!(doc["issuer"], json!(issuer.issuer_url()));
+    assert_eq!(doc["token_endpoint"], json!(issuer.token_url()));
+    assert_eq!(doc["jwks_uri"], json!(issuer.jwks_url()));
+    assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(doc["token_endpoint_auth_methods_supported"], json!(["client_secret_basic", "client_secret_post"]));
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! The inbound HTTP adapter pieces both APIs share: RFC 9457 problems, strict JSON bodies that name the
+//! field at fault, bearer authentication with scopes and rate limiting, correlation ids, metrics, cursors.
+
+mod auth;
+mod cursor;
+mod json;
+mod observe;
+mod problem;
+
+pub use auth::{AuthContext, BearerAuth, RateLimitPolicy};
+pub use cursor::{decode_cursor, encode_cursor, page_limit};
+pub use json::StrictJson;
+pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, into_problem};
+pub use problem::Problem;

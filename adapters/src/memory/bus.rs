@@ -1,0 +1,230 @@
+//! The in-process command bus and audit log: the broker semantics orderflow relies on — at-least-once
+//! delivery, ack only on success, retries at growing delays, a dead-letter list — without a broker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orderflow_domain::{CloudEvent, RoutingKey};
+use orderflow_ports::messaging::{
+    AuditLog, CommandConsumer, CommandPublisher, ConsumeError, DeadLetter, Delivery, HandlerOutcome, MessageHandler,
+    PublishError,
+};
+use orderflow_ports::system::Clock;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{inconsistent, lock};
+
+/// Delays and concurrency of the bus.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// The delay before each retry level; after the last, a transient failure is dead-lettered.
+    pub retry_delays: Vec<Duration>,
+    /// How many deliveries of one queue are handled at once.
+    pub prefetch: usize,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            retry_delays: vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(25)],
+            prefetch: 16,
+        }
+    }
+}
+
+struct Queue {
+    sender: mpsc::UnboundedSender<Delivery>,
+    receiver: Option<mpsc::UnboundedReceiver<Delivery>>,
+}
+
+/// One bus shared by both services of `orderflow dev`: each queue has one consumer.
+pub struct InMemoryBus {
+    settings: BusSettings,
+    clock: Arc<dyn Clock>,
+    queues: Mutex<HashMap<RoutingKey, Queue>>,
+    dead_letters: Arc<Mutex<Vec<DeadLetter>>>,
+}
+
+impl InMemoryBus {
+    /// A bus with no queues yet; they are created on first use, and keep messages until consumed.
+    pub fn new(settings: BusSettings, clock: Arc<dyn Clock>) -> Self {
+        Self { settings, clock, queues: Mutex::new(HashMap::new()), dead_letters: Arc::default() }
+    }
+
+    /// The dead-lettered messages, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        lock(&self.dead_letters).clone()
+    }
+
+    /// Puts raw bytes on a queue, as a misbehaving producer could.
+    pub fn send_raw(&self, queue: RoutingKey, message_id: Option<String>, body: Vec<u8>) {
+        let _ = self.sender(queue).send(Delivery { queue, message_id, body, retries: 0 });
+    }
+
+    fn sender(&self, queue: RoutingKey) -> mpsc::UnboundedSender<Delivery> {
+        let mut queues = lock(&self.queues);
+        queues
+            .entry(queue)
+            .or_insert_with(|| {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                Queue { sender, receiver: Some(receiver) }
+            })
+            .sender
+            .clone()
+    }
+}
+
+#[async_trait]
+impl CommandPublisher for InMemoryBus {
+    async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(event).map_err(|e| PublishError::Unexpected(Box::new(e)))?;
+        self.sender(key)
+            .send(Delivery { queue: key, message_id: Some(event.id.to_string()), body, retries: 0 })
+            .map_err(|_| PublishError::Unexpected(inconsistent("queue closed")))
+    }
+}
+
+#[async_trait]
+impl CommandConsumer for InMemoryBus {
+    async fn consume(&self, queue: RoutingKey, handler: Arc<dyn MessageHandler>) -> Result<(), ConsumeError> {
+        let sender = self.sender(queue);
+        let mut receiver = lock(&self.queues)
+            .get_mut(&queue)
+            .and_then(|q| q.receiver.take())
+            .ok_or_else(|| ConsumeError::Unexpected(inconsistent(format!("{} already has a consumer", queue.as_str()))))?;
+        let permits = Arc::new(Semaphore::new(self.settings.prefetch.max(1)));
+        while let Some(delivery) = receiver.recv().await {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+            let handler = Arc::clone(&handler);
+            let sender = sender.clone();
+            let dead_letters = Arc::clone(&self.dead_letters);
+            let delays = self.settings.retry_delays.clone();
+            let clock = Arc::clone(&self.clock);
+            tokio::spawn(async move {
+                let outcome = handler.handle(&delivery).await;
+                drop(permit);
+                let error = match outcome {
+                    HandlerOutcome::Done => return,
+                    HandlerOutcome::Transient(error) => {
+                        if let Some(delay) = usize::try_from(delivery.retries).ok().and_then(|i| delays.get(i)) {
+                            tracing::warn!(queue = queue.as_str(), retries = delivery.retries, %error, "retrying");
+                            tokio::time::sleep(*delay).await;
+                            let _ = sender.send(Delivery { retries: delivery.retries + 1, ..delivery });
+                            return;
+                        }
+                        error
+                    }
+                    HandlerOutcome::Permanent(error) => error,
+                };
+                tracing::error!(queue = queue.as_str(), retries = delivery.retries, %error, "dead-lettered");
+                lock(&dead_letters).push(DeadLetter {
+                    message_id: delivery.message_id,
+                    original_queue: queue,
+                    error,
+                    failed_at: clock.now(),
+                    retries: delivery.retries,
+                    body: delivery.body,
+                });
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The audit stream in memory: every appended event, in order.
+#[derive(Default)]
+pub struct InMemoryAuditLog {
+    events: Mutex<Vec<CloudEvent>>,
+}
+
+impl InMemoryAuditLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything appended so far.
+    pub fn events(&self) -> Vec<CloudEvent> {
+        lock(&self.events).clone()
+    }
+}
+
+#[async_trait]
+impl AuditLog for InMemoryAuditLog {
+    async fn append(&self, event: &CloudEvent) -> Result<(), PublishError> {
+        lock(&self.events).push(event.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::system::SystemClock;
+
+    struct FailTimes {
+        calls: AtomicU32,
+        transient_until: u32,
+        permanent: bool,
+    }
+
+    #[async_trait]
+    impl MessageHandler for FailTimes {
+        async fn handle(&self, _: &Delivery) -> HandlerOutcome {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.permanent {
+                HandlerOutcome::Permanent("bad".into())
+            } else if n < self.transient_until {
+                HandlerOutcome::Transient("down".into())
+            } else {
+                HandlerOutcome::Done
+            }
+        }
+    }
+
+    fn bus() -> Arc<InMemoryBus> {
+        let settings = BusSettings { retry_delays: vec![Duration::from_millis(1); 3], prefetch: 4 };
+        Arc::new(InMemoryBus::new(settings, Arc::new(SystemClock)))
+    }
+
+    async fn run(bus: &Arc<InMemoryBus>, handler: Arc<FailTimes>) {
+        let consumer = Arc::clone(bus);
+        tokio::spawn(async move { consumer.consume(RoutingKey::OrdersCreated, handler).await });
+        bus.send_raw(RoutingKey::OrdersCreated, Some("m-1".into()), b"{}".to_vec());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_retried_until_it_succeeds() {
+        let bus = bus();
+        let handler = Arc::new(FailTimes { calls: AtomicU32::new(0), transient_until: 2, permanent: false });
+        run(&bus, Arc::clone(&handler)).await;
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+        assert!(bus.dead_letters().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_failing_after_the_last_retry_is_dead_lettered() {
+        let bus = bus();
+        let handler = Arc::new(FailTimes { calls: AtomicU32::new(0), transient_until: u32::MAX, permanent: false });
+        run(&bus, Arc::clone(&handler)).await;
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 4);
+        let dead = bus.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].retries, 3);
+        assert_eq!(dead[0].message_id.as_deref(), Some("m-1"));
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_dead_lettered_without_retries() {
+        let bus = bus();
+        let handler = Arc::new(FailTimes { calls: AtomicU32::new(0), transient_until: 0, permanent: true });
+        run(&bus, Arc::clone(&handler)).await;
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(bus.dead_letters()[0].retries, 0);
+    }
+}

@@ -1,0 +1,96 @@
+//! The in-memory Delivery store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use orderflow_domain::{OrderId, Shipment, ShipmentId};
+use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::sales::{ChangeError, ChangeOutcome};
+use orderflow_ports::{Page, ReadError};
+use tokio::sync::Notify;
+
+use super::lock;
+use super::outbox::{OutboxRows, outbox_store};
+use super::sales::page;
+
+#[derive(Default)]
+struct State {
+    shipments: BTreeMap<ShipmentId, Shipment>,
+    by_order: HashMap<OrderId, ShipmentId>,
+    inbox: HashSet<(String, String)>,
+    outbox: OutboxRows,
+}
+
+/// Delivery persistence in memory.
+#[derive(Default)]
+pub struct InMemoryDeliveryStore {
+    state: Mutex<State>,
+    written: Notify,
+}
+
+impl InMemoryDeliveryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+outbox_store!(InMemoryDeliveryStore);
+
+#[async_trait]
+impl DeliveryStore for InMemoryDeliveryStore {
+    async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
+        let mut state = lock(&self.state);
+        let inbox = change.inbox.map(|e| (e.message_id, e.consumer));
+        if inbox.as_ref().is_some_and(|entry| state.inbox.contains(entry)) {
+            return Ok(ChangeOutcome::AlreadyProcessed);
+        }
+        let shipment = change.shipment;
+        match change.expected_version {
+            None if state.by_order.contains_key(&shipment.order.order_id) => {
+                return Err(ChangeError::Conflict { expected: 0 });
+            }
+            None => {}
+            Some(expected) => match state.shipments.get(&shipment.id) {
+                None => return Err(ChangeError::NotFound),
+                Some(stored) if stored.version != expected => return Err(ChangeError::Conflict { expected }),
+                Some(_) => {}
+            },
+        }
+        if let Some(entry) = inbox {
+            state.inbox.insert(entry);
+        }
+        state.by_order.insert(shipment.order.order_id, shipment.id);
+        state.shipments.insert(shipment.id, shipment);
+        state.outbox.push(change.messages);
+        drop(state);
+        self.written.notify_one();
+        Ok(ChangeOutcome::Applied)
+    }
+
+    async fn shipment(&self, id: ShipmentId) -> Result<Option<Shipment>, ReadError> {
+        Ok(lock(&self.state).shipments.get(&id).cloned())
+    }
+
+    async fn shipment_for_order(&self, order_id: OrderId) -> Result<Option<Shipment>, ReadError> {
+        let state = lock(&self.state);
+        Ok(state.by_order.get(&order_id).and_then(|id| state.shipments.get(id)).cloned())
+    }
+
+    async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError> {
+        let state = lock(&self.state);
+        let upper = query.after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut items: Vec<Shipment> = state
+            .shipments
+            .range((std::ops::Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, s)| s)
+            .filter(|s| query.status.is_none_or(|status| s.status == status))
+            .filter(|s| query.updated_before.is_none_or(|before| s.updated_at < before))
+            .take(query.limit + 1)
+            .cloned()
+            .collect();
+        Ok(page(&mut items, query.limit, |s| s.id))
+    }
+}

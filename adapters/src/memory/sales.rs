@@ -1,0 +1,214 @@
+//! The in-memory Sales store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use orderflow_domain::{CloudEvent, Money, Order, OrderId, ProductName, Sku, StockEffect, Timestamp};
+use orderflow_ports::outbox::OutboxMessage;
+use orderflow_ports::sales::{
+    ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product,
+    PutProductError, SalesStore,
+};
+use orderflow_ports::{Page, ReadError};
+use tokio::sync::Notify;
+
+use super::outbox::{OutboxRows, outbox_store};
+use super::{inconsistent, lock};
+
+struct KeyRecord {
+    request_hash: String,
+    order: Order,
+    recorded_at: Timestamp,
+}
+
+#[derive(Default)]
+struct State {
+    orders: BTreeMap<OrderId, Order>,
+    products: BTreeMap<Sku, Product>,
+    keys: HashMap<(String, String), KeyRecord>,
+    inbox: HashSet<(String, String)>,
+    timelines: HashMap<OrderId, Vec<CloudEvent>>,
+    outbox: OutboxRows,
+}
+
+impl State {
+    fn record(&mut self, order_id: OrderId, messages: Vec<OutboxMessage>) {
+        let timeline = self.timelines.entry(order_id).or_default();
+        timeline.extend(messages.iter().filter(|m| m.audit).map(|m| m.event.clone()));
+        self.outbox.push(messages);
+    }
+}
+
+/// Sales persistence in memory.
+#[derive(Default)]
+pub struct InMemorySalesStore {
+    state: Mutex<State>,
+    written: Notify,
+}
+
+impl InMemorySalesStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Outbox rows not yet fully published (for tests and metrics).
+    pub fn outbox_backlog(&self) -> usize {
+        lock(&self.state).outbox.len()
+    }
+}
+
+outbox_store!(InMemorySalesStore);
+
+#[async_trait]
+impl SalesStore for InMemorySalesStore {
+    async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
+        let mut state = lock(&self.state);
+        if let Some(key) = &placement.idempotency {
+            let id = (key.client.clone(), key.key.clone());
+            match state.keys.get(&id) {
+                Some(record) if record.recorded_at >= key.not_before => {
+                    return if record.request_hash == key.request_hash {
+                        Ok(PlaceOutcome::Replayed(record.order.clone()))
+                    } else {
+                        Err(PlaceError::KeyReused)
+                    };
+                }
+                _ => {}
+            }
+        }
+        let order = placement.order;
+        let mut unknown = Vec::new();
+        let mut short = Vec::new();
+        for line in &order.lines {
+            match state.products.get(&line.sku) {
+                None => unknown.push(line.sku.clone()),
+                Some(p) if p.stock - p.reserved < line.quantity.get() => short.push(line.sku.clone()),
+                Some(_) => {}
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(PlaceError::UnknownSkus(unknown));
+        }
+        if !short.is_empty() {
+            return Err(PlaceError::InsufficientStock(short));
+        }
+        for line in &order.lines {
+            if let Some(p) = state.products.get_mut(&line.sku) {
+                p.reserved += line.quantity.get();
+            }
+        }
+        if let Some(key) = placement.idempotency {
+            let record = KeyRecord { request_hash: key.request_hash, order: order.clone(), recorded_at: order.created_at };
+            state.keys.insert((key.client, key.key), record);
+        }
+        state.orders.insert(order.id, order.clone());
+        state.record(order.id, placement.messages);
+        drop(state);
+        self.written.notify_one();
+        Ok(PlaceOutcome::Created(order))
+    }
+
+    async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError> {
+        let mut state = lock(&self.state);
+        let inbox = change.inbox.map(|e| (e.message_id, e.consumer));
+        if inbox.as_ref().is_some_and(|entry| state.inbox.contains(entry)) {
+            return Ok(ChangeOutcome::AlreadyProcessed);
+        }
+        let order = change.order;
+        let stored = state.orders.get(&order.id).ok_or(ChangeError::NotFound)?;
+        if stored.version != change.expected_version {
+            return Err(ChangeError::Conflict { expected: change.expected_version });
+        }
+        let mut products = state.products.clone();
+        for line in &order.lines {
+            let q = line.quantity.get();
+            let p = products
+                .get_mut(&line.sku)
+                .ok_or_else(|| ChangeError::Unexpected(inconsistent(format!("product {} vanished", line.sku))))?;
+            let (stock, reserved) = match change.stock {
+                StockEffect::None => (Some(p.stock), Some(p.reserved)),
+                StockEffect::Reserve => (Some(p.stock), p.reserved.checked_add(q).filter(|r| *r <= p.stock)),
+                StockEffect::Release => (Some(p.stock), p.reserved.checked_sub(q)),
+                StockEffect::Commit => (p.stock.checked_sub(q), p.reserved.checked_sub(q)),
+            };
+            match (stock, reserved) {
+                (Some(stock), Some(reserved)) => (p.stock, p.reserved) = (stock, reserved),
+                _ => return Err(ChangeError::Unexpected(inconsistent(format!("stock of {} out of balance", line.sku)))),
+            }
+        }
+        state.products = products;
+        if let Some(entry) = inbox {
+            state.inbox.insert(entry);
+        }
+        state.orders.insert(order.id, order.clone());
+        state.record(order.id, change.messages);
+        drop(state);
+        self.written.notify_one();
+        Ok(ChangeOutcome::Applied)
+    }
+
+    async fn order(&self, id: OrderId) -> Result<Option<Order>, ReadError> {
+        Ok(lock(&self.state).orders.get(&id).cloned())
+    }
+
+    async fn orders(&self, query: OrderQuery) -> Result<Page<Order, OrderId>, ReadError> {
+        let state = lock(&self.state);
+        let upper = query.after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut items: Vec<Order> = state
+            .orders
+            .range((std::ops::Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, o)| o)
+            .filter(|o| query.customer_id.as_deref().is_none_or(|c| o.customer_id.as_str() == c))
+            .filter(|o| query.status.is_none_or(|s| o.status == s))
+            .take(query.limit + 1)
+            .cloned()
+            .collect();
+        Ok(page(&mut items, query.limit, |o| o.id))
+    }
+
+    async fn timeline(&self, id: OrderId) -> Result<Option<Vec<CloudEvent>>, ReadError> {
+        let state = lock(&self.state);
+        Ok(state.orders.contains_key(&id).then(|| state.timelines.get(&id).cloned().unwrap_or_default()))
+    }
+
+    async fn products_by_sku(&self, skus: &[Sku]) -> Result<Vec<Product>, ReadError> {
+        let state = lock(&self.state);
+        Ok(skus.iter().filter_map(|s| state.products.get(s).cloned()).collect())
+    }
+
+    async fn products(&self, limit: usize, after: Option<Sku>) -> Result<Page<Product, Sku>, ReadError> {
+        let state = lock(&self.state);
+        let lower = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut items: Vec<Product> =
+            state.products.range((lower, std::ops::Bound::Unbounded)).take(limit + 1).map(|(_, p)| p.clone()).collect();
+        Ok(page(&mut items, limit, |p| p.sku.clone()))
+    }
+
+    async fn put_product(
+        &self,
+        sku: Sku,
+        name: ProductName,
+        price: Money,
+        stock: u32,
+    ) -> Result<Product, PutProductError> {
+        let mut state = lock(&self.state);
+        let reserved = state.products.get(&sku).map_or(0, |p| p.reserved);
+        if stock < reserved {
+            return Err(PutProductError::StockBelowReserved { stock, reserved });
+        }
+        let product = Product { sku: sku.clone(), name, price, stock, reserved };
+        state.products.insert(sku, product.clone());
+        Ok(product)
+    }
+}
+
+/// Cuts a list fetched with one extra item into a page, keyed by the last item kept.
+pub(super) fn page<T, K>(items: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> K) -> Page<T, K> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(key) } else { None };
+    Page { items: std::mem::take(items), next }
+}

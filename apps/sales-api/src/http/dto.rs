@@ -1,0 +1,270 @@
+//! The JSON shapes of the Sales API (DESIGN.md "Request and response shapes"), with their conversions.
+
+use chrono::{DateTime, Utc};
+use orderflow_adapters::http::Problem;
+use orderflow_domain::{
+    Address, Currency, CustomerId, InvalidValue, Money, Order, OrderRequest, OrderStatus, Quantity, RawAddress, Sku,
+};
+use orderflow_ports::sales::Product;
+use poem_openapi::{Enum, Object};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Money in minor units of a currency.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyDto {
+    /// Amount in minor units (cents).
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+impl From<Money> for MoneyDto {
+    fn from(m: Money) -> Self {
+        Self { amount_minor: m.amount_minor, currency: m.currency.to_string() }
+    }
+}
+
+impl MoneyDto {
+    /// Validates into [`Money`].
+    pub fn parse(&self) -> Result<Money, InvalidValue> {
+        Money::new(self.amount_minor, Currency::parse(&self.currency)?)
+    }
+}
+
+/// A shipping address.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressDto {
+    /// Recipient.
+    pub name: String,
+    /// Street and number.
+    pub line1: String,
+    /// Optional second line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line2: Option<String>,
+    /// City.
+    pub city: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2 country code.
+    pub country: String,
+}
+
+impl From<Address> for AddressDto {
+    fn from(a: Address) -> Self {
+        Self {
+            name: a.name,
+            line1: a.line1,
+            line2: a.line2,
+            city: a.city,
+            postal_code: a.postal_code,
+            country: a.country.as_str().to_owned(),
+        }
+    }
+}
+
+/// One requested line.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineRequest {
+    /// The product.
+    pub sku: String,
+    /// How many (1–10,000).
+    pub quantity: i64,
+}
+
+/// `POST /orders` body. Prices come from the catalogue, never from the client; unknown fields are refused.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderRequest {
+    /// Who orders.
+    pub customer_id: String,
+    /// 1–100 lines, each SKU once.
+    pub lines: Vec<LineRequest>,
+    /// Where to ship.
+    pub shipping_address: AddressDto,
+}
+
+impl PlaceOrderRequest {
+    /// Validates the request, naming the field at fault.
+    pub fn parse(&self) -> Result<OrderRequest, Problem> {
+        let invalid = |e: InvalidValue| Problem::invalid(e.field, e.reason);
+        let customer_id = CustomerId::parse(&self.customer_id).map_err(invalid)?;
+        if self.lines.len() > OrderRequest::MAX_LINES {
+            return Err(Problem::invalid("lines", format!("must contain at most {} lines", OrderRequest::MAX_LINES)));
+        }
+        let lines = self
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let at = format!("lines[{i}]");
+                Ok((Sku::parse(&l.sku).map_err(|e| e.within(&at))?, Quantity::new(l.quantity).map_err(|e| e.within(&at))?))
+            })
+            .collect::<Result<Vec<_>, InvalidValue>>()
+            .map_err(invalid)?;
+        let a = &self.shipping_address;
+        let address = Address::parse(RawAddress {
+            name: &a.name,
+            line1: &a.line1,
+            line2: a.line2.as_deref(),
+            city: &a.city,
+            postal_code: &a.postal_code,
+            country: &a.country,
+        })
+        .map_err(|e| invalid(e.within("shipping_address")))?;
+        OrderRequest::new(customer_id, lines, address).map_err(invalid)
+    }
+}
+
+/// Where an order is in its lifecycle.
+#[derive(Debug, Clone, Copy, Enum, Serialize)]
+#[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum OrderStatusDto {
+    PendingPayment,
+    PendingShipment,
+    PaymentFailed,
+    CancellationRequested,
+    Cancelled,
+    Shipped,
+    Delivered,
+}
+
+impl From<OrderStatus> for OrderStatusDto {
+    fn from(s: OrderStatus) -> Self {
+        match s {
+            OrderStatus::PendingPayment => Self::PendingPayment,
+            OrderStatus::PendingShipment => Self::PendingShipment,
+            OrderStatus::PaymentFailed => Self::PaymentFailed,
+            OrderStatus::CancellationRequested => Self::CancellationRequested,
+            OrderStatus::Cancelled => Self::Cancelled,
+            OrderStatus::Shipped => Self::Shipped,
+            OrderStatus::Delivered => Self::Delivered,
+        }
+    }
+}
+
+/// A priced order line.
+#[derive(Debug, Clone, Object, Serialize)]
+pub struct OrderLineDto {
+    /// The product.
+    pub sku: String,
+    /// How many.
+    pub quantity: u32,
+    /// Catalogue price of one unit when the order was placed.
+    pub unit_price: MoneyDto,
+}
+
+/// An order.
+#[derive(Debug, Clone, Object, Serialize)]
+pub struct OrderDto {
+    /// Order id (UUIDv7).
+    pub id: Uuid,
+    /// Who placed it.
+    pub customer_id: String,
+    /// Lifecycle status.
+    pub status: OrderStatusDto,
+    /// What was ordered.
+    pub lines: Vec<OrderLineDto>,
+    /// Sum of the lines.
+    pub total: MoneyDto,
+    /// Where it goes.
+    pub shipping_address: AddressDto,
+    /// When it was placed.
+    pub created_at: DateTime<Utc>,
+    /// When its status last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Order> for OrderDto {
+    fn from(o: Order) -> Self {
+        Self {
+            id: o.id.as_uuid(),
+            customer_id: o.customer_id.to_string(),
+            status: o.status.into(),
+            lines: o
+                .lines
+                .into_iter()
+                .map(|l| OrderLineDto { sku: l.sku.to_string(), quantity: l.quantity.get(), unit_price: l.unit_price.into() })
+                .collect(),
+            total: o.total.into(),
+            shipping_address: o.shipping_address.into(),
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+        }
+    }
+}
+
+/// A page of orders.
+#[derive(Debug, Clone, Object)]
+pub struct OrderList {
+    /// The orders, newest first.
+    pub items: Vec<OrderDto>,
+    /// Pass as `cursor` to get the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// One entry of an order's timeline.
+#[derive(Debug, Clone, Object)]
+pub struct TimelineEntry {
+    /// The event type, e.g. `orderflow.order.paid.v1`.
+    #[oai(rename = "type")]
+    pub event_type: String,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Its payload.
+    pub data: serde_json::Value,
+}
+
+/// An order's lifecycle, oldest first.
+#[derive(Debug, Clone, Object)]
+pub struct Timeline {
+    /// The events.
+    pub items: Vec<TimelineEntry>,
+}
+
+/// `PUT /products/{sku}` body.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutProductRequest {
+    /// Display name.
+    pub name: String,
+    /// Unit price.
+    pub price: MoneyDto,
+    /// Units on hand.
+    pub stock: i64,
+}
+
+/// A product with its stock.
+#[derive(Debug, Clone, Object)]
+pub struct ProductDto {
+    /// The SKU.
+    pub sku: String,
+    /// Display name.
+    pub name: String,
+    /// Unit price.
+    pub price: MoneyDto,
+    /// Units on hand.
+    pub stock: u32,
+    /// Units held by open orders.
+    pub reserved: u32,
+}
+
+impl From<Product> for ProductDto {
+    fn from(p: Product) -> Self {
+        Self { sku: p.sku.to_string(), name: p.name.to_string(), price: p.price.into(), stock: p.stock, reserved: p.reserved }
+    }
+}
+
+/// A page of products.
+#[derive(Debug, Clone, Object)]
+pub struct ProductList {
+    /// The products in SKU order.
+    pub items: Vec<ProductDto>,
+    /// Pass as `cursor` to get the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}

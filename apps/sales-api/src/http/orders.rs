@@ -1,0 +1,194 @@
+//! `/orders`: place, read, list, follow and cancel orders.
+
+use orderflow_adapters::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit};
+use orderflow_domain::{OrderId, OrderStatus};
+use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome};
+use poem::http::StatusCode;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::dto::{OrderDto, OrderList, PlaceOrderRequest, Timeline, TimelineEntry};
+use super::{ApiTags, read_failed, transition_failed};
+use crate::service::{PlaceOrderError, SalesService};
+
+/// The orders endpoints.
+pub struct OrdersApi {
+    pub(crate) service: SalesService,
+}
+
+#[derive(ApiResponse)]
+enum PlaceResponse {
+    /// The order was placed (or, for a repeated idempotency key, this is the first response again).
+    #[oai(status = 201)]
+    Created(
+        Json<OrderDto>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Idempotent-Replayed")] Option<String>,
+    ),
+}
+
+#[derive(ApiResponse)]
+enum OrderResponse {
+    /// The order.
+    #[oai(status = 200)]
+    Ok(Json<OrderDto>),
+}
+
+fn key_problem(detail: &str) -> Problem {
+    Problem::invalid("Idempotency-Key", detail)
+}
+
+#[OpenApi(tag = "ApiTags::Orders")]
+impl OrdersApi {
+    /// Place an order: reserves stock and requests payment. Send an `Idempotency-Key` to retry safely.
+    #[oai(path = "/orders", method = "post", operation_id = "place_order")]
+    async fn place(
+        &self,
+        auth: BearerAuth,
+        /// Any unique string (e.g. a UUID), at most 255 characters; remembered for 24 hours.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        #[oai(name = "traceparent")] traceparent: Header<Option<String>>,
+        body: StrictJson<PlaceOrderRequest>,
+    ) -> poem::Result<PlaceResponse> {
+        let principal = auth.require("orders:write")?;
+        let request = body.0.parse()?;
+        let idempotency = match idempotency_key.0 {
+            None => None,
+            Some(key) if key.is_empty() || key.len() > 255 => return Err(key_problem("must be 1-255 characters").into()),
+            Some(key) if !key.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(key_problem("must be printable ASCII").into());
+            }
+            Some(key) => {
+                let canonical = serde_json::to_vec(&body.0).unwrap_or_default();
+                let hash = format!("{:x}", Sha256::digest(&canonical));
+                Some((principal.client_id.clone(), key, hash))
+            }
+        };
+        let outcome = self.service.place_order(request, idempotency, traceparent.0).await.map_err(place_failed)?;
+        let (order, replayed) = match outcome {
+            PlaceOutcome::Created(order) => (order, None),
+            PlaceOutcome::Replayed(order) => (order, Some("true".to_owned())),
+        };
+        let location = format!("/orders/{}", order.id);
+        Ok(PlaceResponse::Created(Json(order.into()), location, replayed))
+    }
+
+    /// One order (cached; never older than its last committed change).
+    #[oai(path = "/orders/:id", method = "get", operation_id = "get_order")]
+    async fn get(&self, auth: BearerAuth, id: Path<Uuid>) -> poem::Result<OrderResponse> {
+        auth.require("orders:read")?;
+        let order = self.service.order(OrderId::from_uuid(id.0)).await.map_err(|e| read_failed(&e))?;
+        order.map(|o| OrderResponse::Ok(Json(o.into()))).ok_or_else(|| Problem::not_found("the order").into())
+    }
+
+    /// Orders, newest first, optionally filtered by customer and status.
+    #[oai(path = "/orders", method = "get", operation_id = "list_orders")]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        customer_id: Query<Option<String>>,
+        /// One of the order statuses.
+        status: Query<Option<String>>,
+        /// Page size, 1-100 (default 20).
+        limit: Query<Option<i64>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> poem::Result<Json<OrderList>> {
+        auth.require("orders:read")?;
+        let status = status
+            .0
+            .map(|s| OrderStatus::parse(&s))
+            .transpose()
+            .map_err(|e| Problem::invalid(e.field, e.reason))?;
+        let after = cursor
+            .0
+            .map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(OrderId::from_uuid)))
+            .transpose()?;
+        let query = OrderQuery { customer_id: customer_id.0, status, limit: page_limit(limit.0)?, after };
+        let page = self.service.store.orders(query).await.map_err(|e| read_failed(&e))?;
+        Ok(Json(OrderList {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_cursor: page.next.map(|id| encode_cursor(&id.to_string())),
+        }))
+    }
+
+    /// The order's lifecycle events, oldest first.
+    #[oai(path = "/orders/:id/events", method = "get", operation_id = "get_order_events")]
+    async fn events(&self, auth: BearerAuth, id: Path<Uuid>) -> poem::Result<Json<Timeline>> {
+        auth.require("orders:read")?;
+        let events = self.service.store.timeline(OrderId::from_uuid(id.0)).await.map_err(|e| read_failed(&e))?;
+        let events = events.ok_or_else(|| Problem::not_found("the order"))?;
+        Ok(Json(Timeline {
+            items: events
+                .into_iter()
+                .map(|e| TimelineEntry { event_type: e.event_type, at: e.time, data: e.data })
+                .collect(),
+        }))
+    }
+
+    /// Cancel an order: immediate before payment; after payment Delivery confirms first
+    /// (`cancellation_requested`). Refused once shipped.
+    #[oai(path = "/orders/:id/cancel", method = "post", operation_id = "cancel_order")]
+    async fn cancel(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        #[oai(name = "traceparent")] traceparent: Header<Option<String>>,
+    ) -> poem::Result<OrderResponse> {
+        auth.require("orders:write")?;
+        let order = self
+            .service
+            .transition(OrderId::from_uuid(id.0), None, traceparent.0, |o, at| o.cancel(at))
+            .await
+            .map_err(transition_failed)?;
+        Ok(OrderResponse::Ok(Json(order.into())))
+    }
+}
+
+fn place_failed(error: PlaceOrderError) -> poem::Error {
+    use orderflow_domain::PricingError;
+    let problem = match error {
+        PlaceOrderError::Pricing(PricingError::UnknownSkus(skus)) | PlaceOrderError::Store(PlaceError::UnknownSkus(skus)) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-sku", "Unknown SKU", "these SKUs are not in the catalogue")
+                .with_field("lines")
+                .with("skus", skus)
+        }
+        PlaceOrderError::Pricing(PricingError::MixedCurrencies) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "mixed-currencies",
+            "Mixed currencies",
+            "the products are priced in different currencies; place separate orders",
+        )
+        .with_field("lines"),
+        PlaceOrderError::Pricing(PricingError::TotalTooLarge) => {
+            Problem::invalid("lines", "the order total is larger than the system accepts")
+        }
+        PlaceOrderError::Store(PlaceError::InsufficientStock(skus)) => Problem::new(
+            StatusCode::CONFLICT,
+            "insufficient-stock",
+            "Insufficient stock",
+            "not enough stock for these SKUs; nothing was reserved",
+        )
+        .with("skus", skus),
+        PlaceOrderError::Store(PlaceError::KeyReused) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was used with a different request body",
+        )
+        .with_field("Idempotency-Key"),
+        PlaceOrderError::Store(PlaceError::KeyInFlight) => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-flight",
+            "Request in progress",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+        )
+        .with_field("Idempotency-Key"),
+        other => Problem::internal(&other),
+    };
+    problem.into()
+}

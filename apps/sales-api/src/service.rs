@@ -1,0 +1,194 @@
+//! The Sales use cases: placing, reading and cancelling orders, and applying what the payment worker and
+//! Delivery report — each a domain transition committed with its outbox messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use orderflow_domain::{
+    EventId, Order, OrderEvent, OrderId, OrderRequest, Outgoing, PricingError, Sku, Source, Step, StockEffect,
+    Timestamp, TransitionError,
+};
+use orderflow_ports::cache::OrderCache;
+use orderflow_ports::outbox::OutboxMessage;
+use orderflow_ports::payment::PaymentGateway;
+use orderflow_ports::sales::{
+    ChangeError, ChangeOutcome, IdempotencyKey, InboxEntry, OrderChange, PlaceError, PlaceOutcome, Placement,
+    SalesStore,
+};
+use orderflow_ports::system::{Clock, IdGenerator};
+use orderflow_ports::{BoxError, ReadError};
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL: chrono::Duration = chrono::Duration::hours(24);
+
+/// How often a change is recomputed when another writer got there first.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Why an order was not placed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceOrderError {
+    /// Pricing failed (unknown SKUs, mixed currencies, total too large).
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] PlaceError),
+    /// The catalogue could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// Why a transition of an existing order did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionFailure {
+    /// No such order.
+    #[error("no such order")]
+    NotFound,
+    /// The state machine refused.
+    #[error(transparent)]
+    NotAllowed(#[from] TransitionError),
+    /// Other writers kept changing the order.
+    #[error("the order kept changing concurrently")]
+    Contended,
+    /// The store failed.
+    #[error("the store failed")]
+    Unexpected(#[source] BoxError),
+}
+
+impl From<ReadError> for TransitionFailure {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::Unexpected(e) => Self::Unexpected(e),
+            other => Self::Unexpected(Box::new(other)),
+        }
+    }
+}
+
+/// The ports the Sales use cases run on.
+#[derive(Clone)]
+pub struct SalesService {
+    /// Orders, catalogue, outbox.
+    pub store: Arc<dyn SalesStore>,
+    /// Single-order read cache.
+    pub cache: Arc<dyn OrderCache>,
+    /// Takes and refunds payments.
+    pub payments: Arc<dyn PaymentGateway>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// Fresh ids.
+    pub ids: Arc<dyn IdGenerator>,
+}
+
+impl SalesService {
+    /// Prices `request` from the catalogue and places it, honouring the client's idempotency key.
+    ///
+    /// # Errors
+    /// See [`PlaceOrderError`]; nothing is stored in any error case.
+    pub async fn place_order(
+        &self,
+        request: OrderRequest,
+        idempotency: Option<(String, String, String)>,
+        traceparent: Option<String>,
+    ) -> Result<PlaceOutcome, PlaceOrderError> {
+        let skus: Vec<Sku> = request.lines.iter().map(|(sku, _)| sku.clone()).collect();
+        let prices: HashMap<Sku, _> =
+            self.store.products_by_sku(&skus).await?.into_iter().map(|p| (p.sku, p.price)).collect();
+        let now = self.clock.now();
+        let id = OrderId::from_uuid(self.ids.new_id());
+        let (order, event) = Order::place(id, request, |sku| prices.get(sku).copied(), now)?;
+        let messages = self.messages(event.outgoing(&order), now, traceparent);
+        let idempotency = idempotency.map(|(client, key, request_hash)| IdempotencyKey {
+            client,
+            key,
+            request_hash,
+            not_before: now - IDEMPOTENCY_TTL,
+        });
+        let outcome = self.store.place_order(Placement { order, messages, idempotency }).await?;
+        if let PlaceOutcome::Created(order) = &outcome {
+            self.cache_put(order).await;
+        }
+        Ok(outcome)
+    }
+
+    /// One order, from the cache when it holds it.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the store fails.
+    pub async fn order(&self, id: OrderId) -> Result<Option<Order>, ReadError> {
+        match self.cache.get(id).await {
+            Ok(Some(order)) => return Ok(Some(order)),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "order cache unavailable; reading the store"),
+        }
+        let order = self.store.order(id).await?;
+        if let Some(order) = &order {
+            self.cache_put(order).await;
+        }
+        Ok(order)
+    }
+
+    /// Applies `transition` to the order, committing the change with its stock effect, messages and
+    /// inbox entry; recomputes when another writer changed the order meanwhile.
+    ///
+    /// # Errors
+    /// See [`TransitionFailure`].
+    pub async fn transition(
+        &self,
+        id: OrderId,
+        inbox: Option<InboxEntry>,
+        traceparent: Option<String>,
+        transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
+    ) -> Result<Order, TransitionFailure> {
+        for _ in 0..MAX_ATTEMPTS {
+            let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
+            let (from, version) = (order.status, order.version);
+            let now = self.clock.now();
+            let (order, event) = match transition(order, now)? {
+                Step::Unchanged(order) => return Ok(order),
+                Step::Applied { state, event } => (state, event),
+            };
+            let change = OrderChange {
+                stock: StockEffect::between(Some(from), order.status),
+                messages: self.messages(event.outgoing(&order), now, traceparent.clone()),
+                expected_version: version,
+                inbox: inbox.clone(),
+                order: order.clone(),
+            };
+            match self.store.apply(change).await {
+                Ok(ChangeOutcome::Applied) => {
+                    self.cache_put(&order).await;
+                    return Ok(order);
+                }
+                Ok(ChangeOutcome::AlreadyProcessed) => {
+                    return self.store.order(id).await?.ok_or(TransitionFailure::NotFound);
+                }
+                Err(ChangeError::Conflict { .. }) => {}
+                Err(ChangeError::NotFound) => return Err(TransitionFailure::NotFound),
+                Err(ChangeError::Unexpected(e)) => return Err(TransitionFailure::Unexpected(e)),
+                Err(other) => return Err(TransitionFailure::Unexpected(Box::new(other))),
+            }
+        }
+        Err(TransitionFailure::Contended)
+    }
+
+    fn messages(&self, outgoing: Vec<Outgoing>, at: Timestamp, traceparent: Option<String>) -> Vec<OutboxMessage> {
+        outgoing
+            .into_iter()
+            .map(|o| {
+                let id = EventId::from_uuid(self.ids.new_id());
+                OutboxMessage::from_outgoing(o, id, Source::Sales, at, traceparent.clone())
+            })
+            .collect()
+    }
+
+    /// Writes a committed state through to the cache. A failure only costs a cache miss — unless a stale
+    /// entry stays behind, so it is dropped.
+    async fn cache_put(&self, order: &Order) {
+        if let Err(error) = self.cache.put_if_newer(order).await {
+            tracing::warn!(%error, order_id = %order.id, "could not cache the order");
+            if let Err(error) = self.cache.invalidate(order.id).await {
+                tracing::warn!(%error, order_id = %order.id, "could not invalidate the cached order");
+            }
+        }
+    }
+}
