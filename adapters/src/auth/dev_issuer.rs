@@ -43,13 +43,21 @@ pub struct DevClient {
 impl fmt::Debug for DevClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Even dev secrets stay out of logs, so nobody learns to paste real ones into them.
-        f.debug_struct("DevClient").field("id", &self.id).field("secret", &"<redacted>").field("scopes", &self.scopes).finish()
+        f.debug_struct("DevClient")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .finish()
     }
 }
 
 impl DevClient {
     /// A client with the given id, secret and allowed scopes.
-    pub fn new(id: impl Into<String>, secret: impl Into<String>, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        secret: impl Into<String>,
+        scopes: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         Self { id: id.into(), secret: secret.into(), scopes: scopes.into_iter().map(Into::into).collect() }
     }
 
@@ -389,7 +397,9 @@ impl IssuerState {
                 }
                 (id, secret)
             }
-            (None, Some(secret)) => (params.get("client_id").cloned().ok_or(OAuthError::InvalidClient)?, secret.clone()),
+            (None, Some(secret)) => {
+                (params.get("client_id").cloned().ok_or(OAuthError::InvalidClient)?, secret.clone())
+            }
             (None, None) => return Err(OAuthError::InvalidClient),
         };
         match self.clients.get_key_value(&id) {
@@ -487,11 +497,9 @@ impl OAuthError {
             OAuthError::InvalidClient => {
                 (StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed".to_owned())
             }
-            OAuthError::UnsupportedGrantType => (
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "only client_credentials is supported".to_owned(),
-            ),
+            OAuthError::UnsupportedGrantType => {
+                (StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported".to_owned())
+            }
             OAuthError::InvalidScope(why) => (StatusCode::BAD_REQUEST, "invalid_scope", why),
             OAuthError::Server(error) => {
                 tracing::error!(error = &error as &dyn std::error::Error, "the dev issuer could not issue a token");
@@ -501,7 +509,9 @@ impl OAuthError {
         let mut response = token_endpoint_response(status, &json!({ "error": code, "error_description": description }));
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6749 §5.2 requires the challenge when the client may have used HTTP Basic.
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="orderflow-dev""#));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="orderflow-dev""#));
         }
         response
     }

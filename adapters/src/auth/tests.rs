@@ -15,6 +15,41 @@ use super::{DevClient, DevIssuer, JwksVerifier, RunningIssuer, VerifierSettings}
 
 const AUDIENCE: &str = "orderflow-api";
 
+/// TEST-ONLY RSA key, generated for these tests and used nowhere else: the dev issuer signs with ES256 only, but
+/// production issuers (Keycloak, Auth0) default to RS256, so the RSA paths need a key too and ring cannot make one.
+const TEST_RSA_PRIVATE_KEY: &str = "\
+-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCspzsEFvN5nR9V
+7Wt0mWeVxyuf2FkjZ0PQDxiv8uGkFTx6QIez4YtuTHULPDXsyZiraPfmnV/TW7tZ
+dKp4yMX+KI62tQxeqevOI7dRBkjSjKUQemWvOI1W2vAVFfPnoOo+RQpN84DgYsBB
+KpD01YDrwH1gXMXLVOPRUhRP8KOux7Fd7eYAFOSZ5/J1d+MPeLe0KcNFwFJekem3
+OUZp+Dj6DCqBgquyp59N48DKWeJ5CLXGSODcxfYhuPP/Q8c4/owz+fT7rCGbIj4a
+bqu4JXWSxm4u73UqiQKi+GBVwCrs3mDeMQY1W9Ecyd3cE8TUyolQHrT7zs3U35Vk
+avIkc39XAgMBAAECggEAA621zTAr/y2rgD+EaEHoehbPRXhCQJsvpQbdUMpiUluo
+I+FXbYFjC3Y85tYL6Wqg18NvHLkXqeosw2Aqov4sHG6CyT5xmrFmIR3pBvnqTUof
+2N+yu5lUhu2NQKBsx5pJw1/h3f1P2U1hU+zIlTQuAK046U0GDdSrh0cyFZib9C+r
+V6a9WgxNTgrKo8OXFlAxQCZUNRdPEo4ccd41dWMdtjPguLqVLqnqOB025n5KguXR
+he+7AkrwR9L5xPpOc7Rebtg6pZ4i09p+TBuPsLTx39FQxdldLoT9Q9yqrqEcLkf2
+WHMhYHhOjDsI4XNlgg4u6Cl/33TtRBaXAH2hSp3XmQKBgQDrGkNgSrLo1EBC9C2j
+Ay/78L4jAB+fZuYkaTr6LSBStsvkMm9oQc/QGL+QiXomTS5f03Zfvsu9i9f2S9ka
+DcKJrfYg8sY2CfCKQmxBzUGz3MmSTCcA4laCWjvcSJwvsa5fnU8ntBb4C3V2sviQ
+tm/WLyu9mftXtjv5Afqi4tb+SwKBgQC7//BAQzoidEvz+KleUPv+vbEbRoLI/i0l
+UO3cG/tTmHS5FsvHNxLtNV4PLx3DaLi1NOZA8d0mDQBLQtVsFQW3f9frpvmESgAc
+2NRu4S236lOHw9XFZktaLV7aWVMiRX1CI/MyHnJvPqEjyWobd/DMfPiVD2wMg77Z
+ugTp8qErpQKBgGuZJ4Dobx1UFt0Nt91FVi6uLbcDFXX0uBut9YoOIR75/jLASnCi
+viN1UCcsZDUnWbQNqb2EKubjG8HjUMc1yPUOIvlNYx3USrxcTgOHlyxkPfSw2aDz
+9bfO6FqW+LRzU2T7MADx0RlQ1T+wBUbl2CVkjVZHJNst0iDSoQzvWIolAoGAf/0R
+Sh66kEROhS0P2VcXB+mKjoAlf8KTZ6k+FjCynMnZBT1AxEJ5Tyaa/4lbIPLFdRAr
+haFjpokJXzOD6s4xEyklDZiinG5ovzra/RWuM1yDO5WWjopC2IS048AWOenHCeVB
+pyhVTej8eUmhREwWkpCuB4T1UVvL7ZyXxdHZ6cUCgYEApTL+UUZ4ezzwu3XMnNj5
+lL/3BuE4epYCGn0ZriDQ+VuPmxLnJYZiHmynj6f8jAw+SSfIzEn6SSEXytgDH8xQ
+5F2VJZU/APPUoKdtaRiH0yl6E26OEiKSAWRSkwzlY4LUU9VJBJXy7Z6vRiC+oxzp
+Yoot5eKkmNYcVMEv4Amrm6o=
+-----END PRIVATE KEY-----
+";
+/// The modulus of [`TEST_RSA_PRIVATE_KEY`], base64url.
+const TEST_RSA_MODULUS: &str = "rKc7BBbzeZ0fVe1rdJlnlccrn9hZI2dD0A8Yr_LhpBU8ekCHs-GLbkx1Czw17MmYq2j35p1f01u7WXSqeMjF_iiOtrUMXqnrziO3UQZI0oylEHplrziNVtrwFRXz56DqPkUKTfOA4GLAQSqQ9NWA68B9YFzFy1Tj0VIUT_CjrsexXe3mABTkmefydXfjD3i3tCnDRcBSXpHptzlGafg4-gwqgYKrsqefTePAylnieQi1xkjg3MX2Ibjz_0PHOP6MM_n0-6whmyI-Gm6ruCV1ksZuLu91KokCovhgVcAq7N5g3jEGNVvRHMnd3BPE1MqJUB60-87N1N-VZGryJHN_Vw";
+
 async fn start_issuer() -> Result<RunningIssuer> {
     Ok(DevIssuer::start("127.0.0.1:0".parse()?, AUDIENCE, DevClient::defaults()).await?)
 }
@@ -71,7 +106,11 @@ fn assert_invalid(result: Result<orderflow_ports::auth::Principal, AuthError>, w
     }
 }
 
-async fn request_token(issuer: &RunningIssuer, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Result<(u16, Value)> {
+async fn request_token(
+    issuer: &RunningIssuer,
+    form: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> Result<(u16, Value)> {
     let mut request = reqwest::Client::new().post(issuer.token_url()).form(form);
     if let Some((id, secret)) = basic {
         request = request.basic_auth(id, Some(secret));
@@ -87,7 +126,8 @@ async fn a_token_from_the_token_endpoint_verifies_and_yields_its_scopes_and_clie
     let verifier = verifier_for(&issuer, VerifierSettings::default())?;
 
     let (status, body) =
-        request_token(&issuer, &[("grant_type", "client_credentials")], Some(("sales-client", "dev-secret-sales"))).await?;
+        request_token(&issuer, &[("grant_type", "client_credentials")], Some(("sales-client", "dev-secret-sales")))
+            .await?;
     ensure!(status == 200, "status {status}: {body}");
     ensure!(body["token_type"] == "Bearer" && body["expires_in"] == 3600, "{body}");
     ensure!(body["scope"] == "orders:read orders:write", "{body}");
@@ -205,7 +245,8 @@ async fn a_token_from_another_issuer_is_refused() -> Result<()> {
     let reason = assert_invalid(verifier.verify(&wrong_iss).await, "iss of another issuer")?;
     assert!(reason.contains("issuer"), "{reason}");
 
-    let iss_array = issuer.sign(&with(good_claims(&issuer), "iss", json!([issuer.issuer_url(), other.issuer_url()])))?;
+    let iss_array =
+        issuer.sign(&with(good_claims(&issuer), "iss", json!([issuer.issuer_url(), other.issuer_url()])))?;
     assert_invalid(verifier.verify(&iss_array).await, "iss array")?;
 
     let no_iss = issuer.sign(&without(good_claims(&issuer), "iss"))?;
@@ -282,7 +323,11 @@ async fn scp_azp_and_a_missing_sub_are_read_like_other_servers_send_them() -> Re
     let verifier = verifier_for(&issuer, VerifierSettings::default())?;
     let claims = without(without(without(good_claims(&issuer), "scope"), "sub"), "client_id");
 
-    let token = issuer.sign(&with(with(claims.clone(), "scp", json!(["orders:read", "shipments:read"])), "azp", json!("analyst")))?;
+    let token = issuer.sign(&with(
+        with(claims.clone(), "scp", json!(["orders:read", "shipments:read"])),
+        "azp",
+        json!("analyst"),
+    ))?;
     let principal = verifier.verify(&token).await?;
     assert_eq!((principal.subject.as_str(), principal.client_id.as_str()), ("analyst", "analyst"));
     assert_eq!(principal.scopes, BTreeSet::from(["orders:read".to_owned(), "shipments:read".to_owned()]));
@@ -430,5 +475,87 @@ async fn the_discovery_document_points_at_the_token_and_jwks_endpoints() -> Resu
     assert_eq!(doc["jwks_uri"], json!(issuer.jwks_url()));
     assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
     assert_eq!(doc["token_endpoint_auth_methods_supported"], json!(["client_secret_basic", "client_secret_post"]));
+    Ok(())
+}
+
+/// Serves a fixed discovery document and `jwks` on port 0, for key types the dev issuer does not make.
+async fn start_static_issuer(keys: Value) -> Result<(String, tokio::task::JoinHandle<()>)> {
+    use poem::{Route, Server, endpoint::make_sync, get, listener::TcpAcceptor, web::Json};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let discovery = json!({ "issuer": url, "jwks_uri": format!("{url}/jwks") });
+    let jwks = json!({ "keys": keys });
+    let app = Route::new()
+        .at("/.well-known/openid-configuration", get(make_sync(move |_| Json(discovery.clone()))))
+        .at("/jwks", get(make_sync(move |_| Json(jwks.clone()))));
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let server = tokio::spawn(async move {
+        let _ = Server::new_with_acceptor(acceptor).run(app).await;
+    });
+    Ok((url, server))
+}
+
+fn rsa_jwk(kid: &str, extra: &[(&str, &str)]) -> Value {
+    let mut jwk = json!({ "kty": "RSA", "kid": kid, "n": TEST_RSA_MODULUS, "e": "AQAB" });
+    for (name, value) in extra {
+        jwk = with(jwk, name, json!(value));
+    }
+    jwk
+}
+
+fn rsa_signed(url: &str, alg: Algorithm, kid: &str) -> Result<String> {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    let claims = json!({ "iss": url, "sub": "svc", "aud": AUDIENCE, "exp": now() + 300, "scope": "orders:read" });
+    Ok(jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(TEST_RSA_PRIVATE_KEY.as_bytes())?)?)
+}
+
+#[tokio::test]
+async fn rsa_keys_verify_rs256_and_ps256_as_their_jwk_allows() -> Result<()> {
+    let keys = json!([
+        rsa_jwk("any-rsa", &[("use", "sig")]),
+        rsa_jwk("rs-only", &[("alg", "RS256")]),
+        rsa_jwk("encryption", &[("use", "enc")]),
+        rsa_jwk("rs512", &[("alg", "RS512")]),
+        // An HMAC secret published by mistake must never become a verification key.
+        { "kty": "oct", "kid": "shared", "k": URL_SAFE_NO_PAD.encode(b"secret") },
+        // A key we cannot parse must not hide the others.
+        { "kty": "EC", "kid": "broken", "crv": "P-256" },
+    ]);
+    let (url, server) = start_static_issuer(keys).await?;
+    let verifier = JwksVerifier::new(url.as_str(), AUDIENCE, VerifierSettings::default())?;
+
+    for alg in [Algorithm::RS256, Algorithm::PS256] {
+        let principal = verifier.verify(&rsa_signed(&url, alg, "any-rsa")?).await?;
+        assert_eq!(principal.client_id, "svc", "{alg:?}");
+    }
+    verifier.verify(&rsa_signed(&url, Algorithm::RS256, "rs-only")?).await?;
+    let reason = assert_invalid(verifier.verify(&rsa_signed(&url, Algorithm::PS256, "rs-only")?).await, "PS256")?;
+    assert!(reason.contains("does not match"), "{reason}");
+    for kid in ["encryption", "rs512"] {
+        let reason = assert_invalid(verifier.verify(&rsa_signed(&url, Algorithm::RS256, kid)?).await, kid)?;
+        assert!(reason.contains("unknown signing key"), "{kid}: {reason}");
+    }
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("shared".to_owned());
+    let claims = json!({ "iss": url, "sub": "svc", "aud": AUDIENCE, "exp": now() + 300 });
+    let hs256 = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(b"secret"))?;
+    assert_invalid(verifier.verify(&hs256).await, "HS256 with a published oct key")?;
+
+    server.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_discovery_document_naming_another_issuer_is_not_trusted() -> Result<()> {
+    let (url, server) = start_static_issuer(json!([rsa_jwk("any-rsa", &[])])).await?;
+    let token = rsa_signed(&format!("{url}/"), Algorithm::RS256, "any-rsa")?;
+    let verifier = JwksVerifier::new(format!("{url}/"), AUDIENCE, VerifierSettings::default())?;
+
+    let result = verifier.verify(&token).await;
+
+    assert!(matches!(result, Err(AuthError::Unexpected(_))), "{result:?}");
+    server.abort();
     Ok(())
 }

@@ -23,6 +23,14 @@ pub fn decode_cursor<K>(cursor: &str, parse: impl FnOnce(&str) -> Option<K>) -> 
         .ok_or_else(|| Problem::invalid("cursor", "is not a cursor this API issued"))
 }
 
+/// Parses an id from a path segment.
+///
+/// # Errors
+/// A 400 [`Problem`] on `field` when it is not a UUID.
+pub fn parse_id(raw: &str, field: &str) -> Result<uuid::Uuid, Problem> {
+    raw.parse().map_err(|_| Problem::invalid(field, "must be a UUID"))
+}
+
 /// Checks a page size: 1–100, default 20.
 ///
 /// # Errors

@@ -4,11 +4,13 @@
 mod auth;
 mod cursor;
 mod json;
+mod limit;
 mod observe;
 mod problem;
 
 pub use auth::{AuthContext, BearerAuth, RateLimitPolicy};
-pub use cursor::{decode_cursor, encode_cursor, page_limit};
+pub use cursor::{decode_cursor, encode_cursor, page_limit, parse_id};
 pub use json::StrictJson;
+pub use limit::BodyLimit;
 pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, into_problem};
 pub use problem::Problem;

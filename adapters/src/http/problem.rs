@@ -5,10 +5,14 @@ use poem::{IntoResponse, Response};
 use serde::Serialize;
 
 /// An `application/problem+json` response. `type` is a stable relative URI (`/problems/<slug>`) that
-/// clients can switch on; `field` names the request field at fault when there is one.
-#[derive(Debug, Clone, Serialize, thiserror::Error)]
-#[error("{title}: {detail}")]
-pub struct Problem {
+/// clients can switch on; `field` names the request field at fault when there is one. Boxed, so the
+/// `Result`s that carry it stay small.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {}", .0.title, .0.detail)]
+pub struct Problem(Box<Body>);
+
+#[derive(Debug, Clone, Serialize)]
+struct Body {
     #[serde(rename = "type")]
     kind: String,
     title: String,
@@ -25,7 +29,7 @@ pub struct Problem {
 impl Problem {
     /// A problem of type `/problems/{slug}`.
     pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Body {
             kind: format!("/problems/{slug}"),
             title: title.to_owned(),
             status: status.as_u16(),
@@ -33,7 +37,7 @@ impl Problem {
             field: None,
             extensions: serde_json::Map::new(),
             headers: Vec::new(),
-        }
+        }))
     }
 
     /// 400: the request is malformed or a value is invalid.
@@ -68,27 +72,27 @@ impl Problem {
     #[must_use]
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         let field = field.into();
-        self.field = (!field.is_empty() && field != ".").then_some(field);
+        self.0.field = (!field.is_empty() && field != ".").then_some(field);
         self
     }
 
     /// Adds an extension member (e.g. `skus` for stock problems).
     #[must_use]
     pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
-        self.extensions.insert(key.to_owned(), serde_json::to_value(value).unwrap_or_default());
+        self.0.extensions.insert(key.to_owned(), serde_json::to_value(value).unwrap_or_default());
         self
     }
 
     /// Adds a response header (e.g. `WWW-Authenticate`, `Retry-After`).
     #[must_use]
     pub fn with_header(mut self, name: HeaderName, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
+        self.0.headers.push((name, value.into()));
         self
     }
 
     /// The HTTP status.
     pub fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 }
 
@@ -98,13 +102,13 @@ impl poem::error::ResponseError for Problem {
     }
 
     fn as_response(&self) -> Response {
-        let body = serde_json::to_vec(self).unwrap_or_default();
+        let body = serde_json::to_vec(&self.0).unwrap_or_default();
         let mut response = Response::builder()
             .status(self.status_code())
             .content_type("application/problem+json")
             .body(body)
             .into_response();
-        for (name, value) in &self.headers {
+        for (name, value) in &self.0.headers {
             if let Ok(value) = HeaderValue::from_str(value) {
                 response.headers_mut().insert(name.clone(), value);
             }

@@ -43,6 +43,7 @@ pub struct AddressDto {
     pub line1: String,
     /// Optional second line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
     pub line2: Option<String>,
     /// City.
     pub city: String,

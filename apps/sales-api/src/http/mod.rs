@@ -6,9 +6,8 @@ mod products;
 
 use std::sync::Arc;
 
-use orderflow_adapters::http::{AuthContext, HttpMetrics, Observe, Problem};
+use orderflow_adapters::http::{AuthContext, BodyLimit, HttpMetrics, Observe, Problem};
 use orderflow_ports::ReadError;
-use poem::middleware::SizeLimit;
 use poem::web::Data;
 use poem::{EndpointExt, IntoEndpoint, Route, handler};
 use poem_openapi::{OpenApiService, Tags};
@@ -67,7 +66,7 @@ pub fn routes(
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()
-        .nest("/", api.with(SizeLimit::new(BODY_LIMIT)))
+        .nest("/", api.with(BodyLimit { max: BODY_LIMIT }))
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .at("/health/live", live)

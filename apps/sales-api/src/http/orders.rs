@@ -1,6 +1,6 @@
 //! `/orders`: place, read, list, follow and cancel orders.
 
-use orderflow_adapters::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit};
+use orderflow_adapters::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
 use orderflow_domain::{OrderId, OrderStatus};
 use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome};
 use poem::http::StatusCode;
@@ -79,9 +79,9 @@ impl OrdersApi {
 
     /// One order (cached; never older than its last committed change).
     #[oai(path = "/orders/:id", method = "get", operation_id = "get_order")]
-    async fn get(&self, auth: BearerAuth, id: Path<Uuid>) -> poem::Result<OrderResponse> {
+    async fn get(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<OrderResponse> {
         auth.require("orders:read")?;
-        let order = self.service.order(OrderId::from_uuid(id.0)).await.map_err(|e| read_failed(&e))?;
+        let order = self.service.order(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(|e| read_failed(&e))?;
         order.map(|o| OrderResponse::Ok(Json(o.into()))).ok_or_else(|| Problem::not_found("the order").into())
     }
 
@@ -118,9 +118,9 @@ impl OrdersApi {
 
     /// The order's lifecycle events, oldest first.
     #[oai(path = "/orders/:id/events", method = "get", operation_id = "get_order_events")]
-    async fn events(&self, auth: BearerAuth, id: Path<Uuid>) -> poem::Result<Json<Timeline>> {
+    async fn events(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<Timeline>> {
         auth.require("orders:read")?;
-        let events = self.service.store.timeline(OrderId::from_uuid(id.0)).await.map_err(|e| read_failed(&e))?;
+        let events = self.service.store.timeline(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(|e| read_failed(&e))?;
         let events = events.ok_or_else(|| Problem::not_found("the order"))?;
         Ok(Json(Timeline {
             items: events
@@ -136,13 +136,13 @@ impl OrdersApi {
     async fn cancel(
         &self,
         auth: BearerAuth,
-        id: Path<Uuid>,
+        id: Path<String>,
         #[oai(name = "traceparent")] traceparent: Header<Option<String>>,
     ) -> poem::Result<OrderResponse> {
         auth.require("orders:write")?;
         let order = self
             .service
-            .transition(OrderId::from_uuid(id.0), None, traceparent.0, |o, at| o.cancel(at))
+            .transition(OrderId::from_uuid(parse_id(&id.0, "id")?), None, traceparent.0, |o, at| o.cancel(at))
             .await
             .map_err(transition_failed)?;
         Ok(OrderResponse::Ok(Json(order.into())))

@@ -1,0 +1,182 @@
+//! `/shipments`: what delivery staff see and do.
+
+use chrono::{DateTime, Utc};
+use orderflow_adapters::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
+use orderflow_domain::{Carrier, InvalidValue, OrderId, Shipment, ShipmentId, ShipmentStatus, TrackingNumber};
+use orderflow_ports::delivery::ShipmentQuery;
+use poem::http::StatusCode;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object, OpenApi};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::service::{DeliveryService, ShipmentFailure, Target};
+
+/// The shipment endpoints.
+pub struct ShipmentsApi {
+    pub(crate) service: DeliveryService,
+}
+
+/// Where a shipment is.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ShipmentStatusDto {
+    Pending,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+/// A shipment.
+#[derive(Debug, Clone, Object)]
+pub struct ShipmentDto {
+    /// Shipment id.
+    pub id: Uuid,
+    /// The order it ships.
+    pub order_id: Uuid,
+    /// Where it is.
+    pub status: ShipmentStatusDto,
+    /// Set once shipped.
+    #[oai(skip_serializing_if_is_none)]
+    pub carrier: Option<String>,
+    /// Set once shipped.
+    #[oai(skip_serializing_if_is_none)]
+    pub tracking_number: Option<String>,
+    /// When Delivery learned of the order.
+    pub created_at: DateTime<Utc>,
+    /// When its status last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Shipment> for ShipmentDto {
+    fn from(s: Shipment) -> Self {
+        Self {
+            id: s.id.as_uuid(),
+            order_id: s.order.order_id.as_uuid(),
+            status: match s.status {
+                ShipmentStatus::Pending => ShipmentStatusDto::Pending,
+                ShipmentStatus::Shipped => ShipmentStatusDto::Shipped,
+                ShipmentStatus::Delivered => ShipmentStatusDto::Delivered,
+                ShipmentStatus::Cancelled => ShipmentStatusDto::Cancelled,
+            },
+            carrier: s.carrier.map(|c| c.to_string()),
+            tracking_number: s.tracking_number.map(|t| t.to_string()),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+/// A page of shipments.
+#[derive(Debug, Clone, Object)]
+pub struct ShipmentList {
+    /// Newest first.
+    pub items: Vec<ShipmentDto>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /shipments/{id}/ship` body.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipRequest {
+    /// Who carries it.
+    pub carrier: String,
+    /// The carrier's tracking number.
+    pub tracking_number: String,
+}
+
+fn invalid(e: InvalidValue) -> Problem {
+    Problem::invalid(e.field, e.reason)
+}
+
+fn failed(error: ShipmentFailure) -> poem::Error {
+    match error {
+        ShipmentFailure::NotFound => Problem::not_found("the shipment"),
+        ShipmentFailure::NotAllowed(e) => {
+            Problem::new(StatusCode::CONFLICT, "transition-not-allowed", "Not allowed now", e.to_string())
+        }
+        ShipmentFailure::Contended => {
+            Problem::new(StatusCode::CONFLICT, "concurrent-change", "Concurrent change", "retry the request")
+        }
+        ShipmentFailure::Unexpected(e) => Problem::unavailable(e.as_ref()),
+    }
+    .into()
+}
+
+fn found(shipment: Option<Shipment>) -> poem::Result<Json<ShipmentDto>> {
+    shipment.map(|s| Json(s.into())).ok_or_else(|| Problem::not_found("the shipment").into())
+}
+
+#[OpenApi]
+impl ShipmentsApi {
+    /// Shipments, newest first, optionally by status.
+    #[oai(path = "/shipments", method = "get", operation_id = "list_shipments")]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        /// One of the shipment statuses.
+        status: Query<Option<String>>,
+        /// Page size, 1-100 (default 20).
+        limit: Query<Option<i64>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> poem::Result<Json<ShipmentList>> {
+        auth.require("shipments:read")?;
+        let status = status.0.map(|s| ShipmentStatus::parse(&s)).transpose().map_err(invalid)?;
+        let after = cursor
+            .0
+            .map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(ShipmentId::from_uuid)))
+            .transpose()?;
+        let query = ShipmentQuery { status, updated_before: None, limit: page_limit(limit.0)?, after };
+        let page = self.service.store.shipments(query).await.map_err(|e| Problem::unavailable(&e))?;
+        Ok(Json(ShipmentList {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_cursor: page.next.map(|id| encode_cursor(&id.to_string())),
+        }))
+    }
+
+    /// One shipment.
+    #[oai(path = "/shipments/:id", method = "get", operation_id = "get_shipment")]
+    async fn get(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<ShipmentDto>> {
+        auth.require("shipments:read")?;
+        found(self.service.find(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?))).await.map_err(|e| Problem::unavailable(&e))?)
+    }
+
+    /// The shipment of an order.
+    #[oai(path = "/shipments/by-order/:order_id", method = "get", operation_id = "get_shipment_by_order")]
+    async fn by_order(&self, auth: BearerAuth, order_id: Path<String>) -> poem::Result<Json<ShipmentDto>> {
+        auth.require("shipments:read")?;
+        found(self.service.find(Target::Order(OrderId::from_uuid(parse_id(&order_id.0, "order_id")?))).await.map_err(|e| Problem::unavailable(&e))?)
+    }
+
+    /// Hand the parcel to a carrier. Repeating it with the same details is harmless.
+    #[oai(path = "/shipments/:id/ship", method = "post", operation_id = "ship_shipment")]
+    async fn ship(&self, auth: BearerAuth, id: Path<String>, body: StrictJson<ShipRequest>) -> poem::Result<Json<ShipmentDto>> {
+        auth.require("shipments:write")?;
+        let carrier = Carrier::parse(&body.0.carrier).map_err(invalid)?;
+        let tracking = TrackingNumber::parse(&body.0.tracking_number).map_err(invalid)?;
+        let shipment = self
+            .service
+            .transition(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?)), None, None, |s, at| {
+                s.ship(carrier.clone(), tracking.clone(), at)
+            })
+            .await
+            .map_err(failed)?;
+        Ok(Json(shipment.into()))
+    }
+
+    /// Confirm the parcel arrived.
+    #[oai(path = "/shipments/:id/deliver", method = "post", operation_id = "deliver_shipment")]
+    async fn deliver(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<ShipmentDto>> {
+        auth.require("shipments:write")?;
+        let shipment = self
+            .service
+            .transition(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?)), None, None, |s, at| s.deliver(at))
+            .await
+            .map_err(failed)?;
+        Ok(Json(shipment.into()))
+    }
+}

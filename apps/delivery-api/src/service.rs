@@ -1,0 +1,157 @@
+//! The Delivery use cases: creating shipments for paid orders, shipping, delivering and cancelling them —
+//! each a domain transition committed with its outbox messages.
+
+use std::sync::Arc;
+
+use orderflow_domain::events::OrderCreated;
+use orderflow_domain::{
+    EventId, OrderId, Outgoing, Shipment, ShipmentEvent, ShipmentId, Source, Step, Timestamp, TransitionError,
+};
+use orderflow_ports::delivery::{DeliveryStore, ShipmentChange};
+use orderflow_ports::outbox::OutboxMessage;
+use orderflow_ports::sales::{ChangeError, ChangeOutcome, InboxEntry};
+use orderflow_ports::system::{Clock, IdGenerator};
+use orderflow_ports::{BoxError, ReadError};
+
+/// How often a change is recomputed when another writer got there first.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Why a shipment change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipmentFailure {
+    /// No such shipment (or none yet for the order).
+    #[error("no such shipment")]
+    NotFound,
+    /// The state machine refused.
+    #[error(transparent)]
+    NotAllowed(#[from] TransitionError),
+    /// Other writers kept changing the shipment.
+    #[error("the shipment kept changing concurrently")]
+    Contended,
+    /// The store failed.
+    #[error("the store failed")]
+    Unexpected(#[source] BoxError),
+}
+
+impl From<ReadError> for ShipmentFailure {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::Unexpected(e) => Self::Unexpected(e),
+            other => Self::Unexpected(Box::new(other)),
+        }
+    }
+}
+
+/// Which shipment a change is about.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// By its id (staff, autopilot).
+    Shipment(ShipmentId),
+    /// By its order (Sales' commands).
+    Order(OrderId),
+}
+
+/// The ports the Delivery use cases run on.
+#[derive(Clone)]
+pub struct DeliveryService {
+    /// Shipments, outbox.
+    pub store: Arc<dyn DeliveryStore>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// Fresh ids.
+    pub ids: Arc<dyn IdGenerator>,
+}
+
+impl DeliveryService {
+    /// Creates the shipment of a paid order; a second request for the same order changes nothing.
+    ///
+    /// # Errors
+    /// [`ShipmentFailure::Unexpected`] when the store fails.
+    pub async fn create(
+        &self,
+        order: OrderCreated,
+        inbox: Option<InboxEntry>,
+        traceparent: Option<String>,
+    ) -> Result<Shipment, ShipmentFailure> {
+        if let Some(existing) = self.store.shipment_for_order(order.order_id).await? {
+            return Ok(existing);
+        }
+        let now = self.clock.now();
+        let (shipment, event) = Shipment::create(ShipmentId::from_uuid(self.ids.new_id()), order, now);
+        let change = ShipmentChange {
+            shipment: shipment.clone(),
+            expected_version: None,
+            messages: self.messages(event.outgoing(), now, traceparent),
+            inbox,
+        };
+        match self.store.save(change).await {
+            Ok(_) => Ok(shipment),
+            // Another consumer created it first: theirs stands.
+            Err(ChangeError::Conflict { .. }) => {
+                self.store.shipment_for_order(shipment.order.order_id).await?.ok_or(ShipmentFailure::NotFound)
+            }
+            Err(e) => Err(unexpected(e)),
+        }
+    }
+
+    /// One shipment by id or by order.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the store fails.
+    pub async fn find(&self, target: Target) -> Result<Option<Shipment>, ReadError> {
+        match target {
+            Target::Shipment(id) => self.store.shipment(id).await,
+            Target::Order(id) => self.store.shipment_for_order(id).await,
+        }
+    }
+
+    /// Applies `transition` to a shipment and commits it with its messages and inbox entry.
+    ///
+    /// # Errors
+    /// See [`ShipmentFailure`].
+    pub async fn transition(
+        &self,
+        target: Target,
+        inbox: Option<InboxEntry>,
+        traceparent: Option<String>,
+        transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
+    ) -> Result<Shipment, ShipmentFailure> {
+        for _ in 0..MAX_ATTEMPTS {
+            let shipment = self.find(target).await?.ok_or(ShipmentFailure::NotFound)?;
+            let version = shipment.version;
+            let now = self.clock.now();
+            let (shipment, event) = match transition(shipment, now)? {
+                Step::Unchanged(shipment) => return Ok(shipment),
+                Step::Applied { state, event } => (state, event),
+            };
+            let change = ShipmentChange {
+                shipment: shipment.clone(),
+                expected_version: Some(version),
+                messages: self.messages(event.outgoing(), now, traceparent.clone()),
+                inbox: inbox.clone(),
+            };
+            match self.store.save(change).await {
+                Ok(ChangeOutcome::Applied) => return Ok(shipment),
+                Ok(ChangeOutcome::AlreadyProcessed) => {
+                    return self.find(target).await?.ok_or(ShipmentFailure::NotFound);
+                }
+                Err(ChangeError::Conflict { .. }) => {}
+                Err(ChangeError::NotFound) => return Err(ShipmentFailure::NotFound),
+                Err(e) => return Err(unexpected(e)),
+            }
+        }
+        Err(ShipmentFailure::Contended)
+    }
+
+    fn messages(&self, outgoing: Outgoing, at: Timestamp, traceparent: Option<String>) -> Vec<OutboxMessage> {
+        let id = EventId::from_uuid(self.ids.new_id());
+        vec![OutboxMessage::from_outgoing(outgoing, id, Source::Delivery, at, traceparent)]
+    }
+}
+
+fn unexpected(error: ChangeError) -> ShipmentFailure {
+    match error {
+        ChangeError::Unexpected(e) => ShipmentFailure::Unexpected(e),
+        other => ShipmentFailure::Unexpected(Box::new(other)),
+    }
+}

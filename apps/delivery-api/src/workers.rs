@@ -1,0 +1,104 @@
+//! The Delivery background work: the consumer of Sales' commands and the optional autopilot.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orderflow_domain::events::{CancelRequested, OrderCreated};
+use orderflow_domain::{Carrier, CloudEvent, Payload, ShipmentStatus, TrackingNumber};
+use orderflow_ports::delivery::ShipmentQuery;
+use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
+use orderflow_ports::sales::InboxEntry;
+
+use crate::service::{DeliveryService, ShipmentFailure, Target};
+
+/// Handles `orders.created` and `orders.cancel_requested`.
+pub struct OrderCommands {
+    /// The use cases.
+    pub service: DeliveryService,
+}
+
+#[async_trait]
+impl MessageHandler for OrderCommands {
+    async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
+        let event = match CloudEvent::decode(&delivery.body) {
+            Ok(event) => event,
+            Err(e) => return HandlerOutcome::Permanent(e.to_string()),
+        };
+        let inbox = InboxEntry {
+            message_id: delivery.message_id.clone().unwrap_or_else(|| event.id.to_string()),
+            consumer: delivery.queue.as_str().to_owned(),
+        };
+        let trace = event.traceparent.clone();
+        let result = match event.event_type.as_str() {
+            OrderCreated::TYPE => match event.payload::<OrderCreated>() {
+                Ok(order) => self.service.create(order, Some(inbox), trace).await.map(drop),
+                Err(e) => return HandlerOutcome::Permanent(e.to_string()),
+            },
+            CancelRequested::TYPE => match event.payload::<CancelRequested>() {
+                // A cancel request can overtake its order's creation (they travel on different queues):
+                // not found is transient, so the retry finds the shipment.
+                Ok(request) => self
+                    .service
+                    .transition(Target::Order(request.order_id), Some(inbox), trace, |s, at| Ok(s.cancel(at)))
+                    .await
+                    .map(drop),
+                Err(e) => return HandlerOutcome::Permanent(e.to_string()),
+            },
+            other => return HandlerOutcome::Permanent(format!("unknown event type {other}")),
+        };
+        match result {
+            Ok(()) => HandlerOutcome::Done,
+            Err(e @ ShipmentFailure::NotAllowed(_)) => HandlerOutcome::Permanent(e.to_string()),
+            Err(e) => HandlerOutcome::Transient(e.to_string()),
+        }
+    }
+}
+
+/// Ships and delivers shipments by itself after set delays, for demos and benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct AutopilotSettings {
+    /// How long a shipment stays pending.
+    pub ship_after: Duration,
+    /// How long a shipped shipment takes to arrive.
+    pub deliver_after: Duration,
+}
+
+/// Runs the autopilot until the task is dropped. It reads due shipments from the store rather than
+/// keeping timers, so nothing is forgotten across restarts.
+pub async fn autopilot(service: DeliveryService, settings: AutopilotSettings) {
+    let tick = settings.ship_after.min(settings.deliver_after).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        for (status, after) in [(ShipmentStatus::Pending, settings.ship_after), (ShipmentStatus::Shipped, settings.deliver_after)] {
+            if let Err(error) = advance(&service, status, after).await {
+                tracing::warn!(%error, "autopilot round failed");
+            }
+        }
+    }
+}
+
+async fn advance(service: &DeliveryService, status: ShipmentStatus, after: Duration) -> Result<(), ShipmentFailure> {
+    let cutoff = service.clock.now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+    let query = ShipmentQuery { status: Some(status), updated_before: Some(cutoff), limit: 100, after: None };
+    let due = service.store.shipments(query).await?;
+    for shipment in due.items {
+        let target = Target::Shipment(shipment.id);
+        let result = match status {
+            ShipmentStatus::Pending => {
+                let tracking = format!("AUTO-{}", shipment.id.as_uuid().simple());
+                let (Ok(carrier), Ok(tracking)) = (Carrier::parse("autopilot"), TrackingNumber::parse(&tracking)) else {
+                    continue;
+                };
+                service.transition(target, None, None, |s, at| s.ship(carrier.clone(), tracking.clone(), at)).await
+            }
+            _ => service.transition(target, None, None, |s, at| s.deliver(at)).await,
+        };
+        match result {
+            Ok(_) | Err(ShipmentFailure::NotAllowed(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
