@@ -129,7 +129,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_rate_of_one_always_fails_transiently() {
-        let gateway = SimulatedPaymentGateway::new(PaymentSettings { transient_failure_rate: 1.0, ..Default::default() });
+        let gateway =
+            SimulatedPaymentGateway::new(PaymentSettings { transient_failure_rate: 1.0, ..Default::default() });
         let order = OrderId::from_uuid(uuid::Uuid::now_v7());
         assert!(gateway.charge(order, eur(1)).await.is_err());
         assert!(!gateway.refunded(order));

@@ -2,9 +2,7 @@
 //! write is one atomic unit.
 
 use async_trait::async_trait;
-use orderflow_domain::{
-    CloudEvent, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect, Timestamp,
-};
+use orderflow_domain::{CloudEvent, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect, Timestamp};
 
 use crate::outbox::{OutboxMessage, OutboxStore};
 use crate::{BoxError, Page, ReadError};
@@ -224,6 +222,11 @@ pub trait SalesStore: OutboxStore {
     /// # Errors
     /// - [`PutProductError::StockBelowReserved`] when `stock` is below the units reserved;
     /// - [`PutProductError::Unexpected`] when the store fails.
-    async fn put_product(&self, sku: Sku, name: ProductName, price: Money, stock: u32)
-    -> Result<Product, PutProductError>;
+    async fn put_product(
+        &self,
+        sku: Sku,
+        name: ProductName,
+        price: Money,
+        stock: u32,
+    ) -> Result<Product, PutProductError>;
 }

@@ -53,10 +53,7 @@ impl BearerAuth {
                 "Insufficient scope",
                 format!("this operation needs the scope {scope}"),
             )
-            .with_header(
-                header::WWW_AUTHENTICATE,
-                format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
-            ))
+            .with_header(header::WWW_AUTHENTICATE, format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")))
         }
     }
 }

@@ -116,7 +116,9 @@ pub fn into_problem(error: poem::Error) -> Response {
     let status = error.status();
     let problem = match status {
         StatusCode::NOT_FOUND => Problem::new(status, "not-found", "Not found", "no such resource"),
-        StatusCode::METHOD_NOT_ALLOWED => Problem::new(status, "method-not-allowed", "Method not allowed", error.to_string()),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            Problem::new(status, "method-not-allowed", "Method not allowed", error.to_string())
+        }
         StatusCode::PAYLOAD_TOO_LARGE => {
             Problem::new(status, "payload-too-large", "Payload too large", "the request body is too large")
         }

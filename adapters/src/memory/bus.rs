@@ -90,10 +90,9 @@ impl CommandPublisher for InMemoryBus {
 impl CommandConsumer for InMemoryBus {
     async fn consume(&self, queue: RoutingKey, handler: Arc<dyn MessageHandler>) -> Result<(), ConsumeError> {
         let sender = self.sender(queue);
-        let mut receiver = lock(&self.queues)
-            .get_mut(&queue)
-            .and_then(|q| q.receiver.take())
-            .ok_or_else(|| ConsumeError::Unexpected(inconsistent(format!("{} already has a consumer", queue.as_str()))))?;
+        let mut receiver = lock(&self.queues).get_mut(&queue).and_then(|q| q.receiver.take()).ok_or_else(|| {
+            ConsumeError::Unexpected(inconsistent(format!("{} already has a consumer", queue.as_str())))
+        })?;
         let permits = Arc::new(Semaphore::new(self.settings.prefetch.max(1)));
         while let Some(delivery) = receiver.recv().await {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };

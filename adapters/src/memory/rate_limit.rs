@@ -49,7 +49,9 @@ impl RateLimiter for InMemoryRateLimiter {
             Ok(RateDecision::Allowed { remaining })
         } else {
             let wait = (1.0 - bucket.tokens) / self.per_second.max(f64::MIN_POSITIVE);
-            Ok(RateDecision::Limited { retry_after: Duration::from_secs_f64(wait.min(3600.0)).max(Duration::from_secs(1)) })
+            Ok(RateDecision::Limited {
+                retry_after: Duration::from_secs_f64(wait.min(3600.0)).max(Duration::from_secs(1)),
+            })
         }
     }
 }

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use orderflow_domain::{CloudEvent, Money, Order, OrderId, ProductName, Sku, StockEffect, Timestamp};
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{
-    ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product,
-    PutProductError, SalesStore,
+    ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
+    SalesStore,
 };
 use orderflow_ports::{Page, ReadError};
 use tokio::sync::Notify;
@@ -100,7 +100,8 @@ impl SalesStore for InMemorySalesStore {
             }
         }
         if let Some(key) = placement.idempotency {
-            let record = KeyRecord { request_hash: key.request_hash, order: order.clone(), recorded_at: order.created_at };
+            let record =
+                KeyRecord { request_hash: key.request_hash, order: order.clone(), recorded_at: order.created_at };
             state.keys.insert((key.client, key.key), record);
         }
         state.orders.insert(order.id, order.clone());
@@ -135,7 +136,9 @@ impl SalesStore for InMemorySalesStore {
             };
             match (stock, reserved) {
                 (Some(stock), Some(reserved)) => (p.stock, p.reserved) = (stock, reserved),
-                _ => return Err(ChangeError::Unexpected(inconsistent(format!("stock of {} out of balance", line.sku)))),
+                _ => {
+                    return Err(ChangeError::Unexpected(inconsistent(format!("stock of {} out of balance", line.sku))));
+                }
             }
         }
         state.products = products;

@@ -11,10 +11,10 @@ use anyhow::Context;
 use orderflow_adapters::http::{AuthContext, HttpMetrics, RateLimitPolicy};
 use orderflow_domain::RoutingKey;
 use orderflow_ports::auth::TokenVerifier;
+use orderflow_ports::delivery::DeliveryStore;
 use orderflow_ports::messaging::{AuditLog, CommandConsumer, CommandPublisher, MessageHandler};
 use orderflow_ports::outbox::{OutboxRelay, RelaySettings};
 use orderflow_ports::rate_limit::RateLimiter;
-use orderflow_ports::delivery::DeliveryStore;
 use orderflow_ports::system::{Clock, IdGenerator};
 use tokio::task::JoinHandle;
 
@@ -85,7 +85,8 @@ impl Application {
             .await
             .with_context(|| format!("binding the Delivery API to {}", settings.http_addr))?;
         let addr = listener.local_addr()?;
-        let auth = AuthContext { verifier: adapters.verifier, limiter: adapters.limiter, policy: settings.rate_limit_policy };
+        let auth =
+            AuthContext { verifier: adapters.verifier, limiter: adapters.limiter, policy: settings.rate_limit_policy };
         let app = http::routes(service.clone(), auth, metrics, registry, format!("http://{addr}"));
 
         let mut tasks = Vec::new();

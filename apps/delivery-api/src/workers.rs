@@ -71,7 +71,9 @@ pub async fn autopilot(service: DeliveryService, settings: AutopilotSettings) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        for (status, after) in [(ShipmentStatus::Pending, settings.ship_after), (ShipmentStatus::Shipped, settings.deliver_after)] {
+        for (status, after) in
+            [(ShipmentStatus::Pending, settings.ship_after), (ShipmentStatus::Shipped, settings.deliver_after)]
+        {
             if let Err(error) = advance(&service, status, after).await {
                 tracing::warn!(%error, "autopilot round failed");
             }
@@ -88,7 +90,8 @@ async fn advance(service: &DeliveryService, status: ShipmentStatus, after: Durat
         let result = match status {
             ShipmentStatus::Pending => {
                 let tracking = format!("AUTO-{}", shipment.id.as_uuid().simple());
-                let (Ok(carrier), Ok(tracking)) = (Carrier::parse("autopilot"), TrackingNumber::parse(&tracking)) else {
+                let (Ok(carrier), Ok(tracking)) = (Carrier::parse("autopilot"), TrackingNumber::parse(&tracking))
+                else {
                     continue;
                 };
                 service.transition(target, None, None, |s, at| s.ship(carrier.clone(), tracking.clone(), at)).await

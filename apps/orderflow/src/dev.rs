@@ -53,7 +53,10 @@ impl Default for DevOptions {
             sales_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             delivery_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             issuer_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
-            autopilot: Some(AutopilotSettings { ship_after: Duration::from_secs(2), deliver_after: Duration::from_secs(3) }),
+            autopilot: Some(AutopilotSettings {
+                ship_after: Duration::from_secs(2),
+                deliver_after: Duration::from_secs(3),
+            }),
             payment: PaymentSettings::default(),
             bus: BusSettings::default(),
             rate_limit: None,
@@ -115,9 +118,9 @@ impl DevStack {
         let sales_store = Arc::new(InMemorySalesStore::new());
         let delivery_store = Arc::new(InMemoryDeliveryStore::new());
         let payments = Arc::new(SimulatedPaymentGateway::new(options.payment.clone()));
-        let limiter = options.rate_limit.map(|(per_minute, burst)| {
-            Arc::new(InMemoryRateLimiter::new(per_minute, burst)) as Arc<dyn RateLimiter>
-        });
+        let limiter = options
+            .rate_limit
+            .map(|(per_minute, burst)| Arc::new(InMemoryRateLimiter::new(per_minute, burst)) as Arc<dyn RateLimiter>);
         if options.seed_catalogue {
             seed(sales_store.as_ref()).await?;
         }

@@ -94,7 +94,8 @@ impl Application {
             .await
             .with_context(|| format!("binding the Sales API to {}", settings.http_addr))?;
         let addr = listener.local_addr()?;
-        let auth = AuthContext { verifier: adapters.verifier, limiter: adapters.limiter, policy: settings.rate_limit_policy };
+        let auth =
+            AuthContext { verifier: adapters.verifier, limiter: adapters.limiter, policy: settings.rate_limit_policy };
         let app = http::routes(service.clone(), auth, metrics, registry, format!("http://{addr}"));
 
         let mut tasks = Vec::new();

@@ -104,13 +104,16 @@ impl MessageHandler for DeliveryReports {
                 Err(e) => HandlerOutcome::Permanent(e.to_string()),
             },
             ShipmentDelivered::TYPE => match event.payload::<ShipmentDelivered>() {
-                Ok(p) => outcome_of(service.transition(p.order_id, Some(inbox), trace, |o, at| o.mark_delivered(at)).await),
+                Ok(p) => {
+                    outcome_of(service.transition(p.order_id, Some(inbox), trace, |o, at| o.mark_delivered(at)).await)
+                }
                 Err(e) => HandlerOutcome::Permanent(e.to_string()),
             },
             ShipmentCancelled::TYPE => match event.payload::<ShipmentCancelled>() {
                 Ok(p) => {
-                    let cancelled =
-                        service.transition(p.order_id, Some(inbox), trace, |o, at| o.confirm_shipment_cancelled(at)).await;
+                    let cancelled = service
+                        .transition(p.order_id, Some(inbox), trace, |o, at| o.confirm_shipment_cancelled(at))
+                        .await;
                     match outcome_of(cancelled) {
                         // The refund follows the commit and is idempotent, so a failed refund is simply
                         // retried with the message (the transition is then a no-op).

@@ -196,7 +196,12 @@ impl Harness {
     }
 
     /// Places an order and waits until it is paid and Delivery has its shipment: `(order id, shipment id)`.
-    pub async fn paid_order_with_shipment(&self, customer: &str, sku: &str, quantity: i64) -> anyhow::Result<(String, String)> {
+    pub async fn paid_order_with_shipment(
+        &self,
+        customer: &str,
+        sku: &str,
+        quantity: i64,
+    ) -> anyhow::Result<(String, String)> {
         let order = self.place(customer, sku, quantity).await?;
         let id = string(&order["id"])?;
         self.wait_for_status(&id, "pending_shipment").await?;
@@ -239,7 +244,11 @@ pub async fn expect_status(response: Response, expected: StatusCode) -> anyhow::
     let url = response.url().clone();
     let text = response.text().await?;
     ensure!(status == expected, "{url} answered {status}, expected {expected}: {text}");
-    if text.is_empty() { Ok(Value::Null) } else { serde_json::from_str(&text).with_context(|| format!("{url}: {text}")) }
+    if text.is_empty() {
+        Ok(Value::Null)
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("{url}: {text}"))
+    }
 }
 
 /// Calls `probe` until it yields `Some`, every 25 ms, for at most [`DEADLINE`].

@@ -53,7 +53,8 @@ async fn ready(service: Data<&DeliveryService>) -> poem::Response {
     use poem::IntoResponse;
     use poem::http::StatusCode;
     let store = service.store.shipments(ShipmentQuery { limit: 1, ..Default::default() }).await.is_ok();
-    let body = serde_json::json!({ "status": if store { "ready" } else { "unavailable" }, "checks": { "store": store } });
+    let body =
+        serde_json::json!({ "status": if store { "ready" } else { "unavailable" }, "checks": { "store": store } });
     let status = if store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     poem::web::Json(body).with_status(status).into_response()
 }

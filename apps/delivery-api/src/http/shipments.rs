@@ -126,10 +126,8 @@ impl ShipmentsApi {
     ) -> poem::Result<Json<ShipmentList>> {
         auth.require("shipments:read")?;
         let status = status.0.map(|s| ShipmentStatus::parse(&s)).transpose().map_err(invalid)?;
-        let after = cursor
-            .0
-            .map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(ShipmentId::from_uuid)))
-            .transpose()?;
+        let after =
+            cursor.0.map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(ShipmentId::from_uuid))).transpose()?;
         let query = ShipmentQuery { status, updated_before: None, limit: page_limit(limit.0)?, after };
         let page = self.service.store.shipments(query).await.map_err(|e| Problem::unavailable(&e))?;
         Ok(Json(ShipmentList {
@@ -142,19 +140,34 @@ impl ShipmentsApi {
     #[oai(path = "/shipments/:id", method = "get", operation_id = "get_shipment")]
     async fn get(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<ShipmentDto>> {
         auth.require("shipments:read")?;
-        found(self.service.find(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?))).await.map_err(|e| Problem::unavailable(&e))?)
+        found(
+            self.service
+                .find(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?)))
+                .await
+                .map_err(|e| Problem::unavailable(&e))?,
+        )
     }
 
     /// The shipment of an order.
     #[oai(path = "/shipments/by-order/:order_id", method = "get", operation_id = "get_shipment_by_order")]
     async fn by_order(&self, auth: BearerAuth, order_id: Path<String>) -> poem::Result<Json<ShipmentDto>> {
         auth.require("shipments:read")?;
-        found(self.service.find(Target::Order(OrderId::from_uuid(parse_id(&order_id.0, "order_id")?))).await.map_err(|e| Problem::unavailable(&e))?)
+        found(
+            self.service
+                .find(Target::Order(OrderId::from_uuid(parse_id(&order_id.0, "order_id")?)))
+                .await
+                .map_err(|e| Problem::unavailable(&e))?,
+        )
     }
 
     /// Hand the parcel to a carrier. Repeating it with the same details is harmless.
     #[oai(path = "/shipments/:id/ship", method = "post", operation_id = "ship_shipment")]
-    async fn ship(&self, auth: BearerAuth, id: Path<String>, body: StrictJson<ShipRequest>) -> poem::Result<Json<ShipmentDto>> {
+    async fn ship(
+        &self,
+        auth: BearerAuth,
+        id: Path<String>,
+        body: StrictJson<ShipRequest>,
+    ) -> poem::Result<Json<ShipmentDto>> {
         auth.require("shipments:write")?;
         let carrier = Carrier::parse(&body.0.carrier).map_err(invalid)?;
         let tracking = TrackingNumber::parse(&body.0.tracking_number).map_err(invalid)?;
@@ -174,7 +187,9 @@ impl ShipmentsApi {
         auth.require("shipments:write")?;
         let shipment = self
             .service
-            .transition(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?)), None, None, |s, at| s.deliver(at))
+            .transition(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?)), None, None, |s, at| {
+                s.deliver(at)
+            })
             .await
             .map_err(failed)?;
         Ok(Json(shipment.into()))

@@ -102,7 +102,10 @@ impl PlaceOrderRequest {
             .enumerate()
             .map(|(i, l)| {
                 let at = format!("lines[{i}]");
-                Ok((Sku::parse(&l.sku).map_err(|e| e.within(&at))?, Quantity::new(l.quantity).map_err(|e| e.within(&at))?))
+                Ok((
+                    Sku::parse(&l.sku).map_err(|e| e.within(&at))?,
+                    Quantity::new(l.quantity).map_err(|e| e.within(&at))?,
+                ))
             })
             .collect::<Result<Vec<_>, InvalidValue>>()
             .map_err(invalid)?;
@@ -190,7 +193,11 @@ impl From<Order> for OrderDto {
             lines: o
                 .lines
                 .into_iter()
-                .map(|l| OrderLineDto { sku: l.sku.to_string(), quantity: l.quantity.get(), unit_price: l.unit_price.into() })
+                .map(|l| OrderLineDto {
+                    sku: l.sku.to_string(),
+                    quantity: l.quantity.get(),
+                    unit_price: l.unit_price.into(),
+                })
                 .collect(),
             total: o.total.into(),
             shipping_address: o.shipping_address.into(),
@@ -257,7 +264,13 @@ pub struct ProductDto {
 
 impl From<Product> for ProductDto {
     fn from(p: Product) -> Self {
-        Self { sku: p.sku.to_string(), name: p.name.to_string(), price: p.price.into(), stock: p.stock, reserved: p.reserved }
+        Self {
+            sku: p.sku.to_string(),
+            name: p.name.to_string(),
+            price: p.price.into(),
+            stock: p.stock,
+            reserved: p.reserved,
+        }
     }
 }
 

@@ -87,7 +87,8 @@ async fn ready(service: Data<&SalesService>) -> poem::Response {
     use poem::IntoResponse;
     use poem::http::StatusCode;
     let store = service.store.products(1, None).await.is_ok();
-    let body = serde_json::json!({ "status": if store { "ready" } else { "unavailable" }, "checks": { "store": store } });
+    let body =
+        serde_json::json!({ "status": if store { "ready" } else { "unavailable" }, "checks": { "store": store } });
     let status = if store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     poem::web::Json(body).with_status(status).into_response()
 }

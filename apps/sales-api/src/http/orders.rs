@@ -23,11 +23,7 @@ pub struct OrdersApi {
 enum PlaceResponse {
     /// The order was placed (or, for a repeated idempotency key, this is the first response again).
     #[oai(status = 201)]
-    Created(
-        Json<OrderDto>,
-        #[oai(header = "Location")] String,
-        #[oai(header = "Idempotent-Replayed")] Option<String>,
-    ),
+    Created(Json<OrderDto>, #[oai(header = "Location")] String, #[oai(header = "Idempotent-Replayed")] Option<String>),
 }
 
 #[derive(ApiResponse)]
@@ -58,7 +54,9 @@ impl OrdersApi {
         let request = body.0.parse()?;
         let idempotency = match idempotency_key.0 {
             None => None,
-            Some(key) if key.is_empty() || key.len() > 255 => return Err(key_problem("must be 1-255 characters").into()),
+            Some(key) if key.is_empty() || key.len() > 255 => {
+                return Err(key_problem("must be 1-255 characters").into());
+            }
             Some(key) if !key.bytes().all(|b| b.is_ascii_graphic()) => {
                 return Err(key_problem("must be printable ASCII").into());
             }
@@ -81,7 +79,8 @@ impl OrdersApi {
     #[oai(path = "/orders/:id", method = "get", operation_id = "get_order")]
     async fn get(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<OrderResponse> {
         auth.require("orders:read")?;
-        let order = self.service.order(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(|e| read_failed(&e))?;
+        let order =
+            self.service.order(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(|e| read_failed(&e))?;
         order.map(|o| OrderResponse::Ok(Json(o.into()))).ok_or_else(|| Problem::not_found("the order").into())
     }
 
@@ -99,15 +98,10 @@ impl OrdersApi {
         cursor: Query<Option<String>>,
     ) -> poem::Result<Json<OrderList>> {
         auth.require("orders:read")?;
-        let status = status
-            .0
-            .map(|s| OrderStatus::parse(&s))
-            .transpose()
-            .map_err(|e| Problem::invalid(e.field, e.reason))?;
-        let after = cursor
-            .0
-            .map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(OrderId::from_uuid)))
-            .transpose()?;
+        let status =
+            status.0.map(|s| OrderStatus::parse(&s)).transpose().map_err(|e| Problem::invalid(e.field, e.reason))?;
+        let after =
+            cursor.0.map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(OrderId::from_uuid))).transpose()?;
         let query = OrderQuery { customer_id: customer_id.0, status, limit: page_limit(limit.0)?, after };
         let page = self.service.store.orders(query).await.map_err(|e| read_failed(&e))?;
         Ok(Json(OrderList {
@@ -120,7 +114,12 @@ impl OrdersApi {
     #[oai(path = "/orders/:id/events", method = "get", operation_id = "get_order_events")]
     async fn events(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<Timeline>> {
         auth.require("orders:read")?;
-        let events = self.service.store.timeline(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(|e| read_failed(&e))?;
+        let events = self
+            .service
+            .store
+            .timeline(OrderId::from_uuid(parse_id(&id.0, "id")?))
+            .await
+            .map_err(|e| read_failed(&e))?;
         let events = events.ok_or_else(|| Problem::not_found("the order"))?;
         Ok(Json(Timeline {
             items: events
@@ -152,11 +151,15 @@ impl OrdersApi {
 fn place_failed(error: PlaceOrderError) -> poem::Error {
     use orderflow_domain::PricingError;
     let problem = match error {
-        PlaceOrderError::Pricing(PricingError::UnknownSkus(skus)) | PlaceOrderError::Store(PlaceError::UnknownSkus(skus)) => {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-sku", "Unknown SKU", "these SKUs are not in the catalogue")
-                .with_field("lines")
-                .with("skus", skus)
-        }
+        PlaceOrderError::Pricing(PricingError::UnknownSkus(skus))
+        | PlaceOrderError::Store(PlaceError::UnknownSkus(skus)) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-sku",
+            "Unknown SKU",
+            "these SKUs are not in the catalogue",
+        )
+        .with_field("lines")
+        .with("skus", skus),
         PlaceOrderError::Pricing(PricingError::MixedCurrencies) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "mixed-currencies",

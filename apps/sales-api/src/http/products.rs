@@ -51,13 +51,19 @@ impl ProductsApi {
     async fn get(&self, auth: BearerAuth, sku: Path<String>) -> poem::Result<Json<ProductDto>> {
         auth.require("orders:read")?;
         let sku = parse_sku(&sku.0)?;
-        let found = self.service.store.products_by_sku(std::slice::from_ref(&sku)).await.map_err(|e| read_failed(&e))?;
+        let found =
+            self.service.store.products_by_sku(std::slice::from_ref(&sku)).await.map_err(|e| read_failed(&e))?;
         found.into_iter().next().map(|p| Json(p.into())).ok_or_else(|| Problem::not_found("the product").into())
     }
 
     /// Create or update a product (admin): name, price and units on hand. Reservations are kept.
     #[oai(path = "/products/:sku", method = "put", operation_id = "put_product")]
-    async fn put(&self, auth: BearerAuth, sku: Path<String>, body: StrictJson<PutProductRequest>) -> poem::Result<Json<ProductDto>> {
+    async fn put(
+        &self,
+        auth: BearerAuth,
+        sku: Path<String>,
+        body: StrictJson<PutProductRequest>,
+    ) -> poem::Result<Json<ProductDto>> {
         auth.require("admin")?;
         let sku = parse_sku(&sku.0)?;
         let body = body.0;
