@@ -137,6 +137,26 @@ async fn cancelling_after_payment_cancels_the_shipment_and_refunds() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_the_moment_payment_lands_still_cancels_the_shipment() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    h.put_product(SKU, 1999, 10).await?;
+    let order = h.place("cust-quick-cancel", SKU, 2).await?;
+    let id = string(&order["id"])?;
+    // No waiting for Delivery: the cancel request may reach it before the order to ship does.
+    h.wait_for_status(&id, "pending_shipment").await?;
+    let response = expect_status(h.cancel(&id).await?, StatusCode::OK).await?;
+    assert_eq!(response["status"], "cancellation_requested");
+
+    h.wait_for_status(&id, "cancelled").await?;
+    h.wait_for_shipment_status(&id, "cancelled").await?;
+    assert_eq!(h.stock(SKU).await?, (10, 0));
+    let oid = order_id(&id)?;
+    eventually("the refund", || async { Ok(h.stack.payments.refunded(oid).then_some(())) }).await?;
+    assert!(h.stack.bus.dead_letters().is_empty(), "nothing was dead-lettered");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancel_after_the_parcel_left_loses_the_race() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     h.put_product(SKU, 1999, 10).await?;
@@ -254,5 +274,59 @@ async fn every_order_event_reaches_the_audit_stream() -> anyhow::Result<()> {
         Ok((shipment_events == expected).then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_are_listed_newest_first_in_pages_and_by_status() -> anyhow::Result<()> {
+    let mut options = DevOptions::for_tests();
+    options.payment = PaymentSettings { decline_above_minor: 2500, ..PaymentSettings::default() };
+    let h = Harness::start_with(options).await?;
+    h.put_product(SKU, 1000, 100).await?;
+    let mut placed = Vec::new();
+    for quantity in [1, 2, 3, 1, 2] {
+        placed.push(string(&h.place("cust-pages", SKU, quantity).await?["id"])?);
+    }
+    h.place("cust-someone-else", SKU, 1).await?;
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let mut query = vec![("customer_id", "cust-pages".to_owned()), ("limit", "2".to_owned())];
+        if let Some(cursor) = &cursor {
+            query.push(("cursor", cursor.clone()));
+        }
+        let response = h.sales(reqwest::Method::GET, "/orders").query(&query).send().await?;
+        let page = expect_status(response, StatusCode::OK).await?;
+        let items = page["items"].as_array().context("no items")?;
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|o| string(&o["id"])).collect::<anyhow::Result<Vec<_>>>()?);
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    placed.reverse();
+    assert_eq!(seen, placed, "every order once, newest first");
+
+    // The 3-unit order (3000 > 2500) is declined; the others are paid.
+    let declined = &placed[2];
+    h.wait_for_status(declined, "payment_failed").await?;
+    for id in placed.iter().filter(|id| *id != declined) {
+        h.wait_for_status(id, "pending_shipment").await?;
+    }
+    let response = h
+        .sales(reqwest::Method::GET, "/orders")
+        .query(&[("customer_id", "cust-pages"), ("status", "payment_failed")])
+        .send()
+        .await?;
+    let page = expect_status(response, StatusCode::OK).await?;
+    let ids: Vec<String> = page["items"]
+        .as_array()
+        .context("no items")?
+        .iter()
+        .map(|o| string(&o["id"]))
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(ids, std::slice::from_ref(declined));
     Ok(())
 }

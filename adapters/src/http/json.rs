@@ -40,12 +40,34 @@ impl<T: DeserializeOwned + Send> ParsePayload for StrictJson<T> {
         }
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            let field = e.path().to_string();
-            Problem::invalid(field, e.inner().to_string())
+            let detail = e.inner().to_string();
+            Problem::invalid(field_at_fault(&e.path().to_string(), &detail), detail)
         })?;
         deserializer.end().map_err(|e| Problem::invalid("", e.to_string()))?;
         Ok(Self(value))
     }
 }
 
+/// The path serde reports for a missing field is the object that lacks it; the client needs the field.
+fn field_at_fault(path: &str, detail: &str) -> String {
+    let missing = detail.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    match (path, missing) {
+        (".", Some(name)) => name.to_owned(),
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (path, None) => path.to_owned(),
+    }
+}
+
 poem_openapi::impl_apirequest_for_payload!(StrictJson<T>, T: Type + DeserializeOwned + Send);
+
+#[cfg(test)]
+mod tests {
+    use super::field_at_fault;
+
+    #[test]
+    fn a_missing_field_is_named_under_its_parent() {
+        assert_eq!(field_at_fault(".", "missing field `customer_id` at line 1 column 2"), "customer_id");
+        assert_eq!(field_at_fault("lines[0]", "missing field `quantity` at line 1 column 9"), "lines[0].quantity");
+        assert_eq!(field_at_fault("lines[0].quantity", "invalid type: string"), "lines[0].quantity");
+    }
+}

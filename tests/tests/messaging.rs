@@ -1,0 +1,214 @@
+//! The message paths between the services, fed directly on the bus: poison and unknown messages are
+//! dead-lettered without retries, duplicates are applied once, and out-of-order reports converge.
+
+mod support;
+
+use chrono::Utc;
+use orderflow::dev::DevOptions;
+use orderflow_adapters::memory::BusSettings;
+use orderflow_domain::events::{ShipmentDelivered, ShipmentShipped};
+use orderflow_domain::{
+    Carrier, CloudEvent, EventBody, EventId, OrderId, RoutingKey, ShipmentId, Source, TrackingNumber,
+};
+use orderflow_ports::messaging::DeadLetter;
+use support::{Harness, SKU, eventually};
+use uuid::Uuid;
+
+/// A stack whose bus hands each queue's messages to its consumer one at a time, in order, so that a
+/// sentinel sent last proves that everything sent before it on that queue has been handled.
+async fn sequential_stack() -> anyhow::Result<Harness> {
+    let mut options = DevOptions::for_tests();
+    options.bus = BusSettings { prefetch: 1, ..options.bus };
+    let h = Harness::start_with(options).await?;
+    h.put_product(SKU, 1999, 10).await?;
+    Ok(h)
+}
+
+/// Waits until a message with `message_id` is dead-lettered and returns it.
+async fn dead_letter(h: &Harness, message_id: &str) -> anyhow::Result<DeadLetter> {
+    eventually(&format!("{message_id} in the dead letters"), || async {
+        Ok(h.stack.bus.dead_letters().into_iter().find(|d| d.message_id.as_deref() == Some(message_id)))
+    })
+    .await
+}
+
+/// Sends an unparseable message on `queue` and waits for it to be dead-lettered: on a sequential bus,
+/// everything sent on `queue` before it has then been handled.
+async fn drain(h: &Harness, queue: RoutingKey) -> anyhow::Result<()> {
+    let sentinel = format!("sentinel-{}", Uuid::now_v7());
+    h.stack.bus.send_raw(queue, Some(sentinel.clone()), b"sentinel".to_vec());
+    dead_letter(h, &sentinel).await.map(drop)
+}
+
+/// The message ids of the dead letters that are not sentinels.
+fn unexpected_dead_letters(h: &Harness) -> Vec<String> {
+    h.stack
+        .bus
+        .dead_letters()
+        .into_iter()
+        .filter_map(|d| d.message_id)
+        .filter(|id| !id.starts_with("sentinel-"))
+        .collect()
+}
+
+fn shipped_event(order: OrderId, shipment: ShipmentId) -> anyhow::Result<CloudEvent> {
+    let payload = ShipmentShipped {
+        shipment_id: shipment,
+        order_id: order,
+        carrier: Carrier::parse("DHL")?,
+        tracking_number: TrackingNumber::parse("TRACK-0002")?,
+    };
+    Ok(CloudEvent::wrap(
+        EventId::from_uuid(Uuid::now_v7()),
+        Source::Delivery,
+        EventBody::of(order, &payload),
+        Utc::now(),
+        None,
+    ))
+}
+
+fn delivered_event(order: OrderId, shipment: ShipmentId) -> CloudEvent {
+    let payload = ShipmentDelivered { shipment_id: shipment, order_id: order };
+    CloudEvent::wrap(
+        EventId::from_uuid(Uuid::now_v7()),
+        Source::Delivery,
+        EventBody::of(order, &payload),
+        Utc::now(),
+        None,
+    )
+}
+
+fn send(h: &Harness, queue: RoutingKey, message_id: &str, event: &CloudEvent) -> anyhow::Result<()> {
+    h.stack.bus.send_raw(queue, Some(message_id.to_owned()), serde_json::to_vec(event)?);
+    Ok(())
+}
+
+/// A paid order with its pending shipment, as domain ids.
+async fn paid_order(h: &Harness, customer: &str) -> anyhow::Result<(String, OrderId, ShipmentId)> {
+    let (order, shipment) = h.paid_order_with_shipment(customer, SKU, 2).await?;
+    let order_id = OrderId::from_uuid(Uuid::parse_str(&order)?);
+    let shipment_id = ShipmentId::from_uuid(Uuid::parse_str(&shipment)?);
+    Ok((order, order_id, shipment_id))
+}
+
+fn count(timeline: &[String], event_type: &str) -> usize {
+    timeline.iter().filter(|t| *t == event_type).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_message_is_dead_lettered_without_retries() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    h.stack.bus.send_raw(RoutingKey::OrdersShipped, Some("poison-1".to_owned()), b"{ this is not json".to_vec());
+    let letter = dead_letter(&h, "poison-1").await?;
+    assert_eq!(letter.retries, 0, "bad JSON is permanent: {}", letter.error);
+    assert_eq!(letter.original_queue, RoutingKey::OrdersShipped);
+    assert_eq!(letter.body, b"{ this is not json");
+    assert!(!letter.error.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_of_an_unknown_type_is_dead_lettered_without_retries() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let order = OrderId::from_uuid(Uuid::now_v7());
+    let mut event = delivered_event(order, ShipmentId::from_uuid(Uuid::now_v7()));
+    event.event_type = "orderflow.shipment.teleported.v1".to_owned();
+    send(&h, RoutingKey::OrdersDelivered, "unknown-type-1", &event)?;
+    let letter = dead_letter(&h, "unknown-type-1").await?;
+    assert_eq!(letter.retries, 0, "an unknown type is permanent: {}", letter.error);
+    assert_eq!(letter.original_queue, RoutingKey::OrdersDelivered);
+    assert!(letter.error.contains("orderflow.shipment.teleported.v1"), "{}", letter.error);
+
+    // A future version of a known type is unknown too.
+    let mut v2 = delivered_event(order, ShipmentId::from_uuid(Uuid::now_v7()));
+    v2.event_type = "orderflow.shipment.delivered.v2".to_owned();
+    send(&h, RoutingKey::OrdersDelivered, "unknown-version-1", &v2)?;
+    assert_eq!(dead_letter(&h, "unknown-version-1").await?.retries, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payload_that_does_not_fit_its_schema_is_dead_lettered_without_retries() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let mut event = delivered_event(OrderId::from_uuid(Uuid::now_v7()), ShipmentId::from_uuid(Uuid::now_v7()));
+    event.data = serde_json::json!({ "order_id": "not-a-uuid" });
+    send(&h, RoutingKey::OrdersDelivered, "malformed-1", &event)?;
+    assert_eq!(dead_letter(&h, "malformed-1").await?.retries, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_about_an_unknown_order_is_dead_lettered_without_retries() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let event = shipped_event(OrderId::from_uuid(Uuid::now_v7()), ShipmentId::from_uuid(Uuid::now_v7()))?;
+    send(&h, RoutingKey::OrdersShipped, "no-such-order-1", &event)?;
+    assert_eq!(dead_letter(&h, "no-such-order-1").await?.retries, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplicated_shipped_report_is_applied_once() -> anyhow::Result<()> {
+    let h = sequential_stack().await?;
+    let (id, order, shipment) = paid_order(&h, "cust-duplicate").await?;
+
+    let event = shipped_event(order, shipment)?;
+    let message_id = event.id.to_string();
+    send(&h, RoutingKey::OrdersShipped, &message_id, &event)?;
+    send(&h, RoutingKey::OrdersShipped, &message_id, &event)?;
+    drain(&h, RoutingKey::OrdersShipped).await?;
+
+    let shipped = h.order(&id).await?;
+    assert_eq!(shipped["status"], "shipped");
+    let timeline = h.timeline(&id).await?;
+    assert_eq!(count(&timeline, "orderflow.order.shipped.v1"), 1, "{timeline:?}");
+    assert_eq!(timeline, ["orderflow.order.placed.v1", "orderflow.order.paid.v1", "orderflow.order.shipped.v1"]);
+    assert!(unexpected_dead_letters(&h).is_empty(), "a duplicate is not an error: {:?}", unexpected_dead_letters(&h));
+    assert_eq!(h.stock(SKU).await?, (8, 0), "the stock is taken once");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_republished_shipped_report_with_a_new_message_id_is_a_no_op() -> anyhow::Result<()> {
+    let h = sequential_stack().await?;
+    let (id, order, shipment) = paid_order(&h, "cust-republished").await?;
+
+    send(&h, RoutingKey::OrdersShipped, "first-copy", &shipped_event(order, shipment)?)?;
+    send(&h, RoutingKey::OrdersShipped, "second-copy", &shipped_event(order, shipment)?)?;
+    drain(&h, RoutingKey::OrdersShipped).await?;
+
+    let timeline = h.timeline(&id).await?;
+    assert_eq!(count(&timeline, "orderflow.order.shipped.v1"), 1, "{timeline:?}");
+    assert!(unexpected_dead_letters(&h).is_empty(), "{:?}", unexpected_dead_letters(&h));
+    assert_eq!(h.stock(SKU).await?, (8, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivered_report_overtaking_the_shipped_one_ends_delivered() -> anyhow::Result<()> {
+    let h = sequential_stack().await?;
+    let (id, order, shipment) = paid_order(&h, "cust-overtaken").await?;
+
+    let delivered = delivered_event(order, shipment);
+    send(&h, RoutingKey::OrdersDelivered, &delivered.id.to_string(), &delivered)?;
+    h.wait_for_status(&id, "delivered").await?;
+    let shipped = shipped_event(order, shipment)?;
+    send(&h, RoutingKey::OrdersShipped, &shipped.id.to_string(), &shipped)?;
+    drain(&h, RoutingKey::OrdersShipped).await?;
+    drain(&h, RoutingKey::OrdersDelivered).await?;
+
+    assert_eq!(h.order(&id).await?["status"], "delivered");
+    let timeline = h.timeline(&id).await?;
+    assert_eq!(count(&timeline, "orderflow.order.delivered.v1"), 1, "{timeline:?}");
+    assert_eq!(count(&timeline, "orderflow.order.shipped.v1"), 0, "{timeline:?}");
+    assert!(unexpected_dead_letters(&h).is_empty(), "the late report is a no-op: {:?}", unexpected_dead_letters(&h));
+    assert_eq!(h.stock(SKU).await?, (8, 0), "delivered orders have taken their stock");
+    let delivered_audit = eventually("the delivered event in the audit stream", || async {
+        let events = h.stack.audit.events();
+        Ok(events.iter().any(|e| e.subject == id && e.event_type == "orderflow.order.delivered.v1").then_some(events))
+    })
+    .await?;
+    let shipped_audits =
+        delivered_audit.iter().filter(|e| e.subject == id && e.event_type == "orderflow.order.shipped.v1").count();
+    assert_eq!(shipped_audits, 0);
+    Ok(())
+}
