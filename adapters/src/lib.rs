@@ -2,9 +2,13 @@
 
 #[cfg(feature = "auth")]
 pub mod auth;
+#[cfg(any(all(test, feature = "memory"), feature = "contract"))]
+pub mod contract;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod simulated;
 pub mod system;

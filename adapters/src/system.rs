@@ -9,8 +9,9 @@ use uuid::Uuid;
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Microsecond precision: what PostgreSQL keeps, so a state read back equals the state written.
     fn now(&self) -> Timestamp {
-        chrono::Utc::now()
+        chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6)
     }
 }
 

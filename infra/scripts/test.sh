@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of every crate.
-# It installs and starts what the tests need; today that is only the Rust tools (every adapter the tests
-# use so far runs in memory). Run it from anywhere: bash infra/scripts/test.sh
+# It installs and starts what the tests need: the Rust tools and a local PostgreSQL (the PostgreSQL adapter
+# tests run against the real server, each in a schema of its own). Run it from anywhere:
+#   bash infra/scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -12,13 +13,15 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
+bash infra/scripts/postgres.sh
+
 echo "--- cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "--- cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "--- cargo nextest"
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
-cargo nextest run --workspace --locked --profile "$profile"
+cargo nextest run --workspace --all-features --locked --profile "$profile"

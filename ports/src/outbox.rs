@@ -66,6 +66,12 @@ pub trait OutboxStore: Send + Sync {
     /// Waits until new rows may have been written (or `max_wait` passes), so the relay neither polls hot
     /// nor adds latency.
     async fn wait_for_new(&self, max_wait: Duration);
+
+    /// Deletes fully published rows and inbox entries older than `retention`; returns how many went.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails; nothing is lost, the purge runs again later.
+    async fn purge(&self, retention: Duration) -> Result<u64, ReadError>;
 }
 
 /// Settings of an [`OutboxRelay`].
@@ -81,6 +87,10 @@ pub struct RelaySettings {
     pub backoff: Duration,
     /// Cap of the back-off.
     pub max_backoff: Duration,
+    /// How long published rows and inbox entries are kept (the inbox must outlive any redelivery).
+    pub retention: Duration,
+    /// How often the relay purges.
+    pub purge_every: Duration,
 }
 
 impl Default for RelaySettings {
@@ -91,6 +101,8 @@ impl Default for RelaySettings {
             idle_poll: Duration::from_secs(1),
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            purge_every: Duration::from_secs(600),
         }
     }
 }
@@ -119,7 +131,15 @@ impl OutboxRelay {
     /// Runs until the task is dropped.
     pub async fn run(self) {
         let mut backoff = self.settings.backoff;
+        let mut next_purge = tokio::time::Instant::now() + self.settings.purge_every;
         loop {
+            if tokio::time::Instant::now() >= next_purge {
+                next_purge += self.settings.purge_every;
+                match self.store.purge(self.settings.retention).await {
+                    Ok(deleted) => tracing::debug!(deleted, "outbox and inbox purged"),
+                    Err(error) => tracing::warn!(%error, "outbox purge failed"),
+                }
+            }
             match self.publish_batch().await {
                 Ok(0) => self.store.wait_for_new(self.settings.idle_poll).await,
                 Ok(_) => backoff = self.settings.backoff,

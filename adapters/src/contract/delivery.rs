@@ -1,0 +1,241 @@
+//! The `DeliveryStore` contract: one shipment per order, optimistic versions, the inbox, and the filtered,
+//! keyset-paged shipment list. Each check takes a fresh, empty store and panics on a violation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderflow_domain::events::{OrderCreated, ShipmentLine};
+use orderflow_domain::{
+    Carrier, CustomerId, EventId, OrderId, Quantity, Shipment, ShipmentEvent, ShipmentId, ShipmentStatus, Source, Step,
+    Timestamp, TrackingNumber,
+};
+use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::outbox::OutboxMessage;
+use orderflow_ports::sales::{ChangeError, ChangeOutcome};
+use uuid::Uuid;
+
+use super::fixtures::{address, claimed_ids, event_id, inbox, later, message_ids, sku};
+
+/// A lease long enough that nothing claimed in a check comes back during it.
+const LEASE: Duration = Duration::from_secs(60);
+
+fn delivery_messages(event: &ShipmentEvent, at: Timestamp) -> Vec<OutboxMessage> {
+    vec![OutboxMessage::from_outgoing(event.outgoing(), event_id(), Source::Delivery, at, None)]
+}
+
+fn paid_order(order_id: OrderId) -> OrderCreated {
+    OrderCreated {
+        order_id,
+        customer_id: CustomerId::parse("alice").expect("a customer"),
+        lines: vec![ShipmentLine { sku: sku("A-1"), quantity: Quantity::new(2).expect("a quantity") }],
+        shipping_address: address(),
+    }
+}
+
+/// Creating a new shipment for `order_id` at `at`.
+fn creation(order_id: OrderId, at: Timestamp) -> ShipmentChange {
+    let (shipment, event) = Shipment::create(ShipmentId::from_uuid(Uuid::now_v7()), paid_order(order_id), at);
+    ShipmentChange { shipment, expected_version: None, messages: delivery_messages(&event, at), inbox: None }
+}
+
+/// The change a transition of `before` makes; panics when it is refused or changes nothing.
+fn change_of(before: &Shipment, step: Step<Shipment, ShipmentEvent>, at: Timestamp) -> ShipmentChange {
+    match step {
+        Step::Applied { state, event } => ShipmentChange {
+            shipment: state,
+            expected_version: Some(before.version),
+            messages: delivery_messages(&event, at),
+            inbox: None,
+        },
+        Step::Unchanged(s) => panic!("the transition left shipment {} unchanged", s.id),
+    }
+}
+
+fn shipping(before: &Shipment, at: Timestamp) -> ShipmentChange {
+    let carrier = Carrier::parse("DHL").expect("a carrier");
+    let tracking = TrackingNumber::parse("TRK-1").expect("a tracking number");
+    change_of(before, before.clone().ship(carrier, tracking, at).expect("a pending shipment ships"), at)
+}
+
+async fn save(store: &dyn DeliveryStore, change: ShipmentChange) -> Shipment {
+    let shipment = change.shipment.clone();
+    assert_eq!(store.save(change).await.expect("the shipment is saved"), ChangeOutcome::Applied);
+    shipment
+}
+
+async fn owed(store: &dyn DeliveryStore) -> Vec<EventId> {
+    claimed_ids(&store.claim(1000, LEASE).await.expect("outbox claimed"))
+}
+
+fn ids(shipments: &[Shipment]) -> Vec<ShipmentId> {
+    shipments.iter().map(|s| s.id).collect()
+}
+
+/// A second shipment for an order that has one is a conflict, and writes nothing.
+pub async fn creating_a_second_shipment_for_an_order_is_a_conflict(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let order_id = OrderId::from_uuid(Uuid::now_v7());
+    let first_change = creation(order_id, super::fixtures::now());
+    let first_messages = message_ids(&first_change.messages);
+    let first = save(store, first_change).await;
+    let second = creation(order_id, super::fixtures::now());
+    let second_id = second.shipment.id;
+
+    let error = store.save(second).await.expect_err("the order already has a shipment");
+
+    assert!(matches!(error, ChangeError::Conflict { .. }), "expected Conflict, got {error:?}");
+    assert_eq!(store.shipment(second_id).await.expect("shipment read"), None, "the second shipment is not stored");
+    assert_eq!(
+        store.shipment_for_order(order_id).await.expect("shipment read"),
+        Some(first.clone()),
+        "the order keeps its first shipment"
+    );
+    assert_eq!(store.shipment(first.id).await.expect("shipment read"), Some(first));
+    assert_eq!(owed(store).await, first_messages, "only the first shipment wrote outbox rows");
+}
+
+/// A change computed from a version the shipment has moved past is a conflict, and writes nothing.
+pub async fn changing_with_a_stale_version_is_a_conflict(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let created = save(store, creation(OrderId::from_uuid(Uuid::now_v7()), super::fixtures::now())).await;
+    let shipped = save(store, shipping(&created, super::fixtures::now())).await;
+    owed(store).await;
+    // Computed from the version before shipping.
+    let stale_cancel = change_of(&created, created.clone().cancel(super::fixtures::now()), super::fixtures::now());
+
+    let error = store.save(stale_cancel).await.expect_err("the change is stale");
+
+    assert!(
+        matches!(error, ChangeError::Conflict { expected } if expected == created.version),
+        "expected Conflict {{ expected: {} }}, got {error:?}",
+        created.version
+    );
+    assert_eq!(store.shipment(created.id).await.expect("shipment read"), Some(shipped), "the shipment stays shipped");
+    assert_eq!(owed(store).await, vec![], "the refused change wrote no outbox rows");
+}
+
+/// Changing a shipment the store does not hold is `NotFound`, and writes nothing.
+pub async fn changing_an_unknown_shipment_is_not_found(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let (never_saved, _) = Shipment::create(
+        ShipmentId::from_uuid(Uuid::now_v7()),
+        paid_order(OrderId::from_uuid(Uuid::now_v7())),
+        super::fixtures::now(),
+    );
+
+    let error =
+        store.save(shipping(&never_saved, super::fixtures::now())).await.expect_err("the shipment does not exist");
+
+    assert!(matches!(error, ChangeError::NotFound), "expected NotFound, got {error:?}");
+    assert_eq!(store.shipment(never_saved.id).await.expect("shipment read"), None, "nothing is created");
+    assert_eq!(
+        store.shipment_for_order(never_saved.order.order_id).await.expect("shipment read"),
+        None,
+        "nothing is created for the order"
+    );
+    assert_eq!(owed(store).await, vec![], "no outbox rows are written");
+}
+
+/// A redelivered command (same message id and consumer) is `AlreadyProcessed` and writes nothing, whether
+/// it would create a shipment or change one; another consumer of the same message id is processed.
+pub async fn a_redelivered_message_is_already_processed(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let order_id = OrderId::from_uuid(Uuid::now_v7());
+    let mut create = creation(order_id, super::fixtures::now());
+    create.inbox = Some(inbox("msg-1", "orders.created"));
+    let first = save(store, create).await;
+    owed(store).await;
+    // A consumer handling the redelivery would build a new shipment with a new id.
+    let mut again = creation(order_id, super::fixtures::now());
+    again.inbox = Some(inbox("msg-1", "orders.created"));
+    let again_id = again.shipment.id;
+    let mut cancel = change_of(&first, first.clone().cancel(super::fixtures::now()), super::fixtures::now());
+    cancel.inbox = Some(inbox("msg-1", "orders.created"));
+
+    let redelivered = store.save(again).await.expect("the redelivery is answered");
+    let seen_change = store.save(cancel.clone()).await.expect("the seen message is answered");
+
+    assert_eq!(redelivered, ChangeOutcome::AlreadyProcessed, "the redelivered creation is already processed");
+    assert_eq!(seen_change, ChangeOutcome::AlreadyProcessed, "any change with a seen entry is skipped");
+    assert_eq!(store.shipment(again_id).await.expect("shipment read"), None, "no second shipment is stored");
+    assert_eq!(
+        store.shipment_for_order(order_id).await.expect("shipment read"),
+        Some(first.clone()),
+        "the first shipment is unchanged"
+    );
+    let all = store.shipments(ShipmentQuery { limit: 100, ..ShipmentQuery::default() }).await.expect("listed");
+    assert_eq!(ids(&all.items), vec![first.id], "one shipment is listed");
+    assert_eq!(owed(store).await, vec![], "no outbox rows are written");
+
+    cancel.inbox = Some(inbox("msg-1", "orders.cancel_requested"));
+    assert_eq!(
+        store.save(cancel).await.expect("the other consumer's change is applied"),
+        ChangeOutcome::Applied,
+        "the same message id for another consumer is processed"
+    );
+}
+
+async fn pages(store: &dyn DeliveryStore, query: ShipmentQuery) -> Vec<Vec<Shipment>> {
+    let mut pages = Vec::new();
+    let mut query = query;
+    for _ in 0..100 {
+        let page = store.shipments(query.clone()).await.expect("shipments listed");
+        assert!(page.items.len() <= query.limit, "a page holds at most {} shipments", query.limit);
+        pages.push(page.items);
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return pages,
+        }
+    }
+    panic!("paging did not end after 100 pages");
+}
+
+/// Shipments list newest first, filtered by status and by last change before an instant, and paging with
+/// `after = next` yields every match exactly once.
+pub async fn shipments_filter_by_status_and_updated_before_and_page_keyset(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let t0 = later(super::fixtures::now(), -1000);
+    let mut saved = Vec::new();
+    for i in 0..6 {
+        let mut shipment = save(store, creation(OrderId::from_uuid(Uuid::now_v7()), later(t0, i))).await;
+        if i % 2 == 1 {
+            shipment = save(store, shipping(&shipment, later(t0, 100 + i))).await;
+        }
+        saved.push(shipment);
+    }
+    let newest_first: Vec<Shipment> = saved.iter().rev().cloned().collect();
+    let matching = |f: &dyn Fn(&Shipment) -> bool| -> Vec<ShipmentId> {
+        newest_first.iter().filter(|s| f(s)).map(|s| s.id).collect()
+    };
+    let query = |status, updated_before, limit| ShipmentQuery { status, updated_before, limit, after: None };
+
+    let everything = store.shipments(query(None, None, 100)).await.expect("shipments listed");
+    assert_eq!(everything.items, newest_first, "all shipments, newest first, as stored");
+    assert_eq!(everything.next, None, "a list that fits one page has no next key");
+    let pending = store.shipments(query(Some(ShipmentStatus::Pending), None, 100)).await.expect("listed");
+    assert_eq!(ids(&pending.items), matching(&|s| s.status == ShipmentStatus::Pending), "pending shipments");
+    let cutoff = later(t0, 103);
+    let due = store.shipments(query(None, Some(cutoff), 100)).await.expect("listed");
+    assert_eq!(ids(&due.items), matching(&|s| s.updated_at < cutoff), "shipments last changed before the cutoff");
+    let due_shipped = store.shipments(query(Some(ShipmentStatus::Shipped), Some(cutoff), 100)).await.expect("listed");
+    assert_eq!(
+        ids(&due_shipped.items),
+        matching(&|s| s.status == ShipmentStatus::Shipped && s.updated_at < cutoff),
+        "shipped before the cutoff"
+    );
+    assert_eq!(ids(&due_shipped.items).len(), 1, "exactly one shipment shipped before the cutoff");
+    let none = store.shipments(query(Some(ShipmentStatus::Delivered), None, 100)).await.expect("listed");
+    assert_eq!(none.items, vec![], "no shipment is delivered");
+
+    let paged = pages(store, query(None, None, 4)).await;
+    assert_eq!(paged[0].len(), 4, "the first page is full");
+    assert_eq!(ids(&paged.concat()), ids(&newest_first), "pages of 4 yield every shipment once, newest first");
+    let paged = pages(store, query(Some(ShipmentStatus::Pending), None, 1)).await;
+    assert_eq!(
+        ids(&paged.concat()),
+        matching(&|s| s.status == ShipmentStatus::Pending),
+        "filtered pages yield every match once"
+    );
+    let paged = pages(store, query(None, None, 6)).await;
+    assert_eq!(ids(&paged.concat()), ids(&newest_first), "an exactly full page loses nothing");
+}

@@ -1,0 +1,166 @@
+//! The Delivery store on PostgreSQL.
+
+use async_trait::async_trait;
+use orderflow_domain::{Carrier, OrderId, Shipment, ShipmentId, ShipmentStatus, TrackingNumber};
+use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::sales::{ChangeError, ChangeOutcome};
+use orderflow_ports::{BoxError, Page, ReadError};
+use tokio_postgres::Row;
+
+use super::outbox::{self, pg_outbox_store};
+use super::{Database, PgSettings, PgSetupError, Service, from_json};
+
+/// Delivery persistence in PostgreSQL.
+#[derive(Clone)]
+pub struct PgDeliveryStore {
+    db: Database,
+}
+
+impl PgDeliveryStore {
+    /// Connects, applies migrations when asked, and starts listening for outbox writes.
+    ///
+    /// # Errors
+    /// [`PgSetupError`] when the settings are unusable or the database refuses.
+    pub async fn connect(settings: &PgSettings) -> Result<Self, PgSetupError> {
+        Ok(Self { db: Database::open(settings, Service::Delivery).await? })
+    }
+}
+
+pg_outbox_store!(PgDeliveryStore);
+
+const COLUMNS: &str = "id, status, carrier, tracking_number, order_data, version, created_at, updated_at";
+
+fn shipment_from(row: &Row) -> Result<Shipment, BoxError> {
+    Ok(Shipment {
+        id: ShipmentId::from_uuid(row.get(0)),
+        status: ShipmentStatus::parse(row.get(1))?,
+        carrier: row.get::<_, Option<&str>>(2).map(Carrier::parse).transpose()?,
+        tracking_number: row.get::<_, Option<&str>>(3).map(TrackingNumber::parse).transpose()?,
+        order: from_json(row.get(4))?,
+        version: u32::try_from(row.get::<_, i32>(5))?,
+        created_at: row.get(6),
+        updated_at: row.get(7),
+    })
+}
+
+fn failed(error: impl Into<BoxError>) -> ChangeError {
+    ChangeError::Unexpected(error.into())
+}
+
+fn read_failed(error: impl Into<BoxError>) -> ReadError {
+    ReadError::Unexpected(error.into())
+}
+
+#[async_trait]
+impl DeliveryStore for PgDeliveryStore {
+    async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
+        let mut client = self.db.client().await.map_err(ChangeError::Unexpected)?;
+        let tx = client.transaction().await.map_err(failed)?;
+        if let Some(entry) = &change.inbox {
+            let fresh = tx
+                .query_opt(
+                    "INSERT INTO inbox (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+                    &[&entry.message_id, &entry.consumer],
+                )
+                .await
+                .map_err(failed)?;
+            if fresh.is_none() {
+                return Ok(ChangeOutcome::AlreadyProcessed);
+            }
+        }
+        let s = &change.shipment;
+        let version = i32::try_from(s.version).map_err(failed)?;
+        let carrier = s.carrier.as_ref().map(Carrier::as_str);
+        let tracking = s.tracking_number.as_ref().map(TrackingNumber::as_str);
+        let written = match change.expected_version {
+            None => {
+                let order = serde_json::to_value(&s.order).map_err(failed)?;
+                tx.execute(
+                    "INSERT INTO shipments (id, order_id, status, carrier, tracking_number, order_data, version,
+                                            created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING",
+                    &[
+                        &s.id.as_uuid(),
+                        &s.order.order_id.as_uuid(),
+                        &s.status.as_str(),
+                        &carrier,
+                        &tracking,
+                        &order,
+                        &version,
+                        &s.created_at,
+                        &s.updated_at,
+                    ],
+                )
+                .await
+                .map_err(failed)?
+            }
+            Some(expected) => {
+                let expected = i32::try_from(expected).map_err(failed)?;
+                tx.execute(
+                    "UPDATE shipments SET status = $2, carrier = $3, tracking_number = $4, version = $5,
+                         updated_at = $6
+                     WHERE id = $1 AND version = $7",
+                    &[&s.id.as_uuid(), &s.status.as_str(), &carrier, &tracking, &version, &s.updated_at, &expected],
+                )
+                .await
+                .map_err(failed)?
+            }
+        };
+        if written == 0 {
+            let exists =
+                tx.query_opt("SELECT 1 FROM shipments WHERE id = $1", &[&s.id.as_uuid()]).await.map_err(failed)?;
+            return Err(match (change.expected_version, exists) {
+                (Some(_), None) => ChangeError::NotFound,
+                (expected, _) => ChangeError::Conflict { expected: expected.unwrap_or(0) },
+            });
+        }
+        outbox::insert(&tx, &change.messages).await.map_err(ChangeError::Unexpected)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(ChangeOutcome::Applied)
+    }
+
+    async fn shipment(&self, id: ShipmentId) -> Result<Option<Shipment>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let row = client
+            .query_opt(&format!("SELECT {COLUMNS} FROM shipments WHERE id = $1"), &[&id.as_uuid()])
+            .await
+            .map_err(read_failed)?;
+        row.as_ref().map(shipment_from).transpose().map_err(ReadError::Unexpected)
+    }
+
+    async fn shipment_for_order(&self, order_id: OrderId) -> Result<Option<Shipment>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let row = client
+            .query_opt(&format!("SELECT {COLUMNS} FROM shipments WHERE order_id = $1"), &[&order_id.as_uuid()])
+            .await
+            .map_err(read_failed)?;
+        row.as_ref().map(shipment_from).transpose().map_err(ReadError::Unexpected)
+    }
+
+    async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let limit = i64::try_from(query.limit + 1).map_err(read_failed)?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM shipments
+                     WHERE ($1::text IS NULL OR status = $1) AND ($2::timestamptz IS NULL OR updated_at < $2)
+                       AND ($3::uuid IS NULL OR id < $3)
+                     ORDER BY id DESC LIMIT $4"
+                ),
+                &[
+                    &query.status.map(ShipmentStatus::as_str),
+                    &query.updated_before,
+                    &query.after.map(|a| a.as_uuid()),
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut items = rows.iter().map(shipment_from).collect::<Result<Vec<_>, _>>().map_err(ReadError::Unexpected)?;
+        let more = items.len() > query.limit;
+        items.truncate(query.limit);
+        let next = if more { items.last().map(|s| s.id) } else { None };
+        Ok(Page { items, next })
+    }
+}

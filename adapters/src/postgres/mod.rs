@@ -1,0 +1,155 @@
+//! PostgreSQL adapters: the Sales and Delivery stores on `tokio-postgres` + `deadpool-postgres`, each in
+//! its own schema, with migrations applied at start-up and the outbox relay woken by `LISTEN/NOTIFY`.
+
+mod delivery;
+mod outbox;
+mod sales;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use orderflow_ports::BoxError;
+use tokio::sync::Notify;
+use tokio_postgres::NoTls;
+
+pub use delivery::PgDeliveryStore;
+pub use sales::PgSalesStore;
+
+mod sales_migrations {
+    refinery::embed_migrations!("../infra/migrations/sales");
+}
+mod delivery_migrations {
+    refinery::embed_migrations!("../infra/migrations/delivery");
+}
+
+/// How to reach and use the database.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// `postgres://user@host:port/db`.
+    pub url: String,
+    /// The schema the service's tables live in (`sales`, `delivery`; tests use their own).
+    pub schema: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Longest a statement may run before the server cancels it.
+    pub statement_timeout: Duration,
+    /// Apply pending migrations at start-up.
+    pub migrate: bool,
+}
+
+impl PgSettings {
+    /// Settings with the defaults: a pool of 16, 5 s statement timeout, migrations on.
+    pub fn new(url: impl Into<String>, schema: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: schema.into(),
+            pool_size: 16,
+            statement_timeout: Duration::from_secs(5),
+            migrate: true,
+        }
+    }
+}
+
+/// Why the database could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PgSetupError {
+    /// The URL or schema name is not usable.
+    #[error("invalid database settings: {0}")]
+    Invalid(String),
+    /// The server refused or failed.
+    #[error("database setup failed")]
+    Database(#[source] BoxError),
+}
+
+fn setup_failed(error: impl std::error::Error + Send + Sync + 'static) -> PgSetupError {
+    PgSetupError::Database(Box::new(error))
+}
+
+/// Which service's tables a schema holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Sales,
+    Delivery,
+}
+
+/// A pool whose connections all use one schema, plus the signal the relay waits on.
+#[derive(Clone)]
+struct Database {
+    pool: Pool,
+    outbox_written: Arc<Notify>,
+}
+
+impl Database {
+    async fn open(settings: &PgSettings, service: Service) -> Result<Self, PgSetupError> {
+        let schema = &settings.schema;
+        let valid = !schema.is_empty()
+            && schema.len() <= 40
+            && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(PgSetupError::Invalid(format!("schema name {schema:?} must match [a-z_][a-z0-9_]*")));
+        }
+        let mut config: tokio_postgres::Config =
+            settings.url.parse().map_err(|e| PgSetupError::Invalid(format!("DATABASE_URL: {e}")))?;
+        config.options(format!(
+            "-c search_path={schema} -c statement_timeout={}",
+            settings.statement_timeout.as_millis()
+        ));
+        if config.get_application_name().is_none() {
+            config.application_name("orderflow");
+        }
+        if settings.migrate {
+            migrate(&config, schema, service).await?;
+        }
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(1))
+            .build()
+            .map_err(|e| PgSetupError::Invalid(e.to_string()))?;
+        let outbox_written = Arc::new(Notify::new());
+        tokio::spawn(outbox::listen(config, format!("{schema}_outbox"), Arc::clone(&outbox_written)));
+        Ok(Self { pool, outbox_written })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, BoxError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Creates the schema and applies the service's migrations under an advisory lock, so replicas starting
+/// together take turns instead of racing.
+async fn migrate(config: &tokio_postgres::Config, schema: &str, service: Service) -> Result<(), PgSetupError> {
+    let (mut client, connection) = config.connect(NoTls).await.map_err(setup_failed)?;
+    let driver = tokio::spawn(connection);
+    let lock = format!("orderflow-migrate-{schema}");
+    client.execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock]).await.map_err(setup_failed)?;
+    let result = async {
+        client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await.map_err(setup_failed)?;
+        let runner = match service {
+            Service::Sales => sales_migrations::migrations::runner(),
+            Service::Delivery => delivery_migrations::migrations::runner(),
+        };
+        runner.run_async(&mut client).await.map_err(setup_failed)?;
+        Ok(())
+    }
+    .await;
+    // Closing the session releases the advisory lock even if the unlock below is never reached.
+    let _ = client.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock]).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+fn unexpected(error: impl std::error::Error + Send + Sync + 'static) -> BoxError {
+    Box::new(error)
+}
+
+/// Reads a JSON column into a domain type.
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, BoxError> {
+    Ok(serde_json::from_value(value)?)
+}
+
+#[cfg(all(test, feature = "contract"))]
+mod tests;

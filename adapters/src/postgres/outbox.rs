@@ -1,0 +1,188 @@
+//! The outbox table both services share the shape of: claiming with leases and `SKIP LOCKED`, marking
+//! each destination, purging, and the `LISTEN` connection that wakes the relay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Transaction;
+use futures::StreamExt;
+use orderflow_domain::{CloudEvent, EventId, RoutingKey};
+use orderflow_ports::outbox::{ClaimedMessage, Destination, OutboxMessage};
+use orderflow_ports::{BoxError, ReadError};
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::{Database, from_json, unexpected};
+
+/// Writes outbox rows inside the caller's transaction.
+pub(super) async fn insert(tx: &Transaction<'_>, messages: &[OutboxMessage]) -> Result<(), BoxError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.id().as_uuid()).collect();
+    let events: Vec<serde_json::Value> =
+        messages.iter().map(|m| serde_json::to_value(&m.event)).collect::<Result<_, _>>()?;
+    let keys: Vec<Option<&str>> = messages.iter().map(|m| m.command.map(RoutingKey::as_str)).collect();
+    let commands: Vec<bool> = messages.iter().map(|m| m.command.is_some()).collect();
+    let audits: Vec<bool> = messages.iter().map(|m| m.audit).collect();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending)
+             SELECT id, event, routing_key, command_pending, audit_pending
+             FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::bool[], $5::bool[]) WITH ORDINALITY
+                 AS m(id, event, routing_key, command_pending, audit_pending, n)
+             ORDER BY n",
+        )
+        .await?;
+    tx.execute(&statement, &[&ids, &events, &keys, &commands, &audits]).await?;
+    Ok(())
+}
+
+fn routing_key(raw: Option<String>) -> Result<Option<RoutingKey>, BoxError> {
+    raw.map(|k| from_json::<RoutingKey>(serde_json::Value::String(k))).transpose()
+}
+
+/// Claims up to `limit` owed rows for `lease`, oldest first; rows another relay holds are skipped.
+pub(super) async fn claim(db: &Database, limit: usize, lease: Duration) -> Result<Vec<ClaimedMessage>, ReadError> {
+    let client = db.client().await.map_err(ReadError::Unexpected)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let lease_ms = f64::from(u32::try_from(lease.as_millis()).unwrap_or(u32::MAX));
+    let rows = client
+        .query(
+            "WITH next AS (
+                 SELECT seq FROM outbox
+                 WHERE (command_pending OR audit_pending) AND (claimed_until IS NULL OR claimed_until < now())
+                 ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)
+             UPDATE outbox o SET claimed_until = now() + $2 * interval '1 millisecond'
+             FROM next WHERE o.seq = next.seq
+             RETURNING o.seq, o.event, o.routing_key, o.command_pending, o.audit_pending",
+            &[&limit, &lease_ms],
+        )
+        .await
+        .map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.get(0);
+        let event: CloudEvent = from_json(row.get(1)).map_err(ReadError::Unexpected)?;
+        let command = routing_key(row.get(2)).map_err(ReadError::Unexpected)?;
+        let pending = [
+            row.get::<_, bool>(3).then_some(Destination::Command),
+            row.get::<_, bool>(4).then_some(Destination::Audit),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        claimed.push((seq, ClaimedMessage { message: OutboxMessage { event, command, audit: row.get(4) }, pending }));
+    }
+    // UPDATE … RETURNING does not keep the CTE's order.
+    claimed.sort_by_key(|(seq, _)| *seq);
+    Ok(claimed.into_iter().map(|(_, c)| c).collect())
+}
+
+/// Marks one destination of a row published; the row counts as published when none is owed.
+pub(super) async fn mark(db: &Database, id: EventId, destination: Destination) -> Result<(), ReadError> {
+    let client = db.client().await.map_err(ReadError::Unexpected)?;
+    let sql = match destination {
+        Destination::Command => {
+            "UPDATE outbox SET command_pending = false,
+                 published_at = CASE WHEN audit_pending THEN NULL ELSE now() END WHERE id = $1"
+        }
+        Destination::Audit => {
+            "UPDATE outbox SET audit_pending = false,
+                 published_at = CASE WHEN command_pending THEN NULL ELSE now() END WHERE id = $1"
+        }
+    };
+    client.execute(sql, &[&id.as_uuid()]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    Ok(())
+}
+
+/// Deletes published outbox rows and inbox rows older than `retention`; returns how many rows went.
+pub(super) async fn purge(db: &Database, retention: Duration) -> Result<u64, ReadError> {
+    let client = db.client().await.map_err(ReadError::Unexpected)?;
+    let ms = f64::from(u32::try_from(retention.as_millis()).unwrap_or(u32::MAX));
+    let mut deleted = 0;
+    for sql in [
+        "DELETE FROM outbox WHERE NOT (command_pending OR audit_pending)
+             AND published_at < now() - $1 * interval '1 millisecond'",
+        "DELETE FROM inbox WHERE processed_at < now() - $1 * interval '1 millisecond'",
+    ] {
+        deleted += client.execute(sql, &[&ms]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    }
+    Ok(deleted)
+}
+
+/// Keeps a connection listening on `channel` and wakes `notify` on every notification; reconnects with
+/// back-off when the connection drops. The relay also polls, so a missed notification costs latency only.
+pub(super) async fn listen(config: tokio_postgres::Config, channel: String, notify: Arc<Notify>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed();
+                let statement = format!("LISTEN \"{channel}\"");
+                let listening = {
+                    // The connection must be polled for the LISTEN to complete.
+                    let mut listen = std::pin::pin!(client.batch_execute(&statement));
+                    loop {
+                        tokio::select! {
+                            result = &mut listen => break result.is_ok(),
+                            message = messages.next() => if message.is_none() { break false },
+                        }
+                    }
+                };
+                if listening {
+                    backoff = Duration::from_millis(100);
+                    // A row may have been written while we were not listening.
+                    notify.notify_one();
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
+                            Ok(_) => {}
+                            Err(error) => {
+                                tracing::warn!(%error, "outbox listener connection failed");
+                                break;
+                            }
+                        }
+                    }
+                }
+                drop(client);
+            }
+            Err(error) => tracing::warn!(%error, retry_in = ?backoff, "outbox listener cannot connect"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Implements `OutboxStore` for a store with a `db: Database` field.
+macro_rules! pg_outbox_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl orderflow_ports::outbox::OutboxStore for $store {
+            async fn claim(
+                &self,
+                limit: usize,
+                lease: std::time::Duration,
+            ) -> Result<Vec<orderflow_ports::outbox::ClaimedMessage>, orderflow_ports::ReadError> {
+                super::outbox::claim(&self.db, limit, lease).await
+            }
+
+            async fn mark_published(
+                &self,
+                id: orderflow_domain::EventId,
+                destination: orderflow_ports::outbox::Destination,
+            ) -> Result<(), orderflow_ports::ReadError> {
+                super::outbox::mark(&self.db, id, destination).await
+            }
+
+            async fn wait_for_new(&self, max_wait: std::time::Duration) {
+                let _ = tokio::time::timeout(max_wait, self.db.outbox_written.notified()).await;
+            }
+
+            async fn purge(&self, retention: std::time::Duration) -> Result<u64, orderflow_ports::ReadError> {
+                super::outbox::purge(&self.db, retention).await
+            }
+        }
+    };
+}
+pub(super) use pg_outbox_store;

@@ -1,0 +1,401 @@
+//! The Sales store on PostgreSQL. Placing an order is one transaction of four round trips: the
+//! idempotency key, the stock reservation (rows locked in SKU order), and one statement writing the
+//! order, its lines, its timeline and its outbox rows.
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+use orderflow_domain::{CloudEvent, Currency, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect};
+use orderflow_ports::outbox::OutboxMessage;
+use orderflow_ports::sales::{
+    ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
+    SalesStore,
+};
+use orderflow_ports::{BoxError, Page, ReadError};
+use tokio_postgres::Row;
+
+use super::outbox::{self, pg_outbox_store};
+use super::{Database, PgSettings, PgSetupError, Service, from_json};
+
+/// Sales persistence in PostgreSQL.
+#[derive(Clone)]
+pub struct PgSalesStore {
+    db: Database,
+}
+
+impl PgSalesStore {
+    /// Connects, applies migrations when asked, and starts listening for outbox writes.
+    ///
+    /// # Errors
+    /// [`PgSetupError`] when the settings are unusable or the database refuses.
+    pub async fn connect(settings: &PgSettings) -> Result<Self, PgSetupError> {
+        Ok(Self { db: Database::open(settings, Service::Sales).await? })
+    }
+}
+
+pg_outbox_store!(PgSalesStore);
+
+/// The columns `order_from` reads, lines aggregated so one round trip reads a whole order.
+const ORDER_COLUMNS: &str = "o.id, o.customer_id, o.status, o.total_minor, o.currency, o.shipping_address,
+    o.version, o.created_at, o.updated_at,
+    (SELECT jsonb_agg(jsonb_build_object('sku', l.sku, 'quantity', l.quantity,
+        'unit_price', jsonb_build_object('amount_minor', l.unit_price_minor, 'currency', l.currency))
+        ORDER BY l.position) FROM order_lines l WHERE l.order_id = o.id)";
+
+fn order_from(row: &Row) -> Result<Order, BoxError> {
+    let currency = Currency::parse(row.get::<_, &str>(4))?;
+    Ok(Order {
+        id: OrderId::from_uuid(row.get(0)),
+        customer_id: from_json(serde_json::Value::String(row.get(1)))?,
+        status: OrderStatus::parse(row.get(2))?,
+        total: Money::new(row.get(3), currency)?,
+        shipping_address: from_json(row.get(5))?,
+        version: u32::try_from(row.get::<_, i32>(6))?,
+        created_at: row.get(7),
+        updated_at: row.get(8),
+        lines: from_json(row.get::<_, Option<serde_json::Value>>(9).unwrap_or_default())?,
+    })
+}
+
+fn product_from(row: &Row) -> Result<Product, BoxError> {
+    Ok(Product {
+        sku: Sku::parse(row.get(0))?,
+        name: ProductName::parse(row.get(1))?,
+        price: Money::new(row.get(2), Currency::parse(row.get(3))?)?,
+        stock: u32::try_from(row.get::<_, i32>(4))?,
+        reserved: u32::try_from(row.get::<_, i32>(5))?,
+    })
+}
+
+/// Writes the audit messages of a change to the order's timeline and all its messages to the outbox.
+async fn record(tx: &Transaction<'_>, order_id: OrderId, messages: &[OutboxMessage]) -> Result<(), BoxError> {
+    let events: Vec<serde_json::Value> =
+        messages.iter().filter(|m| m.audit).map(|m| serde_json::to_value(&m.event)).collect::<Result<_, _>>()?;
+    if !events.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO order_events (order_id, event)
+                 SELECT $1, e FROM unnest($2::jsonb[]) WITH ORDINALITY AS t(e, n) ORDER BY n",
+            )
+            .await?;
+        tx.execute(&statement, &[&order_id.as_uuid(), &events]).await?;
+    }
+    outbox::insert(tx, messages).await
+}
+
+/// Applies a stock effect to an order's lines, locking the products in SKU order so concurrent changes
+/// over overlapping SKUs cannot deadlock. Returns the SKUs whose rows were updated.
+async fn move_stock(tx: &Transaction<'_>, order: &Order, effect: StockEffect) -> Result<Vec<String>, BoxError> {
+    let set = match effect {
+        StockEffect::None => return Ok(order.lines.iter().map(|l| l.sku.to_string()).collect()),
+        StockEffect::Reserve => "reserved = p.reserved + w.qty",
+        StockEffect::Release => "reserved = p.reserved - w.qty",
+        StockEffect::Commit => "reserved = p.reserved - w.qty, stock = p.stock - w.qty",
+    };
+    let guard = match effect {
+        StockEffect::Reserve => "AND l.stock - l.reserved >= w.qty",
+        _ => "",
+    };
+    let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+    let quantities: Vec<i32> = order.lines.iter().map(|l| i32::try_from(l.quantity.get())).collect::<Result<_, _>>()?;
+    let sql = format!(
+        "WITH w AS (SELECT * FROM unnest($1::text[], $2::int[]) AS w(sku, qty)),
+              l AS (SELECT p.sku, p.stock, p.reserved FROM products p
+                    WHERE p.sku IN (SELECT sku FROM w) ORDER BY p.sku FOR UPDATE)
+         UPDATE products p SET {set} FROM w, l
+         WHERE p.sku = w.sku AND l.sku = w.sku {guard}
+         RETURNING p.sku"
+    );
+    let statement = tx.prepare_cached(&sql).await?;
+    let rows = tx.query(&statement, &[&skus, &quantities]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn place_failed(error: impl Into<BoxError>) -> PlaceError {
+    PlaceError::Unexpected(error.into())
+}
+
+fn change_failed(error: impl Into<BoxError>) -> ChangeError {
+    ChangeError::Unexpected(error.into())
+}
+
+fn read_failed(error: impl Into<BoxError>) -> ReadError {
+    ReadError::Unexpected(error.into())
+}
+
+#[async_trait]
+impl SalesStore for PgSalesStore {
+    async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
+        let mut client = self.db.client().await.map_err(PlaceError::Unexpected)?;
+        let tx = client.transaction().await.map_err(place_failed)?;
+        let order = placement.order;
+        if let Some(key) = &placement.idempotency {
+            // A concurrent request with the same key blocks on this row until the first commits, then
+            // replays it; an expired key is taken over.
+            let response = serde_json::to_value(&order).map_err(place_failed)?;
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO idempotency_keys (client, key, request_hash, response, created_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (client, key) DO UPDATE
+                         SET request_hash = EXCLUDED.request_hash, response = EXCLUDED.response,
+                             created_at = EXCLUDED.created_at
+                         WHERE idempotency_keys.created_at < $6
+                     RETURNING 1",
+                )
+                .await
+                .map_err(place_failed)?;
+            let claimed = tx
+                .query_opt(
+                    &statement,
+                    &[&key.client, &key.key, &key.request_hash, &response, &order.created_at, &key.not_before],
+                )
+                .await
+                .map_err(place_failed)?;
+            if claimed.is_none() {
+                let row = tx
+                    .query_one(
+                        "SELECT request_hash, response FROM idempotency_keys WHERE client = $1 AND key = $2",
+                        &[&key.client, &key.key],
+                    )
+                    .await
+                    .map_err(place_failed)?;
+                if row.get::<_, &str>(0) != key.request_hash {
+                    return Err(PlaceError::KeyReused);
+                }
+                return Ok(PlaceOutcome::Replayed(from_json(row.get(1)).map_err(PlaceError::Unexpected)?));
+            }
+        }
+        let reserved = move_stock(&tx, &order, StockEffect::Reserve).await.map_err(PlaceError::Unexpected)?;
+        if reserved.len() < order.lines.len() {
+            let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+            let known: Vec<String> = tx
+                .query("SELECT sku FROM products WHERE sku = ANY($1)", &[&skus])
+                .await
+                .map_err(place_failed)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let missing = |pred: &dyn Fn(&str) -> bool| -> Vec<Sku> {
+                order.lines.iter().filter(|l| pred(l.sku.as_str())).map(|l| l.sku.clone()).collect()
+            };
+            let unknown = missing(&|s| !known.iter().any(|k| k == s));
+            return Err(if unknown.is_empty() {
+                PlaceError::InsufficientStock(missing(&|s| !reserved.iter().any(|r| r == s)))
+            } else {
+                PlaceError::UnknownSkus(unknown)
+            });
+        }
+        let positions: Vec<i16> = (1..).take(order.lines.len()).collect();
+        let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+        let quantities: Vec<i32> = order
+            .lines
+            .iter()
+            .map(|l| i32::try_from(l.quantity.get()))
+            .collect::<Result<_, _>>()
+            .map_err(place_failed)?;
+        let prices: Vec<i64> = order.lines.iter().map(|l| l.unit_price.amount_minor).collect();
+        let address = serde_json::to_value(&order.shipping_address).map_err(place_failed)?;
+        let version = i32::try_from(order.version).map_err(place_failed)?;
+        let statement = tx
+            .prepare_cached(
+                "WITH o AS (
+                     INSERT INTO orders (id, customer_id, status, total_minor, currency, shipping_address,
+                                         version, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8))
+                 INSERT INTO order_lines (order_id, position, sku, quantity, unit_price_minor, currency)
+                 SELECT $1, * , $5 FROM unnest($9::smallint[], $10::text[], $11::int[], $12::bigint[])",
+            )
+            .await
+            .map_err(place_failed)?;
+        tx.execute(
+            &statement,
+            &[
+                &order.id.as_uuid(),
+                &order.customer_id.as_str(),
+                &order.status.as_str(),
+                &order.total.amount_minor,
+                &order.total.currency.as_str(),
+                &address,
+                &version,
+                &order.created_at,
+                &positions,
+                &skus,
+                &quantities,
+                &prices,
+            ],
+        )
+        .await
+        .map_err(place_failed)?;
+        record(&tx, order.id, &placement.messages).await.map_err(PlaceError::Unexpected)?;
+        tx.commit().await.map_err(place_failed)?;
+        Ok(PlaceOutcome::Created(order))
+    }
+
+    async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError> {
+        let mut client = self.db.client().await.map_err(ChangeError::Unexpected)?;
+        let tx = client.transaction().await.map_err(change_failed)?;
+        if let Some(entry) = &change.inbox {
+            let fresh = tx
+                .query_opt(
+                    "INSERT INTO inbox (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+                    &[&entry.message_id, &entry.consumer],
+                )
+                .await
+                .map_err(change_failed)?;
+            if fresh.is_none() {
+                return Ok(ChangeOutcome::AlreadyProcessed);
+            }
+        }
+        let order = &change.order;
+        let version = i32::try_from(order.version).map_err(change_failed)?;
+        let expected = i32::try_from(change.expected_version).map_err(change_failed)?;
+        let updated = tx
+            .execute(
+                "UPDATE orders SET status = $2, version = $3, updated_at = $4 WHERE id = $1 AND version = $5",
+                &[&order.id.as_uuid(), &order.status.as_str(), &version, &order.updated_at, &expected],
+            )
+            .await
+            .map_err(change_failed)?;
+        if updated == 0 {
+            let exists = tx
+                .query_opt("SELECT 1 FROM orders WHERE id = $1", &[&order.id.as_uuid()])
+                .await
+                .map_err(change_failed)?;
+            return Err(match exists {
+                None => ChangeError::NotFound,
+                Some(_) => ChangeError::Conflict { expected: change.expected_version },
+            });
+        }
+        let moved = move_stock(&tx, order, change.stock).await.map_err(ChangeError::Unexpected)?;
+        if moved.len() != order.lines.len() {
+            return Err(ChangeError::Unexpected(format!("stock of order {} out of balance", order.id).into()));
+        }
+        record(&tx, order.id, &change.messages).await.map_err(ChangeError::Unexpected)?;
+        tx.commit().await.map_err(change_failed)?;
+        Ok(ChangeOutcome::Applied)
+    }
+
+    async fn order(&self, id: OrderId) -> Result<Option<Order>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let statement = client
+            .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = $1"))
+            .await
+            .map_err(read_failed)?;
+        let row = client.query_opt(&statement, &[&id.as_uuid()]).await.map_err(read_failed)?;
+        row.as_ref().map(order_from).transpose().map_err(ReadError::Unexpected)
+    }
+
+    async fn orders(&self, query: OrderQuery) -> Result<Page<Order, OrderId>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let limit = i64::try_from(query.limit + 1).map_err(read_failed)?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {ORDER_COLUMNS} FROM orders o
+                     WHERE ($1::text IS NULL OR o.customer_id = $1) AND ($2::text IS NULL OR o.status = $2)
+                       AND ($3::uuid IS NULL OR o.id < $3)
+                     ORDER BY o.id DESC LIMIT $4"
+                ),
+                &[
+                    &query.customer_id,
+                    &query.status.map(OrderStatus::as_str),
+                    &query.after.map(|a| a.as_uuid()),
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut items = rows.iter().map(order_from).collect::<Result<Vec<_>, _>>().map_err(ReadError::Unexpected)?;
+        let more = items.len() > query.limit;
+        items.truncate(query.limit);
+        let next = if more { items.last().map(|o| o.id) } else { None };
+        Ok(Page { items, next })
+    }
+
+    async fn timeline(&self, id: OrderId) -> Result<Option<Vec<CloudEvent>>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let rows = client
+            .query(
+                "SELECT e.event FROM orders o LEFT JOIN order_events e ON e.order_id = o.id
+                 WHERE o.id = $1 ORDER BY e.seq",
+                &[&id.as_uuid()],
+            )
+            .await
+            .map_err(read_failed)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        rows.iter()
+            .filter_map(|r| r.get::<_, Option<serde_json::Value>>(0))
+            .map(from_json)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(ReadError::Unexpected)
+    }
+
+    async fn products_by_sku(&self, skus: &[Sku]) -> Result<Vec<Product>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let skus: Vec<&str> = skus.iter().map(Sku::as_str).collect();
+        let statement = client
+            .prepare_cached(
+                "SELECT sku, name, price_minor, currency, stock, reserved FROM products WHERE sku = ANY($1)",
+            )
+            .await
+            .map_err(read_failed)?;
+        let rows = client.query(&statement, &[&skus]).await.map_err(read_failed)?;
+        rows.iter().map(product_from).collect::<Result<_, _>>().map_err(ReadError::Unexpected)
+    }
+
+    async fn products(&self, limit: usize, after: Option<Sku>) -> Result<Page<Product, Sku>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let fetch = i64::try_from(limit + 1).map_err(read_failed)?;
+        let rows = client
+            .query(
+                "SELECT sku, name, price_minor, currency, stock, reserved FROM products
+                 WHERE ($1::text IS NULL OR sku > $1) ORDER BY sku LIMIT $2",
+                &[&after.as_ref().map(Sku::as_str), &fetch],
+            )
+            .await
+            .map_err(read_failed)?;
+        let mut items = rows.iter().map(product_from).collect::<Result<Vec<_>, _>>().map_err(ReadError::Unexpected)?;
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = if more { items.last().map(|p| p.sku.clone()) } else { None };
+        Ok(Page { items, next })
+    }
+
+    async fn put_product(
+        &self,
+        sku: Sku,
+        name: ProductName,
+        price: Money,
+        stock: u32,
+    ) -> Result<Product, PutProductError> {
+        let client = self.db.client().await.map_err(PutProductError::Unexpected)?;
+        let stock_i32 = i32::try_from(stock).map_err(|e| PutProductError::Unexpected(e.into()))?;
+        // The update only happens when the new stock still covers the reservations; otherwise no row
+        // comes back and the caller is told why.
+        let row = client
+            .query_opt(
+                "INSERT INTO products AS p (sku, name, price_minor, currency, stock) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price_minor = EXCLUDED.price_minor,
+                     currency = EXCLUDED.currency, stock = EXCLUDED.stock
+                     WHERE p.reserved <= EXCLUDED.stock
+                 RETURNING sku, name, price_minor, currency, stock, reserved",
+                &[&sku.as_str(), &name.as_str(), &price.amount_minor, &price.currency.as_str(), &stock_i32],
+            )
+            .await
+            .map_err(|e| PutProductError::Unexpected(e.into()))?;
+        match row {
+            Some(row) => product_from(&row).map_err(PutProductError::Unexpected),
+            None => {
+                let reserved: i32 = client
+                    .query_one("SELECT reserved FROM products WHERE sku = $1", &[&sku.as_str()])
+                    .await
+                    .map_err(|e| PutProductError::Unexpected(e.into()))?
+                    .get(0);
+                Err(PutProductError::StockBelowReserved { stock, reserved: u32::try_from(reserved).unwrap_or(0) })
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The PostgreSQL adapters against a real server: the shared contract suites, then what only a real
+//! database can show (concurrency, crashes, several relays). Each test gets its own schema, dropped after.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orderflow_domain::{CloudEvent, EventId, Money, Order, OrderId, ProductName, Shipment, ShipmentId, Sku};
+use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::outbox::{ClaimedMessage, Destination, OutboxStore};
+use orderflow_ports::sales::{
+    ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
+    SalesStore,
+};
+use orderflow_ports::{Page, ReadError};
+
+use super::{PgDeliveryStore, PgSalesStore, PgSettings};
+
+/// The server the tests use: `TEST_DATABASE_URL`, else `DATABASE_URL`, else the local default.
+pub(crate) fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A schema of its own for one test, dropped (with everything in it) when the test ends.
+pub(crate) struct TestSchema {
+    pub(crate) name: String,
+}
+
+impl TestSchema {
+    pub(crate) fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            uuid::Uuid::new_v4().simple()
+        );
+        Self { name: name[..40.min(name.len())].to_owned() }
+    }
+
+    pub(crate) fn settings(&self) -> PgSettings {
+        PgSettings { pool_size: 20, ..PgSettings::new(database_url(), &self.name) }
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee, so the cleanup gets a thread and a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async move {
+                let (client, connection) =
+                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(connection);
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await.ok()
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A store that keeps its test schema alive as long as itself.
+pub(crate) struct Isolated<S> {
+    pub(crate) store: S,
+    _schema: TestSchema,
+}
+
+pub(crate) async fn sales_store() -> Isolated<PgSalesStore> {
+    let schema = TestSchema::new();
+    let store = PgSalesStore::connect(&schema.settings()).await.expect("connect to PostgreSQL (is it running?)");
+    Isolated { store, _schema: schema }
+}
+
+pub(crate) async fn delivery_store() -> Isolated<PgDeliveryStore> {
+    let schema = TestSchema::new();
+    let store = PgDeliveryStore::connect(&schema.settings()).await.expect("connect to PostgreSQL (is it running?)");
+    Isolated { store, _schema: schema }
+}
+
+#[async_trait]
+impl<S: OutboxStore> OutboxStore for Isolated<S> {
+    async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<ClaimedMessage>, ReadError> {
+        self.store.claim(limit, lease).await
+    }
+    async fn mark_published(&self, id: EventId, destination: Destination) -> Result<(), ReadError> {
+        self.store.mark_published(id, destination).await
+    }
+    async fn wait_for_new(&self, max_wait: Duration) {
+        self.store.wait_for_new(max_wait).await;
+    }
+    async fn purge(&self, retention: Duration) -> Result<u64, ReadError> {
+        self.store.purge(retention).await
+    }
+}
+
+#[async_trait]
+impl<S: SalesStore> SalesStore for Isolated<S> {
+    async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
+        self.store.place_order(placement).await
+    }
+    async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError> {
+        self.store.apply(change).await
+    }
+    async fn order(&self, id: OrderId) -> Result<Option<Order>, ReadError> {
+        self.store.order(id).await
+    }
+    async fn orders(&self, query: OrderQuery) -> Result<Page<Order, OrderId>, ReadError> {
+        self.store.orders(query).await
+    }
+    async fn timeline(&self, id: OrderId) -> Result<Option<Vec<CloudEvent>>, ReadError> {
+        self.store.timeline(id).await
+    }
+    async fn products_by_sku(&self, skus: &[Sku]) -> Result<Vec<Product>, ReadError> {
+        self.store.products_by_sku(skus).await
+    }
+    async fn products(&self, limit: usize, after: Option<Sku>) -> Result<Page<Product, Sku>, ReadError> {
+        self.store.products(limit, after).await
+    }
+    async fn put_product(
+        &self,
+        sku: Sku,
+        name: ProductName,
+        price: Money,
+        stock: u32,
+    ) -> Result<Product, PutProductError> {
+        self.store.put_product(sku, name, price, stock).await
+    }
+}
+
+#[async_trait]
+impl<S: DeliveryStore> DeliveryStore for Isolated<S> {
+    async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
+        self.store.save(change).await
+    }
+    async fn shipment(&self, id: ShipmentId) -> Result<Option<Shipment>, ReadError> {
+        self.store.shipment(id).await
+    }
+    async fn shipment_for_order(&self, order_id: OrderId) -> Result<Option<Shipment>, ReadError> {
+        self.store.shipment_for_order(order_id).await
+    }
+    async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError> {
+        self.store.shipments(query).await
+    }
+}
+
+mod sales_contract {
+    crate::sales_store_contract!(|| async { super::sales_store().await });
+}
+
+mod delivery_contract {
+    crate::delivery_store_contract!(|| async { super::delivery_store().await });
+}
+
+mod sales_outbox_contract {
+    crate::outbox_store_contract!(|| async { crate::contract::outbox::SalesOutbox::new(super::sales_store().await) });
+}
+
+mod delivery_outbox_contract {
+    crate::outbox_store_contract!(|| async {
+        crate::contract::outbox::DeliveryOutbox::new(super::delivery_store().await)
+    });
+}
