@@ -14,27 +14,58 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{Database, from_json, unexpected};
 
+/// Outbox messages as column arrays, to insert any number of them in one statement.
+pub(super) struct OutboxColumns<'a> {
+    ids: Vec<uuid::Uuid>,
+    events: Vec<serde_json::Value>,
+    keys: Vec<Option<&'a str>>,
+    commands: Vec<bool>,
+    audits: Vec<bool>,
+}
+
+/// The `SELECT` that feeds `INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending)`
+/// from [`OutboxColumns`] bound at `$n … $n+4`, keeping the messages' order for the `seq` identity.
+pub(super) fn select_columns(n: usize) -> String {
+    format!(
+        "SELECT id, event, routing_key, command_pending, audit_pending
+         FROM unnest(${}::uuid[], ${}::jsonb[], ${}::text[], ${}::bool[], ${}::bool[]) WITH ORDINALITY
+             AS m(id, event, routing_key, command_pending, audit_pending, n)
+         ORDER BY n",
+        n,
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 4
+    )
+}
+
+impl<'a> OutboxColumns<'a> {
+    pub(super) fn of(messages: &'a [OutboxMessage]) -> Result<Self, BoxError> {
+        Ok(Self {
+            ids: messages.iter().map(|m| m.id().as_uuid()).collect(),
+            events: messages.iter().map(|m| serde_json::to_value(&m.event)).collect::<Result<_, _>>()?,
+            keys: messages.iter().map(|m| m.command.map(RoutingKey::as_str)).collect(),
+            commands: messages.iter().map(|m| m.command.is_some()).collect(),
+            audits: messages.iter().map(|m| m.audit).collect(),
+        })
+    }
+
+    /// The five parameters, in the order [`select_columns`] expects.
+    pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [&self.ids, &self.events, &self.keys, &self.commands, &self.audits]
+    }
+}
+
 /// Writes outbox rows inside the caller's transaction.
 pub(super) async fn insert(tx: &Transaction<'_>, messages: &[OutboxMessage]) -> Result<(), BoxError> {
     if messages.is_empty() {
         return Ok(());
     }
-    let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.id().as_uuid()).collect();
-    let events: Vec<serde_json::Value> =
-        messages.iter().map(|m| serde_json::to_value(&m.event)).collect::<Result<_, _>>()?;
-    let keys: Vec<Option<&str>> = messages.iter().map(|m| m.command.map(RoutingKey::as_str)).collect();
-    let commands: Vec<bool> = messages.iter().map(|m| m.command.is_some()).collect();
-    let audits: Vec<bool> = messages.iter().map(|m| m.audit).collect();
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending)
-             SELECT id, event, routing_key, command_pending, audit_pending
-             FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::bool[], $5::bool[]) WITH ORDINALITY
-                 AS m(id, event, routing_key, command_pending, audit_pending, n)
-             ORDER BY n",
-        )
-        .await?;
-    tx.execute(&statement, &[&ids, &events, &keys, &commands, &audits]).await?;
+    let columns = OutboxColumns::of(messages)?;
+    let sql =
+        format!("INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending) {}", select_columns(1));
+    let statement = tx.prepare_cached(&sql).await?;
+    tx.execute(&statement, &columns.params()).await?;
     Ok(())
 }
 

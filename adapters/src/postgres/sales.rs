@@ -1,6 +1,6 @@
-//! The Sales store on PostgreSQL. Placing an order is one transaction of four round trips: the
-//! idempotency key, the stock reservation (rows locked in SKU order), and one statement writing the
-//! order, its lines, its timeline and its outbox rows.
+//! The Sales store on PostgreSQL. Placing an order is one transaction of five round trips: `BEGIN`, the
+//! idempotency key, the stock reservation (rows locked in SKU order), one statement writing the order,
+//! its lines, its timeline and its outbox rows, and `COMMIT`.
 
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
@@ -66,20 +66,34 @@ fn product_from(row: &Row) -> Result<Product, BoxError> {
     })
 }
 
-/// Writes the audit messages of a change to the order's timeline and all its messages to the outbox.
+/// The audit messages of a change, for the order's timeline.
+fn timeline_events(messages: &[OutboxMessage]) -> Result<Vec<serde_json::Value>, BoxError> {
+    Ok(messages.iter().filter(|m| m.audit).map(|m| serde_json::to_value(&m.event)).collect::<Result<_, _>>()?)
+}
+
+/// `INSERT INTO order_events` of the timeline events bound at `$n` for the order at `$1`.
+fn insert_timeline(n: usize) -> String {
+    format!(
+        "INSERT INTO order_events (order_id, event)
+         SELECT $1, e FROM unnest(${n}::jsonb[]) WITH ORDINALITY AS t(e, n) ORDER BY n"
+    )
+}
+
+/// Writes the audit messages of a change to the order's timeline and all its messages to the outbox,
+/// in one statement.
 async fn record(tx: &Transaction<'_>, order_id: OrderId, messages: &[OutboxMessage]) -> Result<(), BoxError> {
-    let events: Vec<serde_json::Value> =
-        messages.iter().filter(|m| m.audit).map(|m| serde_json::to_value(&m.event)).collect::<Result<_, _>>()?;
-    if !events.is_empty() {
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO order_events (order_id, event)
-                 SELECT $1, e FROM unnest($2::jsonb[]) WITH ORDINALITY AS t(e, n) ORDER BY n",
-            )
-            .await?;
-        tx.execute(&statement, &[&order_id.as_uuid(), &events]).await?;
-    }
-    outbox::insert(tx, messages).await
+    let events = timeline_events(messages)?;
+    let columns = outbox::OutboxColumns::of(messages)?;
+    let sql = format!(
+        "WITH e AS ({}) INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending) {}",
+        insert_timeline(2),
+        outbox::select_columns(3)
+    );
+    let statement = tx.prepare_cached(&sql).await?;
+    let id = order_id.as_uuid();
+    let [a, b, c, d, e] = columns.params();
+    tx.execute(&statement, &[&id, &events, a, b, c, d, e]).await?;
+    Ok(())
 }
 
 /// Applies a stock effect to an order's lines, locking the products in SKU order so concurrent changes
@@ -196,21 +210,28 @@ impl SalesStore for PgSalesStore {
         let prices: Vec<i64> = order.lines.iter().map(|l| l.unit_price.amount_minor).collect();
         let address = serde_json::to_value(&order.shipping_address).map_err(place_failed)?;
         let version = i32::try_from(order.version).map_err(place_failed)?;
-        let statement = tx
-            .prepare_cached(
-                "WITH o AS (
-                     INSERT INTO orders (id, customer_id, status, total_minor, currency, shipping_address,
-                                         version, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8))
+        let events = timeline_events(&placement.messages).map_err(PlaceError::Unexpected)?;
+        let columns = outbox::OutboxColumns::of(&placement.messages).map_err(PlaceError::Unexpected)?;
+        let sql = format!(
+            "WITH o AS (
+                 INSERT INTO orders (id, customer_id, status, total_minor, currency, shipping_address,
+                                     version, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)),
+             l AS (
                  INSERT INTO order_lines (order_id, position, sku, quantity, unit_price_minor, currency)
-                 SELECT $1, * , $5 FROM unnest($9::smallint[], $10::text[], $11::int[], $12::bigint[])",
-            )
-            .await
-            .map_err(place_failed)?;
+                 SELECT $1, *, $5 FROM unnest($9::smallint[], $10::text[], $11::int[], $12::bigint[])),
+             e AS ({})
+             INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending) {}",
+            insert_timeline(13),
+            outbox::select_columns(14)
+        );
+        let statement = tx.prepare_cached(&sql).await.map_err(place_failed)?;
+        let id = order.id.as_uuid();
+        let [m1, m2, m3, m4, m5] = columns.params();
         tx.execute(
             &statement,
             &[
-                &order.id.as_uuid(),
+                &id,
                 &order.customer_id.as_str(),
                 &order.status.as_str(),
                 &order.total.amount_minor,
@@ -222,11 +243,16 @@ impl SalesStore for PgSalesStore {
                 &skus,
                 &quantities,
                 &prices,
+                &events,
+                m1,
+                m2,
+                m3,
+                m4,
+                m5,
             ],
         )
         .await
         .map_err(place_failed)?;
-        record(&tx, order.id, &placement.messages).await.map_err(PlaceError::Unexpected)?;
         tx.commit().await.map_err(place_failed)?;
         Ok(PlaceOutcome::Created(order))
     }
