@@ -1,5 +1,6 @@
-//! The embedded stack of `orderflow dev`: both services, a dev token issuer, in-memory adapters, one
-//! in-process bus — the same `Application`s the service binaries run, on other adapters.
+//! The embedded stack of `orderflow dev`: both services, a dev token issuer, in-memory adapters (or, when
+//! asked, PostgreSQL stores), one in-process bus — the same `Application`s the service binaries run, on
+//! other adapters.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +14,12 @@ use orderflow_adapters::memory::{
     BusSettings, InMemoryAuditLog, InMemoryBus, InMemoryDeliveryStore, InMemoryOrderCache, InMemoryRateLimiter,
     InMemorySalesStore,
 };
+use orderflow_adapters::postgres::{PgDeliveryStore, PgSalesStore, PgSettings};
 use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_domain::{Currency, Money, ProductName, Sku};
 use orderflow_ports::auth::TokenVerifier;
+use orderflow_ports::delivery::DeliveryStore;
 use orderflow_ports::outbox::RelaySettings;
 use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::sales::SalesStore;
@@ -45,6 +48,19 @@ pub struct DevOptions {
     pub rate_limit: Option<(u32, u32)>,
     /// Put a few sample products in the catalogue.
     pub seed_catalogue: bool,
+    /// Keep the services' state in PostgreSQL instead of memory.
+    pub postgres: Option<DevPostgres>,
+}
+
+/// Where `orderflow dev` keeps state when asked to use PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct DevPostgres {
+    /// The database URL.
+    pub url: String,
+    /// The Sales schema (`sales` by default).
+    pub sales_schema: String,
+    /// The Delivery schema (`delivery` by default).
+    pub delivery_schema: String,
 }
 
 impl Default for DevOptions {
@@ -61,6 +77,7 @@ impl Default for DevOptions {
             bus: BusSettings::default(),
             rate_limit: None,
             seed_catalogue: true,
+            postgres: None,
         }
     }
 }
@@ -92,9 +109,9 @@ pub struct DevStack {
     /// The bus between them (its dead letters are inspectable).
     pub bus: Arc<InMemoryBus>,
     /// Sales' store.
-    pub sales_store: Arc<InMemorySalesStore>,
+    pub sales_store: Arc<dyn SalesStore>,
     /// Delivery's store.
-    pub delivery_store: Arc<InMemoryDeliveryStore>,
+    pub delivery_store: Arc<dyn DeliveryStore>,
     /// The audit stream.
     pub audit: Arc<InMemoryAuditLog>,
     /// The payment gateway.
@@ -115,8 +132,21 @@ impl DevStack {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let bus = Arc::new(InMemoryBus::new(options.bus.clone(), clock.clone()));
         let audit = Arc::new(InMemoryAuditLog::new());
-        let sales_store = Arc::new(InMemorySalesStore::new());
-        let delivery_store = Arc::new(InMemoryDeliveryStore::new());
+        let (sales_store, delivery_store): (Arc<dyn SalesStore>, Arc<dyn DeliveryStore>) = match &options.postgres {
+            None => (Arc::new(InMemorySalesStore::new()), Arc::new(InMemoryDeliveryStore::new())),
+            Some(pg) => (
+                Arc::new(
+                    PgSalesStore::connect(&PgSettings::new(&pg.url, &pg.sales_schema))
+                        .await
+                        .context("connecting the Sales store to PostgreSQL")?,
+                ),
+                Arc::new(
+                    PgDeliveryStore::connect(&PgSettings::new(&pg.url, &pg.delivery_schema))
+                        .await
+                        .context("connecting the Delivery store to PostgreSQL")?,
+                ),
+            ),
+        };
         let payments = Arc::new(SimulatedPaymentGateway::new(options.payment.clone()));
         let limiter = options
             .rate_limit
