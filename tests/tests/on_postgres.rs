@@ -29,7 +29,8 @@ impl Drop for Schemas {
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.ok()?;
+                let (client, connection) =
+                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.ok()?;
                 tokio::spawn(connection);
                 for name in names {
                     client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await.ok()?;
