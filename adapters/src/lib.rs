@@ -10,5 +10,7 @@ pub mod http;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 pub mod simulated;
 pub mod system;

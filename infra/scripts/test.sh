@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of every crate.
-# It installs and starts what the tests need: the Rust tools and a local PostgreSQL (the PostgreSQL adapter
-# tests run against the real server, each in a schema of its own). Run it from anywhere:
+# It installs and starts what the tests need: the Rust tools, a local PostgreSQL and RabbitMQ (adapter and
+# end-to-end tests run against the real servers, each test in a schema or vhost of its own). Run it from anywhere:
 #   bash infra/scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,6 +14,7 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
 bash infra/scripts/postgres.sh
+bash infra/scripts/rabbitmq.sh
 
 echo "--- cargo fmt --check"
 cargo fmt --all -- --check

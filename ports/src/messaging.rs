@@ -106,3 +106,50 @@ pub struct DeadLetter {
     /// The body as received.
     pub body: Vec<u8>,
 }
+
+/// A dead-letter queue as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterQueue {
+    /// The queue whose failures it holds.
+    pub queue: RoutingKey,
+    /// Messages waiting in it.
+    pub depth: u64,
+}
+
+/// Why a dead-letter operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The broker failed.
+    #[error("dead-letter operation failed")]
+    Unexpected(#[source] BoxError),
+}
+
+/// Operators' view of the dead-letter queues: list, peek, replay, purge.
+#[async_trait]
+pub trait DeadLetterAdmin: Send + Sync {
+    /// The dead-letter queues of `queues`, with their depths.
+    ///
+    /// # Errors
+    /// [`AdminError::Unexpected`] when the broker fails.
+    async fn queues(&self, queues: &[RoutingKey]) -> Result<Vec<DeadLetterQueue>, AdminError>;
+
+    /// Up to `limit` dead letters of `queue`, oldest first, left in place.
+    ///
+    /// # Errors
+    /// [`AdminError::Unexpected`] when the broker fails.
+    async fn peek(&self, queue: RoutingKey, limit: usize) -> Result<Vec<DeadLetter>, AdminError>;
+
+    /// Moves up to `limit` dead letters of `queue` back to it with their retry count reset, each removed
+    /// from the dead-letter queue only after the broker confirmed its republication; returns how many.
+    ///
+    /// # Errors
+    /// [`AdminError::Unexpected`] when the broker fails; messages not yet moved stay dead-lettered.
+    async fn replay(&self, queue: RoutingKey, limit: usize) -> Result<usize, AdminError>;
+
+    /// Deletes every dead letter of `queue`; returns how many.
+    ///
+    /// # Errors
+    /// [`AdminError::Unexpected`] when the broker fails.
+    async fn purge(&self, queue: RoutingKey) -> Result<u64, AdminError>;
+}

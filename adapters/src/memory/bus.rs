@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orderflow_domain::{CloudEvent, RoutingKey};
 use orderflow_ports::messaging::{
-    AuditLog, CommandConsumer, CommandPublisher, ConsumeError, DeadLetter, Delivery, HandlerOutcome, MessageHandler,
-    PublishError,
+    AdminError, AuditLog, CommandConsumer, CommandPublisher, ConsumeError, DeadLetter, DeadLetterAdmin,
+    DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError,
 };
 use orderflow_ports::system::Clock;
 use tokio::sync::{Semaphore, mpsc};
@@ -129,6 +129,51 @@ impl CommandConsumer for InMemoryBus {
             });
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl DeadLetterAdmin for InMemoryBus {
+    async fn queues(&self, queues: &[RoutingKey]) -> Result<Vec<DeadLetterQueue>, AdminError> {
+        let dead = lock(&self.dead_letters);
+        Ok(queues
+            .iter()
+            .map(|&queue| DeadLetterQueue {
+                queue,
+                depth: dead.iter().filter(|d| d.original_queue == queue).count() as u64,
+            })
+            .collect())
+    }
+
+    async fn peek(&self, queue: RoutingKey, limit: usize) -> Result<Vec<DeadLetter>, AdminError> {
+        Ok(lock(&self.dead_letters).iter().filter(|d| d.original_queue == queue).take(limit).cloned().collect())
+    }
+
+    async fn replay(&self, queue: RoutingKey, limit: usize) -> Result<usize, AdminError> {
+        let sender = self.sender(queue);
+        let mut dead = lock(&self.dead_letters);
+        let mut replayed = 0;
+        let mut kept = Vec::with_capacity(dead.len());
+        for letter in dead.drain(..) {
+            if letter.original_queue == queue && replayed < limit {
+                let delivery =
+                    Delivery { queue, message_id: letter.message_id.clone(), body: letter.body.clone(), retries: 0 };
+                if sender.send(delivery).is_ok() {
+                    replayed += 1;
+                    continue;
+                }
+            }
+            kept.push(letter);
+        }
+        *dead = kept;
+        Ok(replayed)
+    }
+
+    async fn purge(&self, queue: RoutingKey) -> Result<u64, AdminError> {
+        let mut dead = lock(&self.dead_letters);
+        let before = dead.len();
+        dead.retain(|d| d.original_queue != queue);
+        Ok((before - dead.len()) as u64)
     }
 }
 

@@ -1,0 +1,469 @@
+//! RabbitMQ adapters on `lapin`: confirmed publishing of commands, consumers with the retry ladder
+//! (`Q.retry.1..3` with growing TTLs that dead-letter back to `Q`) and a dead-letter queue `Q.dlq`, and
+//! the operators' dead-letter operations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use orderflow_domain::{CloudEvent, RoutingKey};
+use orderflow_ports::BoxError;
+use orderflow_ports::messaging::{
+    AdminError, CommandConsumer, CommandPublisher, ConsumeError, DeadLetter, DeadLetterAdmin, DeadLetterQueue,
+    Delivery, HandlerOutcome, MessageHandler, PublishError,
+};
+use tokio::sync::Mutex;
+
+/// The exchange every command is published to.
+pub const EXCHANGE: &str = "orderflow";
+const RETRY_COUNT: &str = "x-retry-count";
+const CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// How to reach and use the broker.
+#[derive(Debug, Clone)]
+pub struct RabbitSettings {
+    /// `amqp://user:pass@host:port/vhost` (the vhost is part of the URL).
+    pub url: String,
+    /// The TTL of each retry level; a transient failure after the last is dead-lettered.
+    pub retry_delays: Vec<Duration>,
+    /// Unacknowledged deliveries per consumer, handled concurrently.
+    pub prefetch: u16,
+}
+
+impl RabbitSettings {
+    /// The defaults of DESIGN.md: retries after 1 s, 5 s and 25 s, prefetch 32.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            retry_delays: vec![Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(25)],
+            prefetch: 32,
+        }
+    }
+}
+
+fn boxed(error: impl std::error::Error + Send + Sync + 'static) -> BoxError {
+    Box::new(error)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BrokerRefused {
+    #[error("the broker did not confirm the message")]
+    Nacked,
+    #[error("no queue is bound for routing key {0}")]
+    Unroutable(String),
+}
+
+fn retry_queue(queue: RoutingKey, level: usize) -> String {
+    format!("{}.retry.{level}", queue.as_str())
+}
+
+fn dead_letter_queue(queue: RoutingKey) -> String {
+    format!("{}.dlq", queue.as_str())
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn header_count(headers: Option<&FieldTable>) -> u32 {
+    let value = headers.and_then(|h| h.inner().get(RETRY_COUNT));
+    let count = match value {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
+        _ => 0,
+    };
+    u32::try_from(count).unwrap_or(0)
+}
+
+/// Declares the exchange and, for each queue, the queue (quorum, bound to the exchange by its name), its
+/// retry levels (TTL, dead-lettering back to the queue through the default exchange) and its dead-letter
+/// queue. Idempotent; a changed TTL is refused by the broker (delete the retry queues to change it).
+async fn declare(channel: &Channel, queues: &[RoutingKey], delays: &[Duration]) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let mut quorum = FieldTable::default();
+    quorum.insert("x-queue-type".into(), long_string("quorum"));
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    for &queue in queues {
+        channel.queue_declare(queue.as_str().into(), durable, quorum.clone()).await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                EXCHANGE.into(),
+                queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        for (i, delay) in delays.iter().enumerate() {
+            let mut retry = FieldTable::default();
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            retry.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+            retry.insert("x-dead-letter-exchange".into(), long_string(""));
+            retry.insert("x-dead-letter-routing-key".into(), long_string(queue.as_str()));
+            channel.queue_declare(retry_queue(queue, i + 1).into(), durable, retry).await?;
+        }
+        channel.queue_declare(dead_letter_queue(queue).into(), durable, quorum.clone()).await?;
+    }
+    Ok(())
+}
+
+async fn open_channel(url: &str) -> Result<(Connection, Channel), lapin::Error> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok((connection, channel))
+}
+
+/// Publishes and waits for the broker's confirm; a returned (unroutable) message is an error, never a
+/// silent loss.
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BoxError> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+            body,
+            properties,
+        )
+        .await?;
+    match confirm.await? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Box::new(BrokerRefused::Unroutable(routing_key.to_owned()))),
+        Confirmation::Nack(_) | Confirmation::NotRequested => Err(Box::new(BrokerRefused::Nacked)),
+    }
+}
+
+/// The broker, as both services use it: publisher, consumer and dead-letter operations. Connections are
+/// opened lazily and opened again after a failure, so a broker restart costs retries, never messages.
+pub struct RabbitBroker {
+    settings: RabbitSettings,
+    queues: Vec<RoutingKey>,
+    publisher: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl RabbitBroker {
+    /// Connects, declares the topology of `queues` (the ones this service consumes or publishes to), and
+    /// keeps the connection for publishing.
+    ///
+    /// # Errors
+    /// When the broker is unreachable or refuses the topology.
+    pub async fn connect(settings: RabbitSettings, queues: &[RoutingKey]) -> Result<Self, BoxError> {
+        let (connection, channel) = open_channel(&settings.url).await?;
+        declare(&channel, queues, &settings.retry_delays).await?;
+        Ok(Self { settings, queues: queues.to_vec(), publisher: Mutex::new(Some((connection, channel))) })
+    }
+
+    /// Whether the broker answers (for readiness).
+    pub async fn ping(&self) -> bool {
+        self.with_channel(|channel| async move {
+            channel
+                .queue_declare(
+                    EXCHANGE.into(),
+                    QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .map(drop)
+                .or_else(|e| if is_not_found(&e) { Ok(()) } else { Err(boxed(e)) })
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Runs `work` on the publishing channel, reconnecting first when there is none; drops the channel on
+    /// failure so the next call starts afresh.
+    async fn with_channel<T, F, Fut>(&self, work: F) -> Result<T, BoxError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BoxError>>,
+    {
+        let mut guard = self.publisher.lock().await;
+        let channel = match guard.as_ref() {
+            Some((connection, channel)) if connection.status().connected() && channel.status().connected() => {
+                channel.clone()
+            }
+            _ => {
+                let (connection, channel) = open_channel(&self.settings.url).await?;
+                declare(&channel, &self.queues, &self.settings.retry_delays).await?;
+                *guard = Some((connection, channel.clone()));
+                channel
+            }
+        };
+        drop(guard);
+        let result = work(channel).await;
+        if result.is_err() {
+            *self.publisher.lock().await = None;
+        }
+        result
+    }
+
+    async fn consume_once(&self, queue: RoutingKey, handler: &Arc<dyn MessageHandler>) -> Result<(), BoxError> {
+        let (connection, channel) = open_channel(&self.settings.url).await?;
+        declare(&channel, &[queue], &self.settings.retry_delays).await?;
+        channel.basic_qos(self.settings.prefetch.max(1), BasicQosOptions::default()).await?;
+        let tag = format!("{}-{}", queue.as_str(), uuid::Uuid::new_v4().simple());
+        let mut consumer = channel
+            .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        tracing::info!(queue = queue.as_str(), "consuming");
+        let mut running = tokio::task::JoinSet::new();
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery?;
+            let handler = Arc::clone(handler);
+            let channel = channel.clone();
+            let delays = self.settings.retry_delays.len();
+            running.spawn(async move { settle(&channel, queue, delays, delivery, handler).await });
+            // Reap finished handlers so the set does not grow without bound.
+            while let Some(done) = running.try_join_next() {
+                if let Ok(Err(error)) = done {
+                    tracing::warn!(queue = queue.as_str(), %error, "could not settle a delivery");
+                }
+            }
+        }
+        // Let in-flight handlers finish and settle before the connection goes.
+        while running.join_next().await.is_some() {}
+        drop(connection);
+        Ok(())
+    }
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    error.to_string().contains("NOT_FOUND")
+}
+
+/// Handles one delivery and acts on the outcome: ack; or republish to the next retry level (or the
+/// dead-letter queue) with a confirm, then ack. If the republish fails the delivery is nacked back to
+/// its queue, so nothing is lost either way.
+async fn settle(
+    channel: &Channel,
+    queue: RoutingKey,
+    retry_levels: usize,
+    delivery: lapin::message::Delivery,
+    handler: Arc<dyn MessageHandler>,
+) -> Result<(), BoxError> {
+    let headers = delivery.properties.headers().as_ref();
+    let retries = header_count(headers);
+    let message = Delivery {
+        queue,
+        message_id: delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()),
+        body: delivery.data.clone(),
+        retries,
+    };
+    let (target, error) = match handler.handle(&message).await {
+        HandlerOutcome::Done => {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            return Ok(());
+        }
+        HandlerOutcome::Transient(error) if usize::try_from(retries).is_ok_and(|r| r < retry_levels) => {
+            tracing::warn!(queue = queue.as_str(), retries, %error, "retrying later");
+            (retry_queue(queue, usize::try_from(retries).unwrap_or(0) + 1), error)
+        }
+        HandlerOutcome::Transient(error) | HandlerOutcome::Permanent(error) => {
+            tracing::error!(queue = queue.as_str(), retries, %error, "dead-lettering");
+            (dead_letter_queue(queue), error)
+        }
+    };
+    let going_to_dlq = target.ends_with(".dlq");
+    let mut table = headers.cloned().unwrap_or_default();
+    let count = if going_to_dlq { retries } else { retries + 1 };
+    table.insert(RETRY_COUNT.into(), AMQPValue::LongLongInt(i64::from(count)));
+    table.insert("x-error".into(), long_string(&error.chars().take(1000).collect::<String>()));
+    if going_to_dlq {
+        table.insert("x-failed-at".into(), long_string(&chrono::Utc::now().to_rfc3339()));
+        table.insert("x-original-queue".into(), long_string(queue.as_str()));
+    }
+    let properties = delivery.properties.clone().with_headers(table).with_delivery_mode(2);
+    match publish_confirmed(channel, "", &target, &delivery.data, properties).await {
+        Ok(()) => {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            Ok(())
+        }
+        Err(error) => {
+            delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await?;
+            Err(error)
+        }
+    }
+}
+
+#[async_trait]
+impl CommandPublisher for RabbitBroker {
+    async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(event).map_err(|e| PublishError::Unexpected(boxed(e)))?;
+        let mut headers = FieldTable::default();
+        if let Some(traceparent) = &event.traceparent {
+            headers.insert("traceparent".into(), long_string(traceparent));
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(event.id.to_string()))
+            .with_content_type(CONTENT_TYPE.into())
+            .with_type(ShortString::from(event.event_type.clone()))
+            .with_headers(headers);
+        self.with_channel(|channel| async move {
+            publish_confirmed(&channel, EXCHANGE, key.as_str(), &body, properties).await
+        })
+        .await
+        .map_err(PublishError::Unexpected)
+    }
+}
+
+#[async_trait]
+impl CommandConsumer for RabbitBroker {
+    async fn consume(&self, queue: RoutingKey, handler: Arc<dyn MessageHandler>) -> Result<(), ConsumeError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.consume_once(queue, &handler).await {
+                Ok(()) => {
+                    tracing::warn!(queue = queue.as_str(), "consumer closed by the broker; reconnecting");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(error) => tracing::warn!(queue = queue.as_str(), %error, retry_in = ?backoff, "consumer failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+fn dead_letter_of(queue: RoutingKey, delivery: &lapin::message::Delivery) -> DeadLetter {
+    let headers = delivery.properties.headers().as_ref();
+    DeadLetter {
+        message_id: delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()),
+        original_queue: queue,
+        error: header_text(headers, "x-error").unwrap_or_default(),
+        failed_at: header_text(headers, "x-failed-at")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc)),
+        retries: header_count(headers),
+        body: delivery.data.clone(),
+    }
+}
+
+#[async_trait]
+impl DeadLetterAdmin for RabbitBroker {
+    async fn queues(&self, queues: &[RoutingKey]) -> Result<Vec<DeadLetterQueue>, AdminError> {
+        let queues = queues.to_vec();
+        self.with_channel(|channel| async move {
+            let mut depths = Vec::with_capacity(queues.len());
+            for queue in queues {
+                let declared = channel
+                    .queue_declare(
+                        dead_letter_queue(queue).into(),
+                        QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                depths.push(DeadLetterQueue { queue, depth: u64::from(declared.message_count()) });
+            }
+            Ok(depths)
+        })
+        .await
+        .map_err(AdminError::Unexpected)
+    }
+
+    async fn peek(&self, queue: RoutingKey, limit: usize) -> Result<Vec<DeadLetter>, AdminError> {
+        // Peeking takes messages without acking and then gives them all back at once: they stay in the
+        // queue, and nothing else consumes a dead-letter queue.
+        let (connection, channel) =
+            open_channel(&self.settings.url).await.map_err(|e| AdminError::Unexpected(boxed(e)))?;
+        let mut letters = Vec::new();
+        let mut last_tag = None;
+        while letters.len() < limit {
+            let got = channel
+                .basic_get(dead_letter_queue(queue).into(), BasicGetOptions::default())
+                .await
+                .map_err(|e| AdminError::Unexpected(boxed(e)))?;
+            let Some(message) = got else { break };
+            last_tag = Some(message.delivery.delivery_tag);
+            letters.push(dead_letter_of(queue, &message.delivery));
+        }
+        if let Some(tag) = last_tag {
+            channel
+                .basic_nack(tag, BasicNackOptions { multiple: true, requeue: true })
+                .await
+                .map_err(|e| AdminError::Unexpected(boxed(e)))?;
+        }
+        // The close handshake completes after the broker processed the nack: the messages are back.
+        let _ = channel.close(200, "peeked".into()).await;
+        let _ = connection.close(200, "peeked".into()).await;
+        Ok(letters)
+    }
+
+    async fn replay(&self, queue: RoutingKey, limit: usize) -> Result<usize, AdminError> {
+        self.with_channel(|channel| async move {
+            let mut replayed = 0;
+            while replayed < limit {
+                let Some(message) =
+                    channel.basic_get(dead_letter_queue(queue).into(), BasicGetOptions::default()).await?
+                else {
+                    break;
+                };
+                let delivery = message.delivery;
+                let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                let mut kept = FieldTable::default();
+                for (name, value) in headers.inner() {
+                    if !name.as_str().starts_with("x-") {
+                        kept.insert(name.clone(), value.clone());
+                    }
+                }
+                headers = kept;
+                let properties = delivery.properties.clone().with_headers(headers);
+                match publish_confirmed(&channel, EXCHANGE, queue.as_str(), &delivery.data, properties).await {
+                    Ok(()) => {
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                        replayed += 1;
+                    }
+                    Err(error) => {
+                        delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await?;
+                        return Err(error);
+                    }
+                }
+            }
+            Ok(replayed)
+        })
+        .await
+        .map_err(AdminError::Unexpected)
+    }
+
+    async fn purge(&self, queue: RoutingKey) -> Result<u64, AdminError> {
+        self.with_channel(|channel| async move {
+            Ok(u64::from(channel.queue_purge(dead_letter_queue(queue).into(), QueuePurgeOptions::default()).await?))
+        })
+        .await
+        .map_err(AdminError::Unexpected)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+//! The RabbitMQ adapter against the real broker, each test in a vhost of its own: confirmed publishing,
+//! the retry ladder with its delays, dead-lettering, replay and purge.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use orderflow_domain::events::CancelRequested;
+use orderflow_domain::{CloudEvent, EventBody, EventId, OrderId, RoutingKey, Source};
+use orderflow_ports::messaging::{
+    CommandConsumer, CommandPublisher, DeadLetterAdmin, Delivery, HandlerOutcome, MessageHandler,
+};
+use uuid::Uuid;
+
+use super::{RabbitBroker, RabbitSettings};
+
+/// A vhost of its own for one test, deleted (with its queues) when the test ends.
+struct TestVhost {
+    name: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs (is RabbitMQ installed?)");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+impl TestVhost {
+    fn new() -> Self {
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Self { name }
+    }
+
+    fn settings(&self, delays: &[u64]) -> RabbitSettings {
+        let base = std::env::var("TEST_AMQP_BASE").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".to_owned());
+        RabbitSettings {
+            retry_delays: delays.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            prefetch: 8,
+            ..RabbitSettings::new(format!("{base}/{}", self.name))
+        }
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        rabbitmqctl(&["delete_vhost", &self.name]);
+    }
+}
+
+fn event() -> CloudEvent {
+    let order_id = OrderId::from_uuid(Uuid::now_v7());
+    let body = EventBody::of(order_id, &CancelRequested { order_id });
+    CloudEvent::wrap(EventId::from_uuid(Uuid::now_v7()), Source::Sales, body, chrono::Utc::now(), None)
+}
+
+/// Records every delivery with the time it arrived, and answers as told.
+struct Recorder {
+    seen: Mutex<Vec<(Delivery, Instant)>>,
+    failing: AtomicBool,
+    permanent: bool,
+}
+
+impl Recorder {
+    fn new(failing: bool, permanent: bool) -> Arc<Self> {
+        Arc::new(Self { seen: Mutex::default(), failing: AtomicBool::new(failing), permanent })
+    }
+
+    fn seen(&self) -> Vec<(Delivery, Instant)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl MessageHandler for Recorder {
+    async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
+        self.seen.lock().unwrap().push((delivery.clone(), Instant::now()));
+        match (self.failing.load(Ordering::SeqCst), self.permanent) {
+            (false, _) => HandlerOutcome::Done,
+            (true, true) => HandlerOutcome::Permanent("cannot be handled".into()),
+            (true, false) => HandlerOutcome::Transient("database down".into()),
+        }
+    }
+}
+
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start(
+    vhost: &TestVhost,
+    delays: &[u64],
+    handler: Arc<Recorder>,
+) -> (Arc<RabbitBroker>, tokio::task::JoinHandle<()>) {
+    let broker =
+        Arc::new(RabbitBroker::connect(vhost.settings(delays), &[RoutingKey::OrdersCancelRequested]).await.unwrap());
+    let consumer = Arc::clone(&broker);
+    let task = tokio::spawn(async move {
+        let _ = consumer.consume(RoutingKey::OrdersCancelRequested, handler).await;
+    });
+    (broker, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_command_is_delivered_with_its_message_id() {
+    let vhost = TestVhost::new();
+    let handler = Recorder::new(false, false);
+    let (broker, consumer) = start(&vhost, &[100, 100, 100], Arc::clone(&handler)).await;
+    let event = event();
+    broker.publish(RoutingKey::OrdersCancelRequested, &event).await.unwrap();
+    let seen = eventually("the delivery", async || handler.seen().first().cloned()).await.0;
+    assert_eq!(seen.message_id, Some(event.id.to_string()));
+    assert_eq!(seen.retries, 0);
+    assert_eq!(CloudEvent::decode(&seen.body).unwrap(), event);
+    consumer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_to_a_key_no_queue_is_bound_to_is_an_error() {
+    let vhost = TestVhost::new();
+    let broker = RabbitBroker::connect(vhost.settings(&[100]), &[RoutingKey::OrdersCreated]).await.unwrap();
+    assert!(
+        broker.publish(RoutingKey::OrdersShipped, &event()).await.is_err(),
+        "an unroutable message is not lost silently"
+    );
+    assert!(broker.publish(RoutingKey::OrdersCreated, &event()).await.is_ok(), "the publisher recovers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_dead_lettered_without_retries() {
+    let vhost = TestVhost::new();
+    let handler = Recorder::new(true, true);
+    let (broker, consumer) = start(&vhost, &[100, 100, 100], Arc::clone(&handler)).await;
+    let event = event();
+    broker.publish(RoutingKey::OrdersCancelRequested, &event).await.unwrap();
+    let queue = RoutingKey::OrdersCancelRequested;
+    eventually("the dead letter", async || {
+        broker.queues(&[queue]).await.unwrap().first().filter(|q| q.depth == 1).cloned()
+    })
+    .await;
+    assert_eq!(handler.seen().len(), 1, "no retries");
+    let letters = broker.peek(queue, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message_id, Some(event.id.to_string()));
+    assert_eq!(letters[0].original_queue, queue);
+    assert_eq!(letters[0].error, "cannot be handled");
+    assert_eq!(letters[0].retries, 0);
+    assert_eq!(broker.queues(&[queue]).await.unwrap()[0].depth, 1, "peeking leaves the message in place");
+    consumer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_after_each_delay_then_dead_lettered() {
+    let vhost = TestVhost::new();
+    let delays = [400, 800, 1200];
+    let handler = Recorder::new(true, false);
+    let (broker, consumer) = start(&vhost, &delays, Arc::clone(&handler)).await;
+    broker.publish(RoutingKey::OrdersCancelRequested, &event()).await.unwrap();
+    let queue = RoutingKey::OrdersCancelRequested;
+    eventually("the dead letter", async || {
+        broker.queues(&[queue]).await.unwrap().first().filter(|q| q.depth == 1).cloned()
+    })
+    .await;
+    let seen = handler.seen();
+    assert_eq!(seen.iter().map(|(d, _)| d.retries).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    for (i, delay) in delays.iter().enumerate() {
+        let gap = seen[i + 1].1 - seen[i].1;
+        let delay = Duration::from_millis(*delay);
+        // The broker expires a message at the head of its retry queue on time; scheduling and the
+        // round trips add a little. ±20% of the configured delay, plus 150 ms of transport.
+        assert!(gap >= delay.mul_f64(0.8), "retry {} came after {gap:?}, configured {delay:?}", i + 1);
+        assert!(gap <= delay.mul_f64(1.2) + Duration::from_millis(150), "retry {} came after {gap:?}", i + 1);
+    }
+    assert_eq!(broker.peek(queue, 1).await.unwrap()[0].retries, 3);
+    consumer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_dead_lettered_message_after_the_fix_processes_it_once() {
+    let vhost = TestVhost::new();
+    let handler = Recorder::new(true, true);
+    let (broker, consumer) = start(&vhost, &[100, 100, 100], Arc::clone(&handler)).await;
+    let queue = RoutingKey::OrdersCancelRequested;
+    broker.publish(queue, &event()).await.unwrap();
+    eventually("the dead letter", async || {
+        broker.queues(&[queue]).await.unwrap().first().filter(|q| q.depth == 1).cloned()
+    })
+    .await;
+    handler.failing.store(false, Ordering::SeqCst);
+    assert_eq!(broker.replay(queue, 10).await.unwrap(), 1);
+    eventually("the replayed delivery", async || (handler.seen().len() == 2).then_some(())).await;
+    let replayed = &handler.seen()[1].0;
+    assert_eq!(replayed.retries, 0, "the retry count is reset");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(handler.seen().len(), 2, "processed exactly once more");
+    assert_eq!(broker.queues(&[queue]).await.unwrap()[0].depth, 0);
+    consumer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_empties_the_dead_letter_queue() {
+    let vhost = TestVhost::new();
+    let handler = Recorder::new(true, true);
+    let (broker, consumer) = start(&vhost, &[100], Arc::clone(&handler)).await;
+    let queue = RoutingKey::OrdersCancelRequested;
+    for _ in 0..3 {
+        broker.publish(queue, &event()).await.unwrap();
+    }
+    eventually("three dead letters", async || {
+        broker.queues(&[queue]).await.unwrap().first().filter(|q| q.depth == 3).cloned()
+    })
+    .await;
+    assert_eq!(broker.purge(queue).await.unwrap(), 3);
+    assert_eq!(broker.queues(&[queue]).await.unwrap()[0].depth, 0);
+    consumer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_before_a_consumer_exists_are_kept() {
+    let vhost = TestVhost::new();
+    let broker = RabbitBroker::connect(vhost.settings(&[100]), &[RoutingKey::OrdersCancelRequested]).await.unwrap();
+    for _ in 0..5 {
+        broker.publish(RoutingKey::OrdersCancelRequested, &event()).await.unwrap();
+    }
+    let handler = Recorder::new(false, false);
+    let (_, consumer) = start(&vhost, &[100], Arc::clone(&handler)).await;
+    eventually("five deliveries", async || (handler.seen().len() == 5).then_some(())).await;
+    consumer.abort();
+}
