@@ -10,6 +10,8 @@ pub mod http;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 pub mod simulated;

@@ -14,3 +14,13 @@ pub trait IdGenerator: Send + Sync {
     /// A new, never-before-seen id.
     fn new_id(&self) -> Uuid;
 }
+
+/// A dependency `/health/ready` reports on.
+#[async_trait::async_trait]
+pub trait HealthCheck: Send + Sync {
+    /// The name readiness reports it under (`database`, `broker`, `audit`, `cache`, `issuer`).
+    fn name(&self) -> &'static str;
+
+    /// Whether it answers now. Implementations bound the time they take (a second or two).
+    async fn check(&self) -> bool;
+}

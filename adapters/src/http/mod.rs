@@ -1,8 +1,10 @@
 //! The inbound HTTP adapter pieces both APIs share: RFC 9457 problems, strict JSON bodies that name the
-//! field at fault, bearer authentication with scopes and rate limiting, correlation ids, metrics, cursors.
+//! field at fault, bearer authentication with scopes and rate limiting, correlation ids, metrics, cursors,
+//! and the dead-letter admin endpoints.
 
 mod auth;
 mod cursor;
+mod dlq;
 mod json;
 mod limit;
 mod observe;
@@ -10,6 +12,7 @@ mod problem;
 
 pub use auth::{AuthContext, BearerAuth, RateLimitPolicy};
 pub use cursor::{decode_cursor, encode_cursor, page_limit, parse_id};
+pub use dlq::DlqApi;
 pub use json::StrictJson;
 pub use limit::BodyLimit;
 pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, into_problem};

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The local OAuth2 authorization server (infra/oauth: oidc-provider, dev clients only) for runs and tests.
+#   bash infra/scripts/oauth.sh start    install (npm ci, when needed) and start it in the background; idempotent
+#   bash infra/scripts/oauth.sh stop     stop it
+#   bash infra/scripts/oauth.sh status   say whether it runs (exit 1 if not)
+# Environment: OAUTH_PORT (default 9000), OAUTH_JWKS_FILE (signing keys; default: fresh keys at each start —
+# restart to rotate), ORDERFLOW_STATE_DIR (pid file and log, per port; default ~/.cache/orderflow/run).
+# It prints the issuer URL, which the APIs and tests take as OAUTH_ISSUER (audience `orderflow`).
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+app="$root/infra/oauth"
+port="${OAUTH_PORT:-9000}"
+issuer="http://127.0.0.1:$port"
+state="${ORDERFLOW_STATE_DIR:-$HOME/.cache/orderflow/run}"
+# Per port, so servers on different ports can run side by side.
+pid_file="$state/oauth-$port.pid"
+log_file="$state/oauth-$port.log"
+# The lockfile's hash when node_modules was last installed from it.
+stamp="$app/node_modules/.orderflow-lock.sha256"
+
+answers() { curl -fsS -o /dev/null --max-time 2 "$issuer/.well-known/openid-configuration" 2>/dev/null; }
+
+running_pid() {
+  local pid
+  pid="$(cat "$pid_file" 2>/dev/null)" || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+ensure_node() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "--- installing Node.js"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  # oidc-provider 9 needs Node 20 or later (it recommends 22 LTS); Debian 12's own package is Node 18.
+  local major
+  major="$(node -p 'process.versions.node.split(".")[0]')"
+  if [ "$major" -lt 20 ]; then
+    echo "Node.js $(node --version) is too old for oidc-provider: install Node.js 22 LTS (or at least 20)" >&2
+    exit 1
+  fi
+}
+
+ensure_packages() {
+  local want
+  want="$(sha256sum "$app/package-lock.json" | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "--- installing infra/oauth's npm packages (npm ci)"
+    (cd "$app" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" >"$stamp"
+  fi
+}
+
+start() {
+  if pid="$(running_pid)" && answers; then
+    echo "--- OAuth2 server already running (pid $pid): issuer $issuer"
+    return
+  fi
+  if answers; then
+    echo "something else already answers on $issuer; stop it or set OAUTH_PORT" >&2
+    exit 1
+  fi
+  command -v curl >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+  }
+  ensure_node
+  ensure_packages
+  mkdir -p "$state"
+  # A process from an earlier start that no longer answers is of no use.
+  if pid="$(running_pid)"; then kill "$pid" 2>/dev/null || true; fi
+  echo "--- starting the OAuth2 server (log: $log_file)"
+  echo "=== $(date -Is) start" >>"$log_file"
+  # setsid: the server outlives this script and the terminal or CI step that ran it. `exec` all the way down, so
+  # the pid recorded is node's own.
+  (cd "$app" && OAUTH_PORT="$port" exec setsid node server.js >>"$log_file" 2>&1 </dev/null) &
+  echo $! >"$pid_file"
+  for _ in $(seq 1 60); do
+    answers && break
+    if ! running_pid >/dev/null; then
+      echo "the OAuth2 server exited; the end of $log_file:" >&2
+      awk '/^=== /{run=""} {run=run $0 "\n"} END{printf "%s", run}' "$log_file" | tail -n 20 >&2
+      rm -f "$pid_file"
+      exit 1
+    fi
+    sleep 0.5
+  done
+  answers || { echo "the OAuth2 server does not answer on $issuer after 30 s; see $log_file" >&2; exit 1; }
+  echo "--- OAuth2 server is up (pid $(cat "$pid_file")): issuer $issuer"
+}
+
+stop() {
+  if pid="$(running_pid)"; then
+    kill "$pid"
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    echo "--- OAuth2 server stopped (pid $pid)"
+  else
+    echo "--- OAuth2 server is not running"
+  fi
+  rm -f "$pid_file"
+}
+
+status() {
+  if pid="$(running_pid)" && answers; then
+    echo "running (pid $pid): issuer $issuer"
+  elif pid="$(running_pid)"; then
+    echo "started (pid $pid) but not answering on $issuer; see $log_file"
+    exit 1
+  else
+    echo "not running"
+    exit 1
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *)
+    echo "usage: $0 start|stop|status" >&2
+    exit 2
+    ;;
+esac
