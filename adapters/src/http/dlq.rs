@@ -94,8 +94,13 @@ fn failed(error: &AdminError) -> Problem {
 impl DlqApi {
     fn queue(&self, name: &str) -> Result<RoutingKey, Problem> {
         self.queues.iter().copied().find(|q| q.as_str() == name).ok_or_else(|| {
-            Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("this service consumes no queue {name}"))
-                .with_field("queue")
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("this service consumes no queue {name}"),
+            )
+            .with_field("queue")
         })
     }
 }
@@ -116,13 +121,21 @@ impl DlqApi {
         auth.require("admin")?;
         let queues = self.admin.queues(&self.queues).await.map_err(|e| failed(&e))?;
         Ok(Json(DlqList {
-            items: queues.into_iter().map(|q| DlqDepth { queue: q.queue.as_str().to_owned(), depth: q.depth }).collect(),
+            items: queues
+                .into_iter()
+                .map(|q| DlqDepth { queue: q.queue.as_str().to_owned(), depth: q.depth })
+                .collect(),
         }))
     }
 
     /// Dead letters of one queue, oldest first, left in place (admin).
     #[oai(path = "/:queue", method = "get", operation_id = "peek_dlq")]
-    async fn peek(&self, auth: BearerAuth, queue: Path<String>, limit: Query<Option<i64>>) -> poem::Result<Json<DlqEntries>> {
+    async fn peek(
+        &self,
+        auth: BearerAuth,
+        queue: Path<String>,
+        limit: Query<Option<i64>>,
+    ) -> poem::Result<Json<DlqEntries>> {
         auth.require("admin")?;
         let queue = self.queue(&queue.0)?;
         let letters = self.admin.peek(queue, self::limit(limit.0, 20)?).await.map_err(|e| failed(&e))?;
@@ -131,7 +144,12 @@ impl DlqApi {
 
     /// Moves dead letters back to their queue with the retry count reset (admin).
     #[oai(path = "/:queue/replay", method = "post", operation_id = "replay_dlq")]
-    async fn replay(&self, auth: BearerAuth, queue: Path<String>, limit: Query<Option<i64>>) -> poem::Result<Json<DlqOutcome>> {
+    async fn replay(
+        &self,
+        auth: BearerAuth,
+        queue: Path<String>,
+        limit: Query<Option<i64>>,
+    ) -> poem::Result<Json<DlqOutcome>> {
         auth.require("admin")?;
         let queue = self.queue(&queue.0)?;
         let replayed = self.admin.replay(queue, self::limit(limit.0, 1000)?).await.map_err(|e| failed(&e))?;

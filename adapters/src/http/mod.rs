@@ -9,6 +9,7 @@ mod json;
 mod limit;
 mod observe;
 mod problem;
+mod ready;
 
 pub use auth::{AuthContext, BearerAuth, RateLimitPolicy};
 pub use cursor::{decode_cursor, encode_cursor, page_limit, parse_id};
@@ -17,3 +18,4 @@ pub use json::StrictJson;
 pub use limit::BodyLimit;
 pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, into_problem};
 pub use problem::Problem;
+pub use ready::readiness;

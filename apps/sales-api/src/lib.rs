@@ -12,12 +12,12 @@ use orderflow_adapters::http::{AuthContext, HttpMetrics, RateLimitPolicy};
 use orderflow_domain::RoutingKey;
 use orderflow_ports::auth::TokenVerifier;
 use orderflow_ports::cache::OrderCache;
-use orderflow_ports::messaging::{AuditLog, CommandConsumer, CommandPublisher, MessageHandler};
+use orderflow_ports::messaging::{AuditLog, CommandConsumer, CommandPublisher, DeadLetterAdmin, MessageHandler};
 use orderflow_ports::outbox::{OutboxRelay, RelaySettings};
 use orderflow_ports::payment::PaymentGateway;
 use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::sales::SalesStore;
-use orderflow_ports::system::{Clock, IdGenerator};
+use orderflow_ports::system::{Clock, HealthCheck, IdGenerator};
 use tokio::task::JoinHandle;
 
 use crate::service::SalesService;
@@ -38,6 +38,10 @@ pub struct SalesAdapters {
     pub consumer: Arc<dyn CommandConsumer>,
     /// The audit stream.
     pub audit: Arc<dyn AuditLog>,
+    /// Operations on the dead-letter queues of the queues this service consumes.
+    pub dead_letters: Arc<dyn DeadLetterAdmin>,
+    /// Dependencies `/health/ready` checks besides the store.
+    pub health: Vec<Arc<dyn HealthCheck>>,
     /// Verifies bearer tokens.
     pub verifier: Arc<dyn TokenVerifier>,
     /// Per-client rate limiting; `None` = off.
@@ -96,7 +100,8 @@ impl Application {
         let addr = listener.local_addr()?;
         let auth =
             AuthContext { verifier: adapters.verifier, limiter: adapters.limiter, policy: settings.rate_limit_policy };
-        let app = http::routes(service.clone(), auth, metrics, registry, format!("http://{addr}"));
+        let admin = http::Admin { dead_letters: adapters.dead_letters, health: adapters.health };
+        let app = http::routes(service.clone(), auth, admin, metrics, registry, format!("http://{addr}"));
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(async move {

@@ -4,7 +4,7 @@ mod shipments;
 
 use std::sync::Arc;
 
-use orderflow_adapters::http::{AuthContext, BodyLimit, HttpMetrics, Observe};
+use orderflow_adapters::http::{AuthContext, BodyLimit, DlqApi, HttpMetrics, Observe};
 use poem::web::Data;
 use poem::{EndpointExt, IntoEndpoint, Route, handler};
 use poem_openapi::OpenApiService;
@@ -14,16 +14,28 @@ use crate::service::DeliveryService;
 /// Request bodies above this are refused with 413 before they are parsed.
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// The operators' side of the API: dead-letter operations and the readiness checks.
+pub struct Admin {
+    /// Dead-letter operations.
+    pub dead_letters: Arc<dyn orderflow_ports::messaging::DeadLetterAdmin>,
+    /// Dependencies `/health/ready` checks besides the store.
+    pub health: Vec<Arc<dyn orderflow_ports::system::HealthCheck>>,
+}
+
 /// Builds the whole HTTP application.
 pub fn routes(
     service: DeliveryService,
     auth: AuthContext,
+    admin: Admin,
     metrics: HttpMetrics,
     registry: prometheus::Registry,
     server_url: String,
 ) -> impl poem::Endpoint<Output = poem::Response> {
     let api = OpenApiService::new(
-        shipments::ShipmentsApi { service: service.clone() },
+        (
+            shipments::ShipmentsApi { service: service.clone() },
+            DlqApi { admin: admin.dead_letters, queues: orderflow_domain::RoutingKey::DELIVERY.to_vec() },
+        ),
         "orderflow Delivery API",
         env!("CARGO_PKG_VERSION"),
     )
@@ -35,12 +47,14 @@ pub fn routes(
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .at("/health/live", live)
-        .at("/health/ready", ready.data(service))
+        .at("/health/ready", ready.data(service).data(Arc::new(admin.health)))
         .at("/metrics", metrics_endpoint.data(Arc::new(registry)))
         .data(auth)
         .with(Observe { metrics })
         .into_endpoint()
 }
+
+type HealthChecks = Arc<Vec<Arc<dyn orderflow_ports::system::HealthCheck>>>;
 
 #[handler]
 fn live() -> &'static str {
@@ -48,15 +62,10 @@ fn live() -> &'static str {
 }
 
 #[handler]
-async fn ready(service: Data<&DeliveryService>) -> poem::Response {
+async fn ready(service: Data<&DeliveryService>, health: Data<&HealthChecks>) -> poem::Response {
     use orderflow_ports::delivery::ShipmentQuery;
-    use poem::IntoResponse;
-    use poem::http::StatusCode;
-    let store = service.store.shipments(ShipmentQuery { limit: 1, ..Default::default() }).await.is_ok();
-    let body =
-        serde_json::json!({ "status": if store { "ready" } else { "unavailable" }, "checks": { "store": store } });
-    let status = if store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    poem::web::Json(body).with_status(status).into_response()
+    let database = service.store.shipments(ShipmentQuery { limit: 1, ..Default::default() }).await.is_ok();
+    orderflow_adapters::http::readiness(database, health.0).await
 }
 
 #[handler]

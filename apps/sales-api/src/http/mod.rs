@@ -6,7 +6,7 @@ mod products;
 
 use std::sync::Arc;
 
-use orderflow_adapters::http::{AuthContext, BodyLimit, HttpMetrics, Observe, Problem};
+use orderflow_adapters::http::{AuthContext, BodyLimit, DlqApi, HttpMetrics, Observe, Problem};
 use orderflow_ports::ReadError;
 use poem::web::Data;
 use poem::{EndpointExt, IntoEndpoint, Route, handler};
@@ -49,16 +49,29 @@ fn transition_failed(error: TransitionFailure) -> poem::Error {
     .into()
 }
 
+/// The operators' side of the API: dead-letter operations and the readiness checks.
+pub struct Admin {
+    /// Dead-letter operations.
+    pub dead_letters: Arc<dyn orderflow_ports::messaging::DeadLetterAdmin>,
+    /// Dependencies `/health/ready` checks besides the store.
+    pub health: Vec<Arc<dyn orderflow_ports::system::HealthCheck>>,
+}
+
 /// Builds the whole HTTP application.
 pub fn routes(
     service: SalesService,
     auth: AuthContext,
+    admin: Admin,
     metrics: HttpMetrics,
     registry: prometheus::Registry,
     server_url: String,
 ) -> impl poem::Endpoint<Output = poem::Response> {
     let api = OpenApiService::new(
-        (orders::OrdersApi { service: service.clone() }, products::ProductsApi { service: service.clone() }),
+        (
+            orders::OrdersApi { service: service.clone() },
+            products::ProductsApi { service: service.clone() },
+            DlqApi { admin: admin.dead_letters, queues: orderflow_domain::RoutingKey::SALES.to_vec() },
+        ),
         "orderflow Sales API",
         env!("CARGO_PKG_VERSION"),
     )
@@ -70,12 +83,14 @@ pub fn routes(
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .at("/health/live", live)
-        .at("/health/ready", ready.data(service))
+        .at("/health/ready", ready.data(service).data(Arc::new(admin.health)))
         .at("/metrics", metrics_endpoint.data(Arc::new(registry)))
         .data(auth)
         .with(Observe { metrics })
         .into_endpoint()
 }
+
+type HealthChecks = Arc<Vec<Arc<dyn orderflow_ports::system::HealthCheck>>>;
 
 #[handler]
 fn live() -> &'static str {
@@ -83,14 +98,9 @@ fn live() -> &'static str {
 }
 
 #[handler]
-async fn ready(service: Data<&SalesService>) -> poem::Response {
-    use poem::IntoResponse;
-    use poem::http::StatusCode;
-    let store = service.store.products(1, None).await.is_ok();
-    let body =
-        serde_json::json!({ "status": if store { "ready" } else { "unavailable" }, "checks": { "store": store } });
-    let status = if store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    poem::web::Json(body).with_status(status).into_response()
+async fn ready(service: Data<&SalesService>, health: Data<&HealthChecks>) -> poem::Response {
+    let database = service.store.products(1, None).await.is_ok();
+    orderflow_adapters::http::readiness(database, health.0).await
 }
 
 #[handler]
