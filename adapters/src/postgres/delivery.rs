@@ -54,8 +54,7 @@ fn read_failed(error: impl Into<BoxError>) -> ReadError {
 #[async_trait]
 impl DeliveryStore for PgDeliveryStore {
     async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
-        let mut client = self.db.client().await.map_err(ChangeError::Unexpected)?;
-        let tx = client.transaction().await.map_err(failed)?;
+        let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
         if let Some(entry) = &change.inbox {
             let fresh = tx
                 .query_opt(
@@ -116,6 +115,9 @@ impl DeliveryStore for PgDeliveryStore {
         }
         outbox::insert(&tx, &change.messages).await.map_err(ChangeError::Unexpected)?;
         tx.commit().await.map_err(failed)?;
+        if !change.messages.is_empty() {
+            self.db.outbox_committed();
+        }
         Ok(ChangeOutcome::Applied)
     }
 

@@ -77,7 +77,10 @@ enum Service {
 #[derive(Clone)]
 struct Database {
     pool: Pool,
+    /// Wakes this process's relay (set by its own commits and by other processes' NOTIFYs).
     outbox_written: Arc<Notify>,
+    /// Asks the announcer to tell other processes' relays.
+    announce: Arc<Notify>,
 }
 
 impl Database {
@@ -109,12 +112,82 @@ impl Database {
             .build()
             .map_err(|e| PgSetupError::Invalid(e.to_string()))?;
         let outbox_written = Arc::new(Notify::new());
-        tokio::spawn(outbox::listen(config, format!("{schema}_outbox"), Arc::clone(&outbox_written)));
-        Ok(Self { pool, outbox_written })
+        let announce = Arc::new(Notify::new());
+        let channel = format!("{schema}_outbox");
+        tokio::spawn(outbox::listen(config, channel.clone(), Arc::clone(&outbox_written)));
+        tokio::spawn(outbox::announce(pool.clone(), channel, Arc::clone(&announce)));
+        Ok(Self { pool, outbox_written, announce })
     }
 
+    /// Called after a commit that wrote outbox rows: wakes the local relay at once and has the announcer
+    /// NOTIFY the others, outside the writing transaction and coalesced under load.
+    fn outbox_committed(&self) {
+        self.outbox_written.notify_one();
+        self.announce.notify_one();
+    }
+
+    /// A pooled connection that is still open. A connection the server closed (restart, failover,
+    /// `pg_terminate_backend`) is discarded here rather than failing the caller's first statement.
     async fn client(&self) -> Result<deadpool_postgres::Object, BoxError> {
-        Ok(self.pool.get().await?)
+        let attempts = self.pool.status().max_size + 1;
+        for _ in 0..attempts {
+            let client = self.pool.get().await?;
+            if !client.is_closed() {
+                return Ok(client);
+            }
+            drop(deadpool_postgres::Object::take(client));
+        }
+        Err("every pooled connection was closed".into())
+    }
+
+    /// Begins a transaction. A connection the server closed is only noticed when used, so a failed
+    /// `BEGIN` on a closed connection is retried on another one: nothing has happened yet.
+    async fn begin(&self) -> Result<Tx, BoxError> {
+        let mut attempts = 3;
+        loop {
+            let client = self.client().await?;
+            match client.batch_execute("BEGIN").await {
+                Ok(()) => return Ok(Tx { client: Some(client) }),
+                Err(error) if error.is_closed() && attempts > 1 => attempts -= 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// An open transaction on a pooled connection. Dropped without [`Tx::commit`] (an early return, an
+/// error) it rolls back before the connection goes back to the pool.
+struct Tx {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl Tx {
+    async fn commit(mut self) -> Result<(), tokio_postgres::Error> {
+        match self.client.take() {
+            Some(client) => client.batch_execute("COMMIT").await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = deadpool_postgres::ClientWrapper;
+
+    fn deref(&self) -> &Self::Target {
+        // Only `commit` (which consumes the Tx) takes the client out.
+        self.client.as_deref().unwrap_or_else(|| unreachable!("a Tx is used only before it commits"))
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            tokio::spawn(async move {
+                if let Err(error) = client.batch_execute("ROLLBACK").await {
+                    tracing::debug!(%error, "rollback failed; the connection is discarded");
+                }
+            });
+        }
     }
 }
 

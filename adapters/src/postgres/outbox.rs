@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::ClientWrapper;
 use futures::StreamExt;
 use orderflow_domain::{CloudEvent, EventId, RoutingKey};
 use orderflow_ports::outbox::{ClaimedMessage, Destination, OutboxMessage};
@@ -57,7 +57,7 @@ impl<'a> OutboxColumns<'a> {
 }
 
 /// Writes outbox rows inside the caller's transaction.
-pub(super) async fn insert(tx: &Transaction<'_>, messages: &[OutboxMessage]) -> Result<(), BoxError> {
+pub(super) async fn insert(tx: &ClientWrapper, messages: &[OutboxMessage]) -> Result<(), BoxError> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -140,6 +140,23 @@ pub(super) async fn purge(db: &Database, retention: Duration) -> Result<u64, Rea
         deleted += client.execute(sql, &[&ms]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
     }
     Ok(deleted)
+}
+
+/// Sends `NOTIFY channel` whenever asked, at most once per few milliseconds: a burst of commits costs
+/// one notification, and none of them waits for it.
+pub(super) async fn announce(pool: deadpool_postgres::Pool, channel: String, asked: Arc<Notify>) {
+    loop {
+        asked.notified().await;
+        match pool.get().await {
+            Ok(client) => {
+                if let Err(error) = client.execute("SELECT pg_notify($1, '')", &[&channel]).await {
+                    tracing::warn!(%error, "could not announce outbox rows; relays will find them by polling");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not announce outbox rows; relays will find them by polling"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Keeps a connection listening on `channel` and wakes `notify` on every notification; reconnects with

@@ -3,7 +3,7 @@
 //! its lines, its timeline and its outbox rows, and `COMMIT`.
 
 use async_trait::async_trait;
-use deadpool_postgres::Transaction;
+use deadpool_postgres::ClientWrapper;
 use orderflow_domain::{CloudEvent, Currency, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect};
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{
@@ -81,7 +81,7 @@ fn insert_timeline(n: usize) -> String {
 
 /// Writes the audit messages of a change to the order's timeline and all its messages to the outbox,
 /// in one statement.
-async fn record(tx: &Transaction<'_>, order_id: OrderId, messages: &[OutboxMessage]) -> Result<(), BoxError> {
+async fn record(tx: &ClientWrapper, order_id: OrderId, messages: &[OutboxMessage]) -> Result<(), BoxError> {
     let events = timeline_events(messages)?;
     let columns = outbox::OutboxColumns::of(messages)?;
     let sql = format!(
@@ -98,7 +98,7 @@ async fn record(tx: &Transaction<'_>, order_id: OrderId, messages: &[OutboxMessa
 
 /// Applies a stock effect to an order's lines, locking the products in SKU order so concurrent changes
 /// over overlapping SKUs cannot deadlock. Returns the SKUs whose rows were updated.
-async fn move_stock(tx: &Transaction<'_>, order: &Order, effect: StockEffect) -> Result<Vec<String>, BoxError> {
+async fn move_stock(tx: &ClientWrapper, order: &Order, effect: StockEffect) -> Result<Vec<String>, BoxError> {
     let set = match effect {
         StockEffect::None => return Ok(order.lines.iter().map(|l| l.sku.to_string()).collect()),
         StockEffect::Reserve => "reserved = p.reserved + w.qty",
@@ -139,8 +139,7 @@ fn read_failed(error: impl Into<BoxError>) -> ReadError {
 #[async_trait]
 impl SalesStore for PgSalesStore {
     async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
-        let mut client = self.db.client().await.map_err(PlaceError::Unexpected)?;
-        let tx = client.transaction().await.map_err(place_failed)?;
+        let tx = self.db.begin().await.map_err(PlaceError::Unexpected)?;
         let order = placement.order;
         if let Some(key) = &placement.idempotency {
             // A concurrent request with the same key blocks on this row until the first commits, then
@@ -254,12 +253,12 @@ impl SalesStore for PgSalesStore {
         .await
         .map_err(place_failed)?;
         tx.commit().await.map_err(place_failed)?;
+        self.db.outbox_committed();
         Ok(PlaceOutcome::Created(order))
     }
 
     async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError> {
-        let mut client = self.db.client().await.map_err(ChangeError::Unexpected)?;
-        let tx = client.transaction().await.map_err(change_failed)?;
+        let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
         if let Some(entry) = &change.inbox {
             let fresh = tx
                 .query_opt(
@@ -298,6 +297,9 @@ impl SalesStore for PgSalesStore {
         }
         record(&tx, order.id, &change.messages).await.map_err(ChangeError::Unexpected)?;
         tx.commit().await.map_err(change_failed)?;
+        if !change.messages.is_empty() {
+            self.db.outbox_committed();
+        }
         Ok(ChangeOutcome::Applied)
     }
 

@@ -163,3 +163,7 @@ mod delivery_outbox_contract {
         crate::contract::outbox::DeliveryOutbox::new(super::delivery_store().await)
     });
 }
+mod concurrency;
+mod crash;
+mod migrations;
+mod relay;

@@ -53,6 +53,18 @@ enum Command {
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
+    /// Benchmarks against a real database.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Place 2-line orders through the PostgreSQL Sales store with concurrent callers; print orders/s and
+    /// latency percentiles. Uses (and drops) a scratch schema.
+    PlaceOrders(orderflow::bench::PlaceOrdersOptions),
 }
 
 fn autopilot(ship_after: &str, deliver_after: &str) -> anyhow::Result<Option<AutopilotSettings>> {
@@ -92,6 +104,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { issuer, client_id, client_secret, scopes } => {
             println!("{}", orderflow::token::fetch(&issuer, &client_id, &client_secret, &scopes).await?);
+        }
+        Command::Bench { command: BenchCommand::PlaceOrders(options) } => {
+            println!("{}", orderflow::bench::place_orders(options).await?);
         }
     }
     Ok(())

@@ -75,12 +75,6 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_unpublished ON outbox (seq) WHERE command_pending OR audit_pending;
 CREATE INDEX outbox_published ON outbox (published_at) WHERE NOT (command_pending OR audit_pending);
-
--- Wakes the relay (LISTEN "<schema>_outbox") the moment a transaction with outbox rows commits.
-CREATE FUNCTION notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify(TG_TABLE_SCHEMA || '_outbox', '');
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER outbox_written AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION notify_outbox();
+-- Relays are woken by NOTIFY "<schema>_outbox", sent by the application after commit: a NOTIFY inside
+-- the writing transaction would hold PostgreSQL's notify lock through every commit's WAL flush and
+-- serialise all writers.
