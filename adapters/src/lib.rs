@@ -6,6 +6,8 @@ pub mod auth;
 pub mod contract;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "postgres")]

@@ -16,6 +16,7 @@ use orderflow_ports::system::HealthCheck;
 
 use crate::auth::{JwksVerifier, VerifierSettings};
 use crate::http::RateLimitPolicy;
+use crate::kafka::{KafkaAuditLog, KafkaSettings};
 use crate::postgres::PgSettings;
 use crate::rabbitmq::{RabbitBroker, RabbitSettings};
 use crate::redis::{ConnectionManager, RedisRateLimiter};
@@ -135,8 +136,10 @@ pub struct RuntimeConfig {
     pub http_addr: SocketAddr,
     /// `DATABASE_URL`, `DATABASE_SCHEMA`, `DATABASE_POOL_SIZE`, `DATABASE_STATEMENT_TIMEOUT`, `DATABASE_MIGRATE`.
     pub database: PgSettings,
-    /// `AMQP_URL`, `AMQP_PREFETCH`, `AMQP_RETRY_DELAYS`.
+    /// `AMQP_URL`, `AMQP_PREFETCH`, `AMQP_RETRY_DELAYS` (comma-separated durations, one per retry level).
     pub amqp: RabbitSettings,
+    /// `KAFKA_BROKERS`, `AUDIT_TOPIC`, `AUDIT_PARTITIONS`, `AUDIT_REPLICATION`.
+    pub kafka: KafkaSettings,
     /// `REDIS_URL`.
     pub redis_url: String,
     /// `OAUTH_ISSUER`.
@@ -176,6 +179,10 @@ impl RuntimeConfig {
                     .collect::<Result<_, _>>()
                     .map_err(|e| ConfigError { variable: "AMQP_RETRY_DELAYS", reason: format!("{raw:?}: {e}") })?;
         }
+        let mut kafka = KafkaSettings::new(env.required("KAFKA_BROKERS")?);
+        kafka.topic = env.optional("AUDIT_TOPIC").unwrap_or(kafka.topic);
+        kafka.partitions = env.parsed("AUDIT_PARTITIONS", kafka.partitions)?;
+        kafka.replication = env.parsed("AUDIT_REPLICATION", kafka.replication)?;
         let per_minute: u32 = env.parsed("RATE_LIMIT_PER_MINUTE", 600)?;
         let burst: u32 = env.parsed("RATE_LIMIT_BURST", 50)?;
         let rate_limit_policy = match env.optional("RATE_LIMIT_POLICY").as_deref() {
@@ -203,6 +210,7 @@ impl RuntimeConfig {
             http_addr: env.parsed("HTTP_ADDR", default_addr)?,
             database,
             amqp,
+            kafka,
             redis_url: env.required("REDIS_URL")?,
             oauth_issuer: env.required("OAUTH_ISSUER")?,
             oauth_audience: env.optional("OAUTH_AUDIENCE").unwrap_or_else(|| "orderflow".to_owned()),
@@ -228,6 +236,8 @@ pub fn init_tracing(format: LogFormat) {
 pub struct Connections {
     /// RabbitMQ: publisher, consumer and dead-letter operations.
     pub broker: Arc<RabbitBroker>,
+    /// Kafka: the audit stream.
+    pub audit: Arc<KafkaAuditLog>,
     /// Redis, shared by the cache and the rate limiter; connects lazily, so the service starts (and
     /// reports not ready) while Redis is down.
     pub redis: ConnectionManager,
@@ -240,21 +250,26 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Connects to the broker (declaring its topology) and prepares Redis and the verifier.
+    /// Connects to the broker (declaring its topology) and to Kafka (creating the audit topic when
+    /// missing), and prepares Redis and the verifier.
     ///
     /// # Errors
-    /// When the broker is unreachable or a URL is malformed.
+    /// When RabbitMQ or Kafka is unreachable or a URL is malformed.
     pub async fn open(config: &RuntimeConfig) -> Result<Self, BoxError> {
         let broker = Arc::new(RabbitBroker::connect(config.amqp.clone(), &config.service.queues()).await?);
+        let audit = Arc::new(KafkaAuditLog::connect(config.kafka.clone()).await?);
         let redis = crate::redis::connect_lazy(&config.redis_url)?;
         let verifier: Arc<dyn TokenVerifier> =
             Arc::new(JwksVerifier::new(&config.oauth_issuer, &config.oauth_audience, VerifierSettings::default())?);
         let limiter = config.rate_limit.map(|(per_minute, burst)| {
             Arc::new(RedisRateLimiter::new(redis.clone(), per_minute, burst, "orderflow")) as Arc<dyn RateLimiter>
         });
-        let health: Vec<Arc<dyn HealthCheck>> =
-            vec![Arc::new(BrokerHealth(Arc::clone(&broker))), Arc::new(RedisHealth(redis.clone()))];
-        Ok(Self { broker, redis, verifier, limiter, health })
+        let health: Vec<Arc<dyn HealthCheck>> = vec![
+            Arc::new(BrokerHealth(Arc::clone(&broker))),
+            Arc::new(AuditHealth(Arc::clone(&audit))),
+            Arc::new(RedisHealth(redis.clone())),
+        ];
+        Ok(Self { broker, audit, redis, verifier, limiter, health })
     }
 }
 
@@ -268,6 +283,19 @@ impl HealthCheck for BrokerHealth {
 
     async fn check(&self) -> bool {
         tokio::time::timeout(Duration::from_secs(2), self.0.ping()).await.unwrap_or(false)
+    }
+}
+
+struct AuditHealth(Arc<KafkaAuditLog>);
+
+#[async_trait]
+impl HealthCheck for AuditHealth {
+    fn name(&self) -> &'static str {
+        "audit"
+    }
+
+    async fn check(&self) -> bool {
+        self.0.ping().await
     }
 }
 
@@ -296,9 +324,10 @@ mod tests {
         RuntimeConfig::from_env(Service::Sales, &Env::new(&lookup))
     }
 
-    const MINIMAL: [(&str, &str); 4] = [
+    const MINIMAL: [(&str, &str); 5] = [
         ("DATABASE_URL", "postgres://postgres@127.0.0.1/orderflow"),
         ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        ("KAFKA_BROKERS", "127.0.0.1:9092"),
         ("REDIS_URL", "redis://127.0.0.1:6379"),
         ("OAUTH_ISSUER", "http://127.0.0.1:9000"),
     ];
@@ -311,12 +340,14 @@ mod tests {
         assert_eq!(config.oauth_audience, "orderflow");
         assert_eq!(config.amqp.retry_delays, [1, 5, 25].map(Duration::from_secs));
         assert_eq!(config.rate_limit, Some((600, 50)));
+        assert_eq!(config.kafka.topic, "orders.audit");
+        assert_eq!(config.kafka.partitions, 6);
         assert_eq!(config.log_format, LogFormat::Json);
     }
 
     #[test]
     fn a_missing_variable_is_named() {
-        for missing in ["DATABASE_URL", "AMQP_URL", "REDIS_URL", "OAUTH_ISSUER"] {
+        for missing in ["DATABASE_URL", "AMQP_URL", "KAFKA_BROKERS", "REDIS_URL", "OAUTH_ISSUER"] {
             let vars: Vec<_> = MINIMAL.iter().copied().filter(|(k, _)| *k != missing).collect();
             assert_eq!(config(&vars).unwrap_err().variable, missing);
         }
@@ -329,6 +360,7 @@ mod tests {
             ("DATABASE_POOL_SIZE", "many"),
             ("DATABASE_STATEMENT_TIMEOUT", "5 parsecs"),
             ("AMQP_RETRY_DELAYS", "1s,soon"),
+            ("AUDIT_PARTITIONS", "six"),
             ("RATE_LIMIT_PER_MINUTE", "-1"),
             ("RATE_LIMIT_POLICY", "maybe"),
             ("LOG_FORMAT", "xml"),

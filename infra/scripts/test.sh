@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of every crate.
-# It installs and starts what the tests need: the Rust tools, a local PostgreSQL, RabbitMQ and Redis, and
-# the OAuth2 server (oidc-provider); adapter and end-to-end tests run against the real servers, each test
-# in a schema, vhost, key prefix or topic of its own. Run it from anywhere:
+# It installs and starts what the tests need: the Rust tools, PostgreSQL, RabbitMQ, Redis, Kafka (tansu)
+# and the OAuth2 server (oidc-provider). Adapter and end-to-end tests run against the real servers, each
+# test in a schema, vhost, key prefix or topic of its own. Run it from anywhere:
 #   bash infra/scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +17,7 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 bash infra/scripts/postgres.sh
 bash infra/scripts/rabbitmq.sh
 bash infra/scripts/redis.sh
+bash infra/scripts/kafka.sh start
 bash infra/scripts/oauth.sh start
 
 echo "--- cargo fmt --check"
@@ -24,6 +25,9 @@ cargo fmt --all -- --check
 
 echo "--- cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+echo "--- cargo build (the end-to-end tests run the service binaries as processes)"
+cargo build --workspace --bins --all-features --locked
 
 echo "--- cargo nextest"
 profile=default

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod config;
 pub mod http;
 pub mod service;
 pub mod workers;
@@ -135,12 +136,36 @@ impl Application {
         self.addr.port()
     }
 
-    /// Runs until the server task ends (it normally does not).
+    /// Runs until SIGTERM or Ctrl-C (or until the server task ends, which it normally does not). In-flight
+    /// messages that are cut off are not acked, so the broker delivers them again.
     pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
-        if let Some(server) = self.tasks.first_mut() {
-            server.await.context("the Delivery HTTP server panicked")?;
+        let Some(server) = self.tasks.first_mut() else { return Ok(()) };
+        tokio::select! {
+            result = server => {
+                result.context("the HTTP server panicked")?;
+            }
+            signal = shutdown_signal() => {
+                signal?;
+                tracing::info!("shutting down");
+            }
         }
         Ok(())
+    }
+}
+
+/// Resolves on SIGTERM (how orchestrators stop a container) or Ctrl-C.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            result = tokio::signal::ctrl_c() => result,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
     }
 }
 

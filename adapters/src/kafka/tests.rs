@@ -1,0 +1,283 @@
+//! The Kafka adapter against a real broker (tansu locally: `bash infra/scripts/kafka.sh start`; another with
+//! `TEST_KAFKA_BROKERS`), each test on a topic of its own, deleted when the test ends.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use orderflow_domain::events::CancelRequested;
+use orderflow_domain::{CloudEvent, EventBody, EventId, OrderId, Source};
+use orderflow_ports::messaging::AuditLog;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::Producer;
+use uuid::Uuid;
+
+use super::{AuditReader, KafkaAuditLog, KafkaSettings, ReadOptions};
+
+/// The brokers under test; fails (never skips) when none listens, saying how to start one.
+fn brokers() -> String {
+    let brokers = std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let first = brokers.split(',').next().unwrap_or_default().to_owned();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&first)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "no Kafka broker listens on {first}: run `bash infra/scripts/kafka.sh start` (or set TEST_KAFKA_BROKERS)"
+    );
+    brokers
+}
+
+/// A topic of its own for one test, deleted when the test ends.
+struct TestTopic {
+    settings: KafkaSettings,
+}
+
+impl TestTopic {
+    fn new(partitions: i32) -> Self {
+        let settings = KafkaSettings {
+            topic: format!("test.audit.{}", Uuid::new_v4().simple()),
+            partitions,
+            message_timeout: Duration::from_secs(10),
+            ..KafkaSettings::new(brokers())
+        };
+        Self { settings }
+    }
+}
+
+impl Drop for TestTopic {
+    fn drop(&mut self) {
+        let (brokers, topic) = (self.settings.brokers.clone(), self.settings.topic.clone());
+        // Drop cannot await, and may run inside the test's runtime: delete from a runtime of its own.
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(async {
+                let admin: AdminClient<DefaultClientContext> =
+                    ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("an admin client");
+                let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+                admin.delete_topics(&[&topic], &options).await
+            })
+        })
+        .join();
+        if !matches!(&deleted, Ok(Ok(results)) if results.iter().all(Result::is_ok)) {
+            eprintln!("could not delete test topic {}: {deleted:?}", self.settings.topic);
+        }
+    }
+}
+
+fn event(order_id: OrderId, traceparent: Option<&str>) -> CloudEvent {
+    let body = EventBody::of(order_id, &CancelRequested { order_id });
+    CloudEvent::wrap(
+        EventId::from_uuid(Uuid::now_v7()),
+        Source::Sales,
+        body,
+        chrono::Utc::now(),
+        traceparent.map(str::to_owned),
+    )
+}
+
+fn new_order() -> OrderId {
+    OrderId::from_uuid(Uuid::now_v7())
+}
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test]
+async fn appended_events_are_read_back_in_order_per_order_exactly_once_with_their_headers() {
+    let topic = TestTopic::new(3);
+    let log = KafkaAuditLog::connect(topic.settings.clone()).await.expect("connects");
+    let orders: Vec<OrderId> = (0..4).map(|_| new_order()).collect();
+    let mut appended: BTreeMap<String, Vec<CloudEvent>> = BTreeMap::new();
+    for round in 0..5 {
+        for order in &orders {
+            let traceparent = (round % 2 == 0).then_some(TRACEPARENT);
+            let event = event(*order, traceparent);
+            log.append(&event).await.expect("appended");
+            appended.entry(event.subject.clone()).or_default().push(event);
+        }
+    }
+
+    let records = AuditReader::history(&topic.settings, None).await.expect("read back");
+
+    let mut read: BTreeMap<String, Vec<CloudEvent>> = BTreeMap::new();
+    for record in &records {
+        assert_eq!(record.key.as_deref(), Some(record.event.subject.as_str()), "keyed by order id");
+        let mut expected_headers = vec![
+            ("ce_type".to_owned(), record.event.event_type.clone()),
+            ("ce_id".to_owned(), record.event.id.to_string()),
+        ];
+        if let Some(traceparent) = &record.event.traceparent {
+            expected_headers.push(("traceparent".to_owned(), traceparent.clone()));
+        }
+        assert_eq!(record.headers, expected_headers);
+        read.entry(record.event.subject.clone()).or_default().push(record.event.clone());
+    }
+    assert_eq!(read, appended, "each event once, each order's events in the order appended");
+}
+
+#[tokio::test]
+async fn events_of_one_order_land_in_one_partition() {
+    let topic = TestTopic::new(6);
+    let log = KafkaAuditLog::connect(topic.settings.clone()).await.expect("connects");
+    let order = new_order();
+    for _ in 0..10 {
+        log.append(&event(order, None)).await.expect("appended");
+        log.append(&event(new_order(), None)).await.expect("appended");
+    }
+
+    let records = AuditReader::history(&topic.settings, Some(&order.to_string())).await.expect("read back");
+
+    assert_eq!(records.len(), 10);
+    let partition = records[0].partition;
+    assert!(records.iter().all(|r| r.partition == partition), "{records:?}");
+    assert!(records.windows(2).all(|w| w[0].offset < w[1].offset), "in offset order");
+}
+
+#[tokio::test]
+async fn append_fails_within_the_message_timeout_when_no_broker_listens() {
+    let settings = KafkaSettings {
+        topic: format!("test.audit.{}", Uuid::new_v4().simple()),
+        message_timeout: Duration::from_secs(3),
+        ..KafkaSettings::new("127.0.0.1:1")
+    };
+
+    // Before the topic is known to exist: creating it fails in time.
+    let log = KafkaAuditLog::new(settings.clone()).expect("a producer needs no broker");
+    let started = Instant::now();
+    let result = log.append(&event(new_order(), None)).await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+
+    // With the topic taken as existing: the delivery report times out.
+    let log = KafkaAuditLog::new(settings).expect("a producer needs no broker");
+    log.topic_ready.store(true, std::sync::atomic::Ordering::Release);
+    let started = Instant::now();
+    let result = log.append(&event(new_order(), None)).await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn connect_creates_the_topic_with_the_configured_partitions_and_accepts_an_existing_one() {
+    let topic = TestTopic::new(4);
+
+    let log = KafkaAuditLog::connect(topic.settings.clone()).await.expect("creates the topic");
+    KafkaAuditLog::connect(topic.settings.clone()).await.expect("accepts the existing topic");
+
+    let (_, producer) = log.current();
+    let name = topic.settings.topic.clone();
+    let partitions = tokio::task::spawn_blocking(move || {
+        let metadata = producer.client().fetch_metadata(Some(&name), Duration::from_secs(5)).expect("metadata");
+        metadata.topics().iter().find(|t| t.name() == name).map(|t| t.partitions().len())
+    })
+    .await
+    .expect("joined");
+    assert_eq!(partitions, Some(4));
+}
+
+#[tokio::test]
+async fn ping_says_whether_a_broker_answers() {
+    let topic = TestTopic::new(1);
+    let up = KafkaAuditLog::connect(topic.settings.clone()).await.expect("connects");
+    let down = KafkaAuditLog::new(KafkaSettings::new("127.0.0.1:1")).expect("a producer needs no broker");
+
+    assert!(up.ping().await);
+    assert!(!down.ping().await);
+}
+
+#[tokio::test]
+async fn a_reader_without_a_group_reads_only_events_appended_after_it_opened() {
+    let topic = TestTopic::new(2);
+    let log = KafkaAuditLog::connect(topic.settings.clone()).await.expect("connects");
+    log.append(&event(new_order(), None)).await.expect("appended");
+    let reader = AuditReader::open(&topic.settings, &ReadOptions::default()).await.expect("opens");
+
+    let new = event(new_order(), Some(TRACEPARENT));
+    log.append(&new).await.expect("appended");
+    let record = tokio::time::timeout(Duration::from_secs(15), reader.next()).await.expect("in time").expect("read");
+
+    assert_eq!(record.event, new);
+}
+
+#[tokio::test]
+async fn a_reader_in_a_group_from_the_beginning_reads_earlier_events() {
+    let topic = TestTopic::new(2);
+    let log = KafkaAuditLog::connect(topic.settings.clone()).await.expect("connects");
+    let earlier = event(new_order(), None);
+    log.append(&earlier).await.expect("appended");
+    let options =
+        ReadOptions { from_beginning: true, group: Some(format!("test-analysts-{}", Uuid::new_v4().simple())) };
+
+    let reader = AuditReader::open(&topic.settings, &options).await.expect("opens");
+    let record = tokio::time::timeout(Duration::from_secs(30), reader.next()).await.expect("in time").expect("read");
+
+    assert_eq!(record.event, earlier);
+}
+
+/// A broker of its own on a free port (started with the script), for the one test that restarts it; the
+/// shared broker is never stopped. Stopped when the test ends.
+struct PrivateBroker {
+    port: u16,
+}
+
+impl PrivateBroker {
+    fn start() -> Self {
+        brokers(); // The shared broker's presence says the script has installed tansu already.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let broker = Self { port };
+        broker.script("start");
+        broker
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn script(&self, command: &str) {
+        let status = std::process::Command::new("bash")
+            .args(["infra/scripts/kafka.sh", command])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .env("KAFKA_PORT", self.port.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("bash runs");
+        assert!(status.success(), "kafka.sh {command} failed for port {}", self.port);
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+#[tokio::test]
+async fn appends_fail_while_the_broker_is_down_and_succeed_once_it_is_back_even_if_it_lost_its_state() {
+    let broker = PrivateBroker::start();
+    let settings = KafkaSettings {
+        topic: "orders.audit".to_owned(),
+        partitions: 3,
+        message_timeout: Duration::from_secs(3),
+        ..KafkaSettings::new(broker.address())
+    };
+    let log = KafkaAuditLog::connect(settings.clone()).await.expect("connects");
+    let before = event(new_order(), None);
+    log.append(&before).await.expect("appended");
+
+    broker.script("stop");
+    let started = Instant::now();
+    let while_down = log.append(&event(new_order(), None)).await;
+    assert!(while_down.is_err(), "{while_down:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+
+    // tansu keeps topics and producer ids in memory: after the restart both are gone.
+    broker.script("start");
+    let after = event(new_order(), None);
+    log.append(&after).await.expect("appended once the broker is back");
+
+    let records = AuditReader::history(&settings, None).await.expect("read back");
+    let events: Vec<CloudEvent> = records.into_iter().map(|r| r.event).collect();
+    assert_eq!(events, vec![after]);
+}

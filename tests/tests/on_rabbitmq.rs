@@ -1,0 +1,218 @@
+//! The two services as separate processes, talking only through RabbitMQ, on PostgreSQL, Kafka and Redis
+//! with tokens from the OAuth2 server: the lifecycle, payment failure, the cancel/ship race, out of
+//! stock, poison and duplicate messages, and faults — the broker restarting and Delivery crashing while
+//! orders flow. These tests share the broker and restart it, so they run one at a time (nextest group).
+
+mod processes;
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use futures::StreamExt;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
+use orderflow_domain::events::ShipmentShipped;
+use orderflow_domain::{
+    Carrier, CloudEvent, EventBody, EventId, OrderId, RoutingKey, ShipmentId, Source, TrackingNumber,
+};
+use orderflow_ports::messaging::CommandPublisher;
+use processes::{Options, Services};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use support::{eventually, expect_status, string};
+use uuid::Uuid;
+
+const SKU: &str = "SKU-E2E-1";
+const LIFECYCLE: [&str; 4] = [
+    "orderflow.order.placed.v1",
+    "orderflow.order.paid.v1",
+    "orderflow.order.shipped.v1",
+    "orderflow.order.delivered.v1",
+];
+
+async fn paid_order(s: &Services, customer: &str) -> anyhow::Result<(String, String)> {
+    let id = s.place(customer, SKU, 1).await?;
+    s.wait_for_status(&id, "pending_shipment", Duration::from_secs(20)).await?;
+    let shipment = string(&s.shipment_of(&id).await?["id"])?;
+    Ok((id, shipment))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_goes_from_placed_to_delivered_across_two_processes() -> anyhow::Result<()> {
+    let s = Services::start(Options::default()).await?;
+    s.put_product(SKU, 1999, 10).await?;
+    let (id, shipment) = paid_order(&s, "cust-two-processes").await?;
+    let shipped = s
+        .staff(Method::POST, &format!("/shipments/{shipment}/ship"))
+        .json(&json!({ "carrier": "DHL", "tracking_number": "JD0001" }))
+        .send()
+        .await?;
+    expect_status(shipped, StatusCode::OK).await?;
+    s.wait_for_status(&id, "shipped", Duration::from_secs(20)).await?;
+    let delivered = s.staff(Method::POST, &format!("/shipments/{shipment}/deliver")).send().await?;
+    expect_status(delivered, StatusCode::OK).await?;
+    s.wait_for_status(&id, "delivered", Duration::from_secs(20)).await?;
+    assert_eq!(s.timeline(&id).await?, LIFECYCLE);
+    assert_eq!(s.stock(SKU).await?, (9, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_declined_payment_fails_the_order_across_two_processes() -> anyhow::Result<()> {
+    let s = Services::start(Options { decline_above_minor: 1000, ..Options::default() }).await?;
+    s.put_product(SKU, 1999, 10).await?;
+    let id = s.place("cust-declined", SKU, 1).await?;
+    s.wait_for_status(&id, "payment_failed", Duration::from_secs(20)).await?;
+    assert_eq!(s.stock(SKU).await?, (10, 0), "the stock is released");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_after_the_parcel_left_ends_shipped() -> anyhow::Result<()> {
+    let s = Services::start(Options::default()).await?;
+    s.put_product(SKU, 1999, 10).await?;
+    let (id, shipment) = paid_order(&s, "cust-race").await?;
+    let shipped = s
+        .staff(Method::POST, &format!("/shipments/{shipment}/ship"))
+        .json(&json!({ "carrier": "DHL", "tracking_number": "JD0002" }))
+        .send()
+        .await?;
+    expect_status(shipped, StatusCode::OK).await?;
+    // The cancel races the shipped report: accepted as a request, or refused if the report won.
+    let cancel = s.sales(Method::POST, &format!("/orders/{id}/cancel")).send().await?;
+    ensure!(
+        matches!(cancel.status(), StatusCode::OK | StatusCode::CONFLICT),
+        "the cancel answered {}",
+        cancel.status()
+    );
+    s.wait_for_status(&id, "shipped", Duration::from_secs(20)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.status(&id).await?, "shipped", "the cancel lost the race");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_beyond_the_stock_is_refused_and_nothing_is_stored_across_two_processes() -> anyhow::Result<()> {
+    let s = Services::start(Options::default()).await?;
+    s.put_product(SKU, 1999, 1).await?;
+    let response = s.place_raw("cust-short", &[(SKU, 2)]).await?;
+    let problem = expect_status(response, StatusCode::CONFLICT).await?;
+    assert_eq!(problem["skus"], json!([SKU]));
+    let list = s.sales(Method::GET, "/orders?customer_id=cust-short").send().await?;
+    assert_eq!(expect_status(list, StatusCode::OK).await?["items"], json!([]));
+    assert_eq!(s.stock(SKU).await?, (1, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_message_is_dead_lettered_without_retries() -> anyhow::Result<()> {
+    let s = Services::start(Options::default()).await?;
+    let connection = Connection::connect(&s.amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_publish(
+            "orderflow".into(),
+            "orders.shipped".into(),
+            BasicPublishOptions::default(),
+            b"{ not json",
+            BasicProperties::default().with_message_id("poison-1".into()).with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    eventually("the poison message in orders.shipped.dlq", || async {
+        Ok((s.dlq_depth("orders.shipped").await? == 1).then_some(()))
+    })
+    .await?;
+    let peek = s.sales_admin(Method::GET, "/admin/dlq/orders.shipped").send().await?;
+    let letters = expect_status(peek, StatusCode::OK).await?;
+    assert_eq!(letters["items"][0]["message_id"], "poison-1");
+    assert_eq!(letters["items"][0]["retries"], 0, "a permanent failure is not retried");
+    let purge = s.sales_admin(Method::DELETE, "/admin/dlq/orders.shipped").send().await?;
+    assert_eq!(expect_status(purge, StatusCode::OK).await?["count"], 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_delivered_twice_changes_state_once() -> anyhow::Result<()> {
+    let s = Services::start(Options::default()).await?;
+    s.put_product(SKU, 1999, 10).await?;
+    let (id, shipment) = paid_order(&s, "cust-duplicate").await?;
+    let order_id = OrderId::from_uuid(Uuid::parse_str(&id)?);
+    let shipped = ShipmentShipped {
+        shipment_id: ShipmentId::from_uuid(Uuid::parse_str(&shipment)?),
+        order_id,
+        carrier: Carrier::parse("DHL")?,
+        tracking_number: TrackingNumber::parse("DUP-1")?,
+    };
+    let event = CloudEvent::wrap(
+        EventId::from_uuid(Uuid::now_v7()),
+        Source::Delivery,
+        EventBody::of(order_id, &shipped),
+        chrono::Utc::now(),
+        None,
+    );
+    // The same retry levels as the services, or the broker refuses the redeclaration.
+    let delays = [200, 400, 800].map(Duration::from_millis).to_vec();
+    let settings = RabbitSettings { retry_delays: delays, ..RabbitSettings::new(&s.amqp_url) };
+    let broker = RabbitBroker::connect(settings, &[RoutingKey::OrdersShipped]).await.map_err(|e| anyhow::anyhow!(e))?;
+    broker.publish(RoutingKey::OrdersShipped, &event).await?;
+    broker.publish(RoutingKey::OrdersShipped, &event).await?;
+    s.wait_for_status(&id, "shipped", Duration::from_secs(20)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shipped_events = s.timeline(&id).await?.iter().filter(|t| t.as_str() == "orderflow.order.shipped.v1").count();
+    assert_eq!(shipped_events, 1, "the second delivery was a no-op");
+    assert_eq!(s.stock(SKU).await?, (9, 0), "stock left the shelf once");
+    Ok(())
+}
+
+/// Places `count` orders, 16 at a time, and returns their ids.
+async fn place_many(s: &Services, count: usize, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let results: Vec<anyhow::Result<String>> = futures::stream::iter(0..count)
+        .map(|i| async move { s.place(&format!("{prefix}-{i}"), SKU, 1).await })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Waits until every order is delivered, then checks each went through its lifecycle exactly once.
+async fn all_delivered_once(s: &Services, ids: &[String], within: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    for id in ids {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        s.wait_for_status(id, "delivered", left).await.with_context(|| format!("order {id}"))?;
+    }
+    for id in ids {
+        assert_eq!(s.timeline(id).await?, LIFECYCLE, "order {id} went through each step exactly once");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_order_completes_once_when_the_broker_restarts_mid_flow() -> anyhow::Result<()> {
+    let s = Services::start(Options { autopilot: Some(("100ms", "100ms")), ..Options::default() }).await?;
+    s.put_product(SKU, 100, 1_000).await?;
+    let first = place_many(&s, 250, "restart-a").await?;
+    processes::rabbitmqctl_restart().await?;
+    let second = place_many(&s, 250, "restart-b").await?;
+    let ids: Vec<String> = first.into_iter().chain(second).collect();
+    all_delivered_once(&s, &ids, Duration::from_secs(180)).await?;
+    assert_eq!(s.stock(SKU).await?, (500, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_order_completes_once_when_delivery_is_killed_mid_flow() -> anyhow::Result<()> {
+    let mut s = Services::start(Options { autopilot: Some(("100ms", "100ms")), ..Options::default() }).await?;
+    s.put_product(SKU, 100, 1_000).await?;
+    let first = place_many(&s, 150, "crash-a").await?;
+    s.kill_delivery();
+    let second = place_many(&s, 150, "crash-b").await?;
+    s.restart_delivery().await?;
+    let ids: Vec<String> = first.into_iter().chain(second).collect();
+    all_delivered_once(&s, &ids, Duration::from_secs(180)).await?;
+    assert_eq!(s.stock(SKU).await?, (700, 0));
+    Ok(())
+}

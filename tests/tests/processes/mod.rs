@@ -1,0 +1,359 @@
+//! Runs the real `sales-api` and `delivery-api` binaries as separate processes against the real
+//! PostgreSQL, RabbitMQ, Kafka (tansu), Redis and OAuth2 server, each test in schemas, a vhost and a topic
+//! of its own, and talks to them over HTTP with tokens from the OAuth2 server.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{eventually, expect_status, order_body, string};
+
+/// The OAuth2 server the test command starts (`infra/scripts/oauth.sh start`).
+pub fn issuer() -> String {
+    std::env::var("OAUTH_ISSUER").unwrap_or_else(|_| "http://127.0.0.1:9000".to_owned())
+}
+
+fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let status =
+        Command::new("rabbitmqctl").args(args).stdout(Stdio::null()).status().context("running rabbitmqctl")?;
+    ensure!(status.success(), "rabbitmqctl {args:?} failed");
+    Ok(())
+}
+
+/// A binary of this workspace, next to the test executable's directory (`target/debug`).
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|deps| deps.parent()).context("no target directory")?;
+    let path = dir.join(name);
+    ensure!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
+    Ok(path)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Settings of one test's pair of services.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `AUTOPILOT_SHIP_AFTER` / `AUTOPILOT_DELIVER_AFTER` of Delivery.
+    pub autopilot: Option<(&'static str, &'static str)>,
+    /// `PAYMENT_DECLINE_ABOVE_MINOR` of Sales.
+    pub decline_above_minor: i64,
+    /// `AMQP_RETRY_DELAYS` of both.
+    pub retry_delays: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { autopilot: None, decline_above_minor: 1_000_000, retry_delays: "200ms,400ms,800ms" }
+    }
+}
+
+struct Service {
+    name: &'static str,
+    port: u16,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Service {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(binary(self.name)?)
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| k == "PATH" || k == "HOME"))
+            .envs(self.env.iter().cloned())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown, no flush, no ack — a crash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// Both services of one test, their private resources, and tokens for each kind of client.
+pub struct Services {
+    sales: Service,
+    delivery: Service,
+    /// One client for every request.
+    pub http: reqwest::Client,
+    /// `sales-client`.
+    pub sales_token: String,
+    /// `delivery-staff`.
+    pub staff_token: String,
+    /// `admin`.
+    pub admin_token: String,
+    /// The test's vhost (part of `amqp_url`).
+    pub vhost: String,
+    /// The test's broker URL.
+    pub amqp_url: String,
+    schemas: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Services {
+    /// Creates the test's schemas, vhost and topic, starts both binaries and waits until both are ready.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let tag = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let vhost = format!("e2e_{tag}");
+        rabbitmqctl(&["add_vhost", &vhost])?;
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])?;
+        let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+        let dir = std::env::temp_dir().join(format!("orderflow-e2e-{tag}"));
+        std::fs::create_dir_all(&dir)?;
+        let common = |schema: &str, port: u16| -> Vec<(String, String)> {
+            [
+                ("DATABASE_URL", database_url()),
+                ("DATABASE_SCHEMA", schema.to_owned()),
+                ("DATABASE_POOL_SIZE", "8".to_owned()),
+                ("AMQP_URL", amqp_url.clone()),
+                ("AMQP_RETRY_DELAYS", options.retry_delays.to_owned()),
+                ("KAFKA_BROKERS", std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())),
+                ("AUDIT_TOPIC", format!("e2e-audit-{tag}")),
+                ("REDIS_URL", std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())),
+                ("OAUTH_ISSUER", issuer()),
+                ("RATE_LIMIT_PER_MINUTE", "0".to_owned()),
+                ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+                ("LOG_FORMAT", "json".to_owned()),
+                ("RUST_LOG", "info".to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+        };
+        let (sales_schema, delivery_schema) = (format!("e2e_sales_{tag}"), format!("e2e_delivery_{tag}"));
+        let sales_port = free_port()?;
+        let mut sales_env = common(&sales_schema, sales_port);
+        sales_env.push(("PAYMENT_DECLINE_ABOVE_MINOR".to_owned(), options.decline_above_minor.to_string()));
+        let delivery_port = free_port()?;
+        let mut delivery_env = common(&delivery_schema, delivery_port);
+        if let Some((ship, deliver)) = options.autopilot {
+            delivery_env.push(("AUTOPILOT_SHIP_AFTER".to_owned(), ship.to_owned()));
+            delivery_env.push(("AUTOPILOT_DELIVER_AFTER".to_owned(), deliver.to_owned()));
+        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let issuer = issuer();
+        let token = |id: &'static str, secret: &'static str| orderflow::token::fetch(&issuer, id, secret, &[]);
+        let sales_token = token("sales-client", "dev-secret-sales")
+            .await
+            .context("no token from the OAuth2 server; start it with `bash infra/scripts/oauth.sh start`")?;
+        let mut services = Self {
+            sales: Service {
+                name: "sales-api",
+                port: sales_port,
+                env: sales_env,
+                log: dir.join("sales.log"),
+                child: None,
+            },
+            delivery: Service {
+                name: "delivery-api",
+                port: delivery_port,
+                env: delivery_env,
+                log: dir.join("delivery.log"),
+                child: None,
+            },
+            http,
+            sales_token,
+            staff_token: token("delivery-staff", "dev-secret-delivery").await?,
+            admin_token: token("admin", "dev-secret-admin").await?,
+            vhost,
+            amqp_url,
+            schemas: vec![sales_schema, delivery_schema],
+            dir,
+        };
+        services.sales.spawn()?;
+        services.delivery.spawn()?;
+        services.wait_ready(true).await?;
+        services.wait_ready(false).await?;
+        Ok(services)
+    }
+
+    async fn wait_ready(&self, sales: bool) -> anyhow::Result<()> {
+        let service = if sales { &self.sales } else { &self.delivery };
+        let url = service.url("/health/ready");
+        let ready = eventually(&format!("{} to be ready", service.name), || async {
+            Ok(self.http.get(&url).send().await.ok().filter(|r| r.status() == StatusCode::OK).map(|_| ()))
+        })
+        .await;
+        ready.with_context(|| format!("{} log:\n{}", service.name, service.log_tail()))
+    }
+
+    /// Kills Delivery with SIGKILL, as a crash would.
+    pub fn kill_delivery(&mut self) {
+        self.delivery.kill();
+    }
+
+    /// Starts Delivery again after [`Services::kill_delivery`] and waits until it is ready.
+    pub async fn restart_delivery(&mut self) -> anyhow::Result<()> {
+        self.delivery.spawn()?;
+        self.wait_ready(false).await
+    }
+
+    /// A request to Sales with the sales client's token.
+    pub fn sales(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.sales.url(path)).bearer_auth(&self.sales_token)
+    }
+
+    /// A request to Sales with the admin's token.
+    pub fn sales_admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.sales.url(path)).bearer_auth(&self.admin_token)
+    }
+
+    /// A request to Delivery with the staff token.
+    pub fn staff(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.delivery.url(path)).bearer_auth(&self.staff_token)
+    }
+
+    /// Creates or updates a product.
+    pub async fn put_product(&self, sku: &str, price_minor: i64, stock: i64) -> anyhow::Result<()> {
+        let body = json!({ "name": sku, "price": { "amount_minor": price_minor, "currency": "EUR" }, "stock": stock });
+        let response = self.sales_admin(Method::PUT, &format!("/products/{sku}")).json(&body).send().await?;
+        expect_status(response, StatusCode::OK).await.map(drop)
+    }
+
+    /// `(stock, reserved)` of a product.
+    pub async fn stock(&self, sku: &str) -> anyhow::Result<(u64, u64)> {
+        let response = self.sales(Method::GET, &format!("/products/{sku}")).send().await?;
+        let product = expect_status(response, StatusCode::OK).await?;
+        Ok((product["stock"].as_u64().context("stock")?, product["reserved"].as_u64().context("reserved")?))
+    }
+
+    /// Places an order; returns the response.
+    pub async fn place_raw(&self, customer: &str, lines: &[(&str, i64)]) -> anyhow::Result<reqwest::Response> {
+        let key = Uuid::new_v4().to_string();
+        Ok(self
+            .sales(Method::POST, "/orders")
+            .header("Idempotency-Key", key)
+            .json(&order_body(customer, lines))
+            .send()
+            .await?)
+    }
+
+    /// Places an order and returns its id.
+    pub async fn place(&self, customer: &str, sku: &str, quantity: i64) -> anyhow::Result<String> {
+        let response = self.place_raw(customer, &[(sku, quantity)]).await?;
+        string(&expect_status(response, StatusCode::CREATED).await?["id"])
+    }
+
+    /// The order's status, as Sales reports it.
+    pub async fn status(&self, id: &str) -> anyhow::Result<String> {
+        let response = self.sales(Method::GET, &format!("/orders/{id}")).send().await?;
+        string(&expect_status(response, StatusCode::OK).await?["status"])
+    }
+
+    /// Waits until the order has `status`, for at most `within`.
+    pub async fn wait_for_status(&self, id: &str, status: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let current = self.status(id).await?;
+            if current == status {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "order {id} is {current}, not {status}, after {within:?}\nsales log:\n{}\ndelivery log:\n{}",
+                    self.sales.log_tail(),
+                    self.delivery.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The order's timeline event types.
+    pub async fn timeline(&self, id: &str) -> anyhow::Result<Vec<String>> {
+        let response = self.sales(Method::GET, &format!("/orders/{id}/events")).send().await?;
+        let body = expect_status(response, StatusCode::OK).await?;
+        body["items"].as_array().context("items")?.iter().map(|e| string(&e["type"])).collect()
+    }
+
+    /// The shipment of an order, once Delivery has it.
+    pub async fn shipment_of(&self, order_id: &str) -> anyhow::Result<Value> {
+        eventually("the shipment", || async {
+            let response = self.staff(Method::GET, &format!("/shipments/by-order/{order_id}")).send().await?;
+            Ok((response.status() == StatusCode::OK).then_some(response.json::<Value>().await?))
+        })
+        .await
+    }
+
+    /// The depth of a queue's dead-letter queue, through the admin API of the service consuming it.
+    pub async fn dlq_depth(&self, queue: &str) -> anyhow::Result<u64> {
+        let base = if queue.starts_with("orders.created") || queue.starts_with("orders.cancel") {
+            &self.delivery
+        } else {
+            &self.sales
+        };
+        let response = self.http.get(base.url("/admin/dlq")).bearer_auth(&self.admin_token).send().await?;
+        let body = expect_status(response, StatusCode::OK).await?;
+        let entry = body["items"].as_array().context("items")?.iter().find(|q| q["queue"] == queue).cloned();
+        entry.and_then(|q| q["depth"].as_u64()).with_context(|| format!("no DLQ for {queue}"))
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.sales.kill();
+        self.delivery.kill();
+        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
+        let schemas = std::mem::take(&mut self.schemas);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async move {
+                let (client, connection) =
+                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(connection);
+                for schema in schemas {
+                    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await.ok()?;
+                }
+                Some(())
+            })
+        })
+        .join();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Restarts the RabbitMQ application (every connection drops; durable queues and their messages stay),
+/// waiting until it accepts connections again.
+pub async fn rabbitmqctl_restart() -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["stop_app"])?;
+        std::thread::sleep(Duration::from_secs(2));
+        rabbitmqctl(&["start_app"])?;
+        rabbitmqctl(&["await_startup"])
+    })
+    .await?
+}
