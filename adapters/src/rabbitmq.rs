@@ -16,8 +16,8 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use orderflow_domain::{CloudEvent, RoutingKey};
 use orderflow_ports::BoxError;
 use orderflow_ports::messaging::{
-    AdminError, CommandConsumer, CommandPublisher, ConsumeError, DeadLetter, DeadLetterAdmin, DeadLetterQueue,
-    Delivery, HandlerOutcome, MessageHandler, PublishError,
+    AdminError, CommandConsumer, CommandPublisher, ConsumeError, ConsumerShutdown, DeadLetter, DeadLetterAdmin,
+    DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError,
 };
 use tokio::sync::Mutex;
 
@@ -170,6 +170,7 @@ pub struct RabbitBroker {
     settings: RabbitSettings,
     queues: Vec<RoutingKey>,
     publisher: Mutex<Option<(Connection, Channel)>>,
+    shutdown: ConsumerShutdown,
 }
 
 impl RabbitBroker {
@@ -181,7 +182,12 @@ impl RabbitBroker {
     pub async fn connect(settings: RabbitSettings, queues: &[RoutingKey]) -> Result<Self, BoxError> {
         let (connection, channel) = open_channel(&settings.url).await?;
         declare(&channel, queues, &settings.retry_delays).await?;
-        Ok(Self { settings, queues: queues.to_vec(), publisher: Mutex::new(Some((connection, channel))) })
+        Ok(Self {
+            settings,
+            queues: queues.to_vec(),
+            publisher: Mutex::new(Some((connection, channel))),
+            shutdown: ConsumerShutdown::default(),
+        })
     }
 
     /// Whether the broker answers (for readiness).
@@ -228,7 +234,12 @@ impl RabbitBroker {
         result
     }
 
-    async fn consume_once(&self, queue: RoutingKey, handler: &Arc<dyn MessageHandler>) -> Result<(), BoxError> {
+    async fn consume_once(
+        &self,
+        queue: RoutingKey,
+        handler: &Arc<dyn MessageHandler>,
+        stopping: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), BoxError> {
         let (connection, channel) = open_channel(&self.settings.url).await?;
         declare(&channel, &[queue], &self.settings.retry_delays).await?;
         channel.basic_qos(self.settings.prefetch.max(1), BasicQosOptions::default()).await?;
@@ -238,8 +249,14 @@ impl RabbitBroker {
             .await?;
         tracing::info!(queue = queue.as_str(), "consuming");
         let mut running = tokio::task::JoinSet::new();
-        while let Some(delivery) = consumer.next().await {
-            let delivery = delivery?;
+        loop {
+            let delivery = tokio::select! {
+                delivery = consumer.next() => match delivery {
+                    Some(delivery) => delivery?,
+                    None => break,
+                },
+                _ = stopping.wait_for(|stop| *stop) => break,
+            };
             let handler = Arc::clone(handler);
             let channel = channel.clone();
             let delays = self.settings.retry_delays.len();
@@ -251,8 +268,10 @@ impl RabbitBroker {
                 }
             }
         }
-        // Let in-flight handlers finish and settle before the connection goes.
+        // Let in-flight handlers finish and settle before the connection goes; deliveries prefetched but
+        // not started are returned to the queue when the channel closes.
         while running.join_next().await.is_some() {}
+        let _ = channel.close(200, "stopping".into()).await;
         drop(connection);
         Ok(())
     }
@@ -341,18 +360,30 @@ impl CommandPublisher for RabbitBroker {
 #[async_trait]
 impl CommandConsumer for RabbitBroker {
     async fn consume(&self, queue: RoutingKey, handler: Arc<dyn MessageHandler>) -> Result<(), ConsumeError> {
+        let mut running = self.shutdown.register();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.consume_once(queue, &handler).await {
+            let result = self.consume_once(queue, &handler, &mut running.stopping).await;
+            if *running.stopping.borrow() {
+                return Ok(());
+            }
+            match result {
                 Ok(()) => {
                     tracing::warn!(queue = queue.as_str(), "consumer closed by the broker; reconnecting");
                     backoff = Duration::from_millis(100);
                 }
                 Err(error) => tracing::warn!(queue = queue.as_str(), %error, retry_in = ?backoff, "consumer failed"),
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = running.stopping.wait_for(|stop| *stop) => return Ok(()),
+            }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+
+    async fn shutdown(&self) {
+        self.shutdown.shutdown().await;
     }
 }
 

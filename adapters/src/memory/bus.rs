@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orderflow_domain::{CloudEvent, RoutingKey};
 use orderflow_ports::messaging::{
-    AdminError, AuditLog, CommandConsumer, CommandPublisher, ConsumeError, DeadLetter, DeadLetterAdmin,
-    DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError,
+    AdminError, AuditLog, CommandConsumer, CommandPublisher, ConsumeError, ConsumerShutdown, DeadLetter,
+    DeadLetterAdmin, DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError,
 };
 use orderflow_ports::system::Clock;
 use tokio::sync::{Semaphore, mpsc};
@@ -45,12 +45,19 @@ pub struct InMemoryBus {
     clock: Arc<dyn Clock>,
     queues: Mutex<HashMap<RoutingKey, Queue>>,
     dead_letters: Arc<Mutex<Vec<DeadLetter>>>,
+    shutdown: ConsumerShutdown,
 }
 
 impl InMemoryBus {
     /// A bus with no queues yet; they are created on first use, and keep messages until consumed.
     pub fn new(settings: BusSettings, clock: Arc<dyn Clock>) -> Self {
-        Self { settings, clock, queues: Mutex::new(HashMap::new()), dead_letters: Arc::default() }
+        Self {
+            settings,
+            clock,
+            queues: Mutex::new(HashMap::new()),
+            dead_letters: Arc::default(),
+            shutdown: ConsumerShutdown::default(),
+        }
     }
 
     /// The dead-lettered messages, oldest first.
@@ -93,8 +100,17 @@ impl CommandConsumer for InMemoryBus {
         let mut receiver = lock(&self.queues).get_mut(&queue).and_then(|q| q.receiver.take()).ok_or_else(|| {
             ConsumeError::Unexpected(inconsistent(format!("{} already has a consumer", queue.as_str())))
         })?;
-        let permits = Arc::new(Semaphore::new(self.settings.prefetch.max(1)));
-        while let Some(delivery) = receiver.recv().await {
+        let prefetch = self.settings.prefetch.max(1);
+        let permits = Arc::new(Semaphore::new(prefetch));
+        let mut running = self.shutdown.register();
+        loop {
+            let delivery = tokio::select! {
+                delivery = receiver.recv() => match delivery {
+                    Some(delivery) => delivery,
+                    None => break,
+                },
+                _ = running.stopping.wait_for(|stop| *stop) => break,
+            };
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
             let handler = Arc::clone(&handler);
             let sender = sender.clone();
@@ -128,7 +144,13 @@ impl CommandConsumer for InMemoryBus {
                 });
             });
         }
+        // Wait until every handler in flight has finished (each holds a permit while it runs).
+        let _ = permits.acquire_many(u32::try_from(prefetch).unwrap_or(u32::MAX)).await;
         Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.shutdown.shutdown().await;
     }
 }
 

@@ -243,3 +243,39 @@ async fn messages_published_before_a_consumer_exists_are_kept() {
     eventually("five deliveries", async || (handler.seen().len() == 5).then_some(())).await;
     consumer.abort();
 }
+
+/// Takes its time, so a shutdown can catch it mid-message.
+struct Slow {
+    finished: AtomicBool,
+}
+
+#[async_trait]
+impl MessageHandler for Slow {
+    async fn handle(&self, _: &Delivery) -> HandlerOutcome {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        self.finished.store(true, Ordering::SeqCst);
+        HandlerOutcome::Done
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_settles_the_message_in_flight_before_returning() {
+    let vhost = TestVhost::new();
+    let queue = RoutingKey::OrdersCancelRequested;
+    let broker = Arc::new(RabbitBroker::connect(vhost.settings(&[100]), &[queue]).await.unwrap());
+    let handler = Arc::new(Slow { finished: AtomicBool::new(false) });
+    let consumer = Arc::clone(&broker);
+    let slow: Arc<dyn MessageHandler> = handler.clone();
+    let consuming = tokio::spawn(async move { consumer.consume(queue, slow).await });
+    broker.publish(queue, &event()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.shutdown().await;
+    assert!(handler.finished.load(Ordering::SeqCst), "shutdown waited for the handler");
+    assert!(consuming.await.unwrap().is_ok(), "consume returned");
+    // The message was acked before shutdown returned: a new consumer gets nothing.
+    let again = Recorder::new(false, false);
+    let (_, consumer) = start(&vhost, &[100], Arc::clone(&again)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(again.seen().is_empty(), "nothing was left to redeliver");
+    consumer.abort();
+}

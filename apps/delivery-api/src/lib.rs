@@ -75,6 +75,7 @@ impl Default for DeliverySettings {
 pub struct Application {
     addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    consumer: Arc<dyn CommandConsumer>,
 }
 
 impl Application {
@@ -123,7 +124,7 @@ impl Application {
             }));
         }
         tracing::info!(%addr, "Delivery API listening");
-        Ok(Self { addr, tasks })
+        Ok(Self { addr, tasks, consumer: adapters.consumer })
     }
 
     /// The address the server listens on.
@@ -136,8 +137,9 @@ impl Application {
         self.addr.port()
     }
 
-    /// Runs until SIGTERM or Ctrl-C (or until the server task ends, which it normally does not). In-flight
-    /// messages that are cut off are not acked, so the broker delivers them again.
+    /// Runs until SIGTERM or Ctrl-C (or until the server task ends, which it normally does not). On a
+    /// signal the consumers stop taking messages and settle those in flight (for up to
+    /// [`SHUTDOWN_GRACE`]); anything cut off after that was not acked, so the broker delivers it again.
     pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
         let Some(server) = self.tasks.first_mut() else { return Ok(()) };
         tokio::select! {
@@ -146,12 +148,18 @@ impl Application {
             }
             signal = shutdown_signal() => {
                 signal?;
-                tracing::info!("shutting down");
+                tracing::info!("shutting down: settling the messages in flight");
+                if tokio::time::timeout(SHUTDOWN_GRACE, self.consumer.shutdown()).await.is_err() {
+                    tracing::warn!("messages still in flight after {SHUTDOWN_GRACE:?}; the broker will redeliver them");
+                }
             }
         }
         Ok(())
     }
 }
+
+/// How long a stopping service waits for the messages it is handling.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Resolves on SIGTERM (how orchestrators stop a container) or Ctrl-C.
 async fn shutdown_signal() -> std::io::Result<()> {
