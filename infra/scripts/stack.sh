@@ -5,7 +5,8 @@
 #
 #   bash infra/scripts/stack.sh start     # build, start everything, wait until both services are ready
 #   bash infra/scripts/stack.sh status
-#   bash infra/scripts/stack.sh stop      # stops the two services (and tansu and the OAuth2 server)
+#   bash infra/scripts/stack.sh stop      # stops the two services; the backing services keep running
+#                                         # (infra/scripts/kafka.sh stop, oauth.sh stop for those two)
 #
 # Variables of .env.example are honoured (e.g. AUTOPILOT_SHIP_AFTER=2s AUTOPILOT_DELIVER_AFTER=3s);
 # logs and pid files go to ${ORDERFLOW_STATE_DIR:-~/.cache/orderflow}/run.
@@ -66,8 +67,6 @@ TXT
   stop)
     stop_service delivery-api
     stop_service sales-api
-    bash infra/scripts/kafka.sh stop || true
-    bash infra/scripts/oauth.sh stop || true
     ;;
   status)
     for name in sales-api delivery-api; do
