@@ -227,6 +227,7 @@ impl AuditLog for KafkaAuditLog {
         }
         let record = FutureRecord::to(&self.settings.topic).key(&event.subject).payload(&value).headers(headers);
         let (generation, producer) = self.current();
+        let started = std::time::Instant::now();
         // Resolves with the delivery report: Ok only once the leader and its in-sync replicas have the event,
         // an error once `message.timeout.ms` has passed without that. The outer bound is a safety net.
         let delivery = tokio::time::timeout(
@@ -234,6 +235,8 @@ impl AuditLog for KafkaAuditLog {
             producer.send(record, self.settings.message_timeout),
         )
         .await;
+        let result = if matches!(delivery, Ok(Ok(_))) { "ok" } else { "failed" };
+        crate::metrics::AUDIT_APPEND_SECONDS.with_label_values(&[result]).observe(started.elapsed().as_secs_f64());
         let error: BoxError = match delivery {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err((error, _))) => boxed(error),

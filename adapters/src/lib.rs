@@ -10,6 +10,7 @@ pub mod http;
 pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
+pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]

@@ -299,9 +299,14 @@ async fn settle(
         body: delivery.data.clone(),
         retries,
     };
-    let (target, error) = match handler.handle(&message).await {
+    let started = std::time::Instant::now();
+    let outcome = handler.handle(&message).await;
+    crate::metrics::HANDLER_SECONDS.with_label_values(&[queue.as_str()]).observe(started.elapsed().as_secs_f64());
+    let counted = |outcome: &str| crate::metrics::MESSAGES.with_label_values(&[queue.as_str(), outcome]).inc();
+    let (target, error) = match outcome {
         HandlerOutcome::Done => {
             delivery.acker.ack(BasicAckOptions::default()).await?;
+            counted("done");
             return Ok(());
         }
         HandlerOutcome::Transient(error) if usize::try_from(retries).is_ok_and(|r| r < retry_levels) => {
@@ -326,10 +331,12 @@ async fn settle(
     match publish_confirmed(channel, "", &target, &delivery.data, properties).await {
         Ok(()) => {
             delivery.acker.ack(BasicAckOptions::default()).await?;
+            counted(if going_to_dlq { "dead_lettered" } else { "retried" });
             Ok(())
         }
         Err(error) => {
             delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await?;
+            counted("requeued");
             Err(error)
         }
     }

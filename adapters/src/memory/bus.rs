@@ -118,13 +118,23 @@ impl CommandConsumer for InMemoryBus {
             let delays = self.settings.retry_delays.clone();
             let clock = Arc::clone(&self.clock);
             tokio::spawn(async move {
+                let started = std::time::Instant::now();
                 let outcome = handler.handle(&delivery).await;
                 drop(permit);
+                crate::metrics::HANDLER_SECONDS
+                    .with_label_values(&[queue.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                let counted =
+                    |outcome: &str| crate::metrics::MESSAGES.with_label_values(&[queue.as_str(), outcome]).inc();
                 let error = match outcome {
-                    HandlerOutcome::Done => return,
+                    HandlerOutcome::Done => {
+                        counted("done");
+                        return;
+                    }
                     HandlerOutcome::Transient(error) => {
                         if let Some(delay) = usize::try_from(delivery.retries).ok().and_then(|i| delays.get(i)) {
                             tracing::warn!(queue = queue.as_str(), retries = delivery.retries, %error, "retrying");
+                            counted("retried");
                             tokio::time::sleep(*delay).await;
                             let _ = sender.send(Delivery { retries: delivery.retries + 1, ..delivery });
                             return;
@@ -134,6 +144,7 @@ impl CommandConsumer for InMemoryBus {
                     HandlerOutcome::Permanent(error) => error,
                 };
                 tracing::error!(queue = queue.as_str(), retries = delivery.retries, %error, "dead-lettered");
+                counted("dead_lettered");
                 lock(&dead_letters).push(DeadLetter {
                     message_id: delivery.message_id,
                     original_queue: queue,

@@ -116,6 +116,7 @@ impl Database {
         let channel = format!("{schema}_outbox");
         tokio::spawn(outbox::listen(config, channel.clone(), Arc::clone(&outbox_written)));
         tokio::spawn(outbox::announce(pool.clone(), channel, Arc::clone(&announce)));
+        tokio::spawn(outbox::observe(pool.clone(), schema.clone()));
         Ok(Self { pool, outbox_written, announce })
     }
 

@@ -159,6 +159,30 @@ pub(super) async fn announce(pool: deadpool_postgres::Pool, channel: String, ask
     }
 }
 
+/// Every few seconds, publishes the outbox backlog per destination and the age of its oldest owed row
+/// as metrics (one cheap query on the partial index of owed rows).
+pub(super) async fn observe(pool: deadpool_postgres::Pool, schema: String) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let Ok(client) = pool.get().await else { continue };
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE command_pending), count(*) FILTER (WHERE audit_pending),
+                        COALESCE(extract(epoch FROM now() - min(created_at)), 0)::bigint
+                 FROM outbox WHERE command_pending OR audit_pending",
+                &[],
+            )
+            .await;
+        if let Ok(row) = row {
+            let metrics = &crate::metrics::OUTBOX_BACKLOG;
+            metrics.with_label_values(&[schema.as_str(), "command"]).set(row.get(0));
+            metrics.with_label_values(&[schema.as_str(), "audit"]).set(row.get(1));
+            crate::metrics::OUTBOX_OLDEST_SECONDS.with_label_values(&[schema.as_str()]).set(row.get(2));
+        }
+    }
+}
+
 /// Keeps a connection listening on `channel` and wakes `notify` on every notification; reconnects with
 /// back-off when the connection drops. The relay also polls, so a missed notification costs latency only.
 pub(super) async fn listen(config: tokio_postgres::Config, channel: String, notify: Arc<Notify>) {

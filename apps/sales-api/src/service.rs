@@ -115,10 +115,17 @@ impl SalesService {
     /// # Errors
     /// [`ReadError`] when the store fails.
     pub async fn order(&self, id: OrderId) -> Result<Option<Order>, ReadError> {
+        let lookups = &orderflow_adapters::metrics::CACHE_LOOKUPS;
         match self.cache.get(id).await {
-            Ok(Some(order)) => return Ok(Some(order)),
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "order cache unavailable; reading the store"),
+            Ok(Some(order)) => {
+                lookups.with_label_values(&["hit"]).inc();
+                return Ok(Some(order));
+            }
+            Ok(None) => lookups.with_label_values(&["miss"]).inc(),
+            Err(error) => {
+                lookups.with_label_values(&["error"]).inc();
+                tracing::warn!(%error, "order cache unavailable; reading the store");
+            }
         }
         let order = self.store.order(id).await?;
         if let Some(order) = &order {

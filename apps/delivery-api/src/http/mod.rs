@@ -71,6 +71,9 @@ async fn ready(service: Data<&DeliveryService>, health: Data<&HealthChecks>) -> 
 #[handler]
 fn metrics_endpoint(registry: Data<&Arc<prometheus::Registry>>) -> poem::Response {
     use poem::IntoResponse;
-    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_default();
+    // The service's own metrics and the process-wide ones the adapters record.
+    let mut families = registry.gather();
+    families.extend(prometheus::gather());
+    let text = prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default();
     text.with_content_type("text/plain; version=0.0.4").into_response()
 }
