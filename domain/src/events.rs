@@ -91,6 +91,7 @@ macro_rules! payload {
     ($(#[$doc:meta])* $name:ident = $ty:literal { $($(#[$fdoc:meta])* $field:ident : $fty:ty),* $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
         #[serde(deny_unknown_fields)]
         pub struct $name {
             $($(#[$fdoc])* pub $field: $fty,)*
@@ -239,6 +240,7 @@ payload!(
 
 /// One line of a shipment: what to pack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ShipmentLine {
     /// The product.
@@ -359,6 +361,32 @@ impl OrderEvent {
         out.extend(command.map(|(key, body)| Outgoing { body, command: Some(key), audit: false }));
         out
     }
+}
+
+/// The JSON Schema of every payload, by CloudEvents type.
+#[cfg(feature = "schema")]
+pub fn payload_schemas() -> std::collections::BTreeMap<&'static str, schemars::Schema> {
+    fn of<P: Payload + schemars::JsonSchema>() -> (&'static str, schemars::Schema) {
+        (P::TYPE, schemars::schema_for!(P))
+    }
+    [
+        of::<OrderPlaced>(),
+        of::<OrderPaid>(),
+        of::<OrderPaymentFailed>(),
+        of::<OrderCancellationRequested>(),
+        of::<OrderCancelled>(),
+        of::<OrderShipped>(),
+        of::<OrderDelivered>(),
+        of::<PaymentRequested>(),
+        of::<OrderCreated>(),
+        of::<CancelRequested>(),
+        of::<ShipmentCreated>(),
+        of::<ShipmentShipped>(),
+        of::<ShipmentDelivered>(),
+        of::<ShipmentCancelled>(),
+    ]
+    .into_iter()
+    .collect()
 }
 
 impl ShipmentEvent {
@@ -487,6 +515,19 @@ mod tests {
         let mut event = serde_json::to_value(sample()).unwrap();
         event["specversion"] = "0.3".into();
         assert!(matches!(CloudEvent::decode(event.to_string().as_bytes()), Err(DecodeError::Malformed(_))));
+    }
+
+    #[cfg(feature = "schema")]
+    #[test]
+    fn every_payload_has_a_schema_that_accepts_a_real_event() {
+        let schemas = payload_schemas();
+        assert_eq!(schemas.len(), 14);
+        let cancelled = &schemas["orderflow.order.cancelled.v1"];
+        let json = serde_json::to_value(cancelled).unwrap();
+        assert_eq!(json["required"], serde_json::json!(["order_id"]));
+        assert_eq!(json["additionalProperties"], false);
+        let placed = serde_json::to_value(&schemas["orderflow.order.placed.v1"]).unwrap().to_string();
+        assert!(placed.contains("^[A-Z0-9][A-Z0-9._-]{0,63}$"), "the SKU pattern is in the schema: {placed}");
     }
 
     #[test]

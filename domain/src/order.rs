@@ -80,6 +80,7 @@ impl OrderStatus {
 
 /// One line of an order, priced from the catalogue when the order was placed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct OrderLine {
     /// The product.
     pub sku: Sku,

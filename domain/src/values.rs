@@ -36,6 +36,7 @@ macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
         #[serde(transparent)]
         pub struct $name(Uuid);
 
@@ -126,8 +127,40 @@ macro_rules! text_value {
                 f.write_str(&self.0)
             }
         }
+
+        #[cfg(feature = "schema")]
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "minLength": 1, "maxLength": $max })
+            }
+        }
     };
 }
+
+/// A JSON Schema for a value type serialised as a constrained primitive.
+macro_rules! schema {
+    ($name:ident, $schema:tt) => {
+        #[cfg(feature = "schema")]
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!($schema)
+            }
+        }
+    };
+}
+
+schema!(Sku, { "type": "string", "pattern": "^[A-Z0-9][A-Z0-9._-]{0,63}$" });
+schema!(Quantity, { "type": "integer", "minimum": 1, "maximum": 10000 });
+schema!(Currency, { "type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 code" });
+schema!(CountryCode, { "type": "string", "pattern": "^[A-Z]{2}$", "description": "ISO 3166-1 alpha-2 code" });
 
 text_value!(
     /// The customer an order belongs to, as the sales client names them.
@@ -279,6 +312,7 @@ impl fmt::Display for Currency {
 
 /// An amount of money in minor units (cents) of one currency. Never a float.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Money {
     /// Amount in the currency's minor unit; never negative for prices and totals.
     pub amount_minor: i64,
@@ -355,6 +389,7 @@ impl From<CountryCode> for String {
 
 /// Where an order is shipped to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Address {
     /// Recipient's name.
     pub name: String,

@@ -51,6 +51,17 @@ pub struct Delivery {
     pub retries: u32,
 }
 
+impl Delivery {
+    /// The inbox entry that records this delivery's effect: its message id (or, from a producer that set
+    /// none, the event id inside) for the consumer of its queue.
+    pub fn inbox_entry(&self, event: &CloudEvent) -> crate::sales::InboxEntry {
+        crate::sales::InboxEntry {
+            message_id: self.message_id.clone().unwrap_or_else(|| event.id.to_string()),
+            consumer: self.queue.as_str().to_owned(),
+        }
+    }
+}
+
 /// What a handler made of a delivery; the consumer acks, retries or dead-letters accordingly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerOutcome {

@@ -2,11 +2,12 @@
 //! each operation demand its scope.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use orderflow_ports::auth::{AuthError, Principal, TokenVerifier};
 use orderflow_ports::rate_limit::{RateDecision, RateLimiter};
 use poem::Request;
-use poem::http::{StatusCode, header};
+use poem::http::{HeaderName, StatusCode, header};
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 
@@ -31,6 +32,15 @@ pub struct AuthContext {
     pub limiter: Option<Arc<dyn RateLimiter>>,
     /// Behaviour when the limiter fails.
     pub policy: RateLimitPolicy,
+}
+
+/// The limiter's burst (how many requests a client may make at once), for the `RateLimit-Limit` header of a
+/// 429. Optional and separate from [`AuthContext`]: attach it with `.data(RateLimitQuota { burst })` next to
+/// the context; without it a 429 still carries `Retry-After`, `RateLimit-Remaining` and `RateLimit-Reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitQuota {
+    /// `RATE_LIMIT_BURST`.
+    pub burst: u32,
 }
 
 /// An authenticated caller. Every operation but health, metrics and docs takes one.
@@ -80,15 +90,7 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Principal> 
         match limiter.check(&principal.client_id).await {
             Ok(RateDecision::Allowed { .. }) => {}
             Ok(RateDecision::Limited { retry_after }) => {
-                let seconds = retry_after.as_secs_f64().ceil().max(1.0);
-                return Err(Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate-limited",
-                    "Too many requests",
-                    format!("client {} is over its rate limit", principal.client_id),
-                )
-                .with_header(header::RETRY_AFTER, format!("{seconds}"))
-                .into());
+                return Err(rate_limited(&principal.client_id, retry_after, req.data::<RateLimitQuota>()).into());
             }
             Err(error) if context.policy == RateLimitPolicy::Deny => return Err(Problem::unavailable(&error).into()),
             Err(error) => tracing::warn!(error = %error, "rate limiter unavailable; allowing the request"),
@@ -97,6 +99,65 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Principal> 
     Ok(principal)
 }
 
+/// The 429: `Retry-After` (whole seconds, at least 1) and the `RateLimit-*` headers of the IETF draft
+/// "RateLimit header fields for HTTP": no request left, and when the next one is allowed.
+fn rate_limited(client_id: &str, retry_after: Duration, quota: Option<&RateLimitQuota>) -> Problem {
+    // Whole seconds, rounded up: a client that waits exactly this long is let through.
+    let seconds = retry_after.as_micros().div_ceil(1_000_000).max(1);
+    let mut problem = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many requests",
+        format!("client {client_id} is over its rate limit"),
+    )
+    .with_header(header::RETRY_AFTER, seconds.to_string())
+    .with_header(HeaderName::from_static("ratelimit-remaining"), "0")
+    .with_header(HeaderName::from_static("ratelimit-reset"), seconds.to_string());
+    if let Some(quota) = quota {
+        problem = problem.with_header(HeaderName::from_static("ratelimit-limit"), quota.burst.to_string());
+    }
+    problem
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("the route has no AuthContext attached")]
 struct MissingAuthContext;
+
+#[cfg(test)]
+mod tests {
+    use poem::error::ResponseError;
+
+    use super::*;
+
+    fn header_of(problem: &Problem, name: &str) -> Option<String> {
+        problem.as_response().headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+
+    #[test]
+    fn a_429_says_when_to_retry_and_how_much_is_left() {
+        let problem = rate_limited("c", Duration::from_millis(900), Some(&RateLimitQuota { burst: 5 }));
+        assert_eq!(problem.status_code(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header_of(&problem, "retry-after").as_deref(), Some("1"));
+        assert_eq!(header_of(&problem, "ratelimit-limit").as_deref(), Some("5"));
+        assert_eq!(header_of(&problem, "ratelimit-remaining").as_deref(), Some("0"));
+        assert_eq!(header_of(&problem, "ratelimit-reset").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds_and_is_at_least_one() {
+        for (wait, expected) in
+            [(Duration::ZERO, "1"), (Duration::from_millis(1000), "1"), (Duration::from_millis(1001), "2")]
+        {
+            let problem = rate_limited("c", wait, None);
+            assert_eq!(header_of(&problem, "retry-after").as_deref(), Some(expected), "{wait:?}");
+            assert_eq!(header_of(&problem, "ratelimit-reset").as_deref(), Some(expected), "{wait:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_quota_the_limit_is_not_guessed() {
+        let problem = rate_limited("c", Duration::from_millis(500), None);
+        assert_eq!(header_of(&problem, "ratelimit-limit"), None);
+        assert_eq!(header_of(&problem, "ratelimit-remaining").as_deref(), Some("0"));
+    }
+}

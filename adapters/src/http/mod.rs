@@ -5,17 +5,21 @@
 mod auth;
 mod cursor;
 mod dlq;
+mod headers;
 mod json;
 mod limit;
 mod observe;
 mod problem;
 mod ready;
+mod service;
 
-pub use auth::{AuthContext, BearerAuth, RateLimitPolicy};
+pub use auth::{AuthContext, BearerAuth, RateLimitPolicy, RateLimitQuota};
 pub use cursor::{decode_cursor, encode_cursor, page_limit, parse_id};
 pub use dlq::DlqApi;
+pub use headers::SecurityHeaders;
 pub use json::StrictJson;
 pub use limit::BodyLimit;
 pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, into_problem};
 pub use problem::Problem;
 pub use ready::readiness;
+pub use service::{RunningService, SHUTDOWN_GRACE, ServiceParts};

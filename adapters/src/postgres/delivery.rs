@@ -55,17 +55,8 @@ fn read_failed(error: impl Into<BoxError>) -> ReadError {
 impl DeliveryStore for PgDeliveryStore {
     async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
         let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
-        if let Some(entry) = &change.inbox {
-            let fresh = tx
-                .query_opt(
-                    "INSERT INTO inbox (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
-                    &[&entry.message_id, &entry.consumer],
-                )
-                .await
-                .map_err(failed)?;
-            if fresh.is_none() {
-                return Ok(ChangeOutcome::AlreadyProcessed);
-            }
+        if !outbox::claim_inbox(&tx, change.inbox.as_ref()).await.map_err(failed)? {
+            return Ok(ChangeOutcome::AlreadyProcessed);
         }
         let s = &change.shipment;
         let version = i32::try_from(s.version).map_err(failed)?;

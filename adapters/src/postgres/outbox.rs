@@ -69,6 +69,22 @@ pub(super) async fn insert(tx: &ClientWrapper, messages: &[OutboxMessage]) -> Re
     Ok(())
 }
 
+/// Records the message that causes a change, inside its transaction; `false` when the inbox already
+/// holds it (a redelivery: the change must not be applied again). No message, nothing to record.
+pub(super) async fn claim_inbox(
+    tx: &ClientWrapper,
+    entry: Option<&orderflow_ports::sales::InboxEntry>,
+) -> Result<bool, tokio_postgres::Error> {
+    let Some(entry) = entry else { return Ok(true) };
+    let fresh = tx
+        .query_opt(
+            "INSERT INTO inbox (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+            &[&entry.message_id, &entry.consumer],
+        )
+        .await?;
+    Ok(fresh.is_some())
+}
+
 fn routing_key(raw: Option<String>) -> Result<Option<RoutingKey>, BoxError> {
     raw.map(|k| from_json::<RoutingKey>(serde_json::Value::String(k))).transpose()
 }

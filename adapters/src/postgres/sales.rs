@@ -259,17 +259,8 @@ impl SalesStore for PgSalesStore {
 
     async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError> {
         let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
-        if let Some(entry) = &change.inbox {
-            let fresh = tx
-                .query_opt(
-                    "INSERT INTO inbox (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
-                    &[&entry.message_id, &entry.consumer],
-                )
-                .await
-                .map_err(change_failed)?;
-            if fresh.is_none() {
-                return Ok(ChangeOutcome::AlreadyProcessed);
-            }
+        if !outbox::claim_inbox(&tx, change.inbox.as_ref()).await.map_err(change_failed)? {
+            return Ok(ChangeOutcome::AlreadyProcessed);
         }
         let order = &change.order;
         let version = i32::try_from(order.version).map_err(change_failed)?;

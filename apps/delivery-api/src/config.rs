@@ -62,6 +62,7 @@ impl Application {
             http_addr: runtime.http_addr,
             relay: RelaySettings::default(),
             rate_limit_policy: runtime.rate_limit_policy,
+            rate_limit_burst: runtime.rate_limit.map(|(_, burst)| burst),
             autopilot: config.autopilot,
         };
         let adapters = DeliveryAdapters {

@@ -7,7 +7,6 @@ use orderflow_domain::events::{CancelRequested, OrderCreated};
 use orderflow_domain::{Carrier, CloudEvent, Payload, ShipmentStatus, TrackingNumber};
 use orderflow_ports::delivery::ShipmentQuery;
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
-use orderflow_ports::sales::InboxEntry;
 
 use crate::service::{DeliveryService, ShipmentFailure, Target};
 
@@ -24,10 +23,7 @@ impl MessageHandler for OrderCommands {
             Ok(event) => event,
             Err(e) => return HandlerOutcome::Permanent(e.to_string()),
         };
-        let inbox = InboxEntry {
-            message_id: delivery.message_id.clone().unwrap_or_else(|| event.id.to_string()),
-            consumer: delivery.queue.as_str().to_owned(),
-        };
+        let inbox = delivery.inbox_entry(&event);
         let trace = event.traceparent.clone();
         let result = match event.event_type.as_str() {
             OrderCreated::TYPE => match event.payload::<OrderCreated>() {

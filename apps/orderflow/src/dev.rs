@@ -156,7 +156,12 @@ impl DevStack {
         }
         let relay = RelaySettings { idle_poll: Duration::from_millis(200), ..RelaySettings::default() };
         let sales = sales_api::Application::build(
-            SalesSettings { http_addr: options.sales_addr, relay: relay.clone(), ..SalesSettings::default() },
+            SalesSettings {
+                http_addr: options.sales_addr,
+                relay: relay.clone(),
+                rate_limit_burst: options.rate_limit.map(|(_, burst)| burst),
+                ..SalesSettings::default()
+            },
             SalesAdapters {
                 store: sales_store.clone(),
                 cache: Arc::new(InMemoryOrderCache::new()),
@@ -178,6 +183,7 @@ impl DevStack {
                 http_addr: options.delivery_addr,
                 relay,
                 autopilot: options.autopilot,
+                rate_limit_burst: options.rate_limit.map(|(_, burst)| burst),
                 ..DeliverySettings::default()
             },
             DeliveryAdapters {

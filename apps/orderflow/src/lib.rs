@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+pub mod audit;
 pub mod bench;
 pub mod dev;
+pub mod dlq;
+pub mod schema;
 pub mod token;

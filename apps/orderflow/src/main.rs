@@ -58,6 +58,21 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Dead-letter queues on RabbitMQ: list their depths, peek at, replay or purge their messages.
+    Dlq(orderflow::dlq::DlqOptions),
+    /// The Kafka audit stream: follow it (`tail`) or print one order's history (`timeline`).
+    Audit(orderflow::audit::AuditOptions),
+    /// JSON Schemas of the event payloads.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Print the JSON Schema of every event payload, keyed by its CloudEvents type.
+    Events,
 }
 
 #[derive(Subcommand)]
@@ -82,12 +97,24 @@ fn autopilot(ship_after: &str, deliver_after: &str) -> anyhow::Result<Option<Aut
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,poem=warn".into()),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Dlq(_) | Command::Audit(_)) {
+        // The operator tools print their results on stdout: logs (warnings only by default; lapin repeats what
+        // the error says) go to stderr.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,lapin=off".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,poem=warn".into()),
+            )
+            .init();
+    }
+    match cli.command {
         Command::Dev { sales_addr, delivery_addr, issuer_addr, ship_after, deliver_after, decline_above_minor } => {
             let options = DevOptions {
                 sales_addr,
@@ -108,6 +135,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { command: BenchCommand::PlaceOrders(options) } => {
             println!("{}", orderflow::bench::place_orders(options).await?);
         }
+        Command::Dlq(options) => orderflow::dlq::run(options).await?,
+        Command::Audit(options) => orderflow::audit::run(options).await?,
+        Command::Schema { command: SchemaCommand::Events } => println!("{}", orderflow::schema::events()?),
     }
     Ok(())
 }

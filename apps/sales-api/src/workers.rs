@@ -12,10 +12,7 @@ use crate::service::{SalesService, TransitionFailure};
 /// What every consumer does first: parse the envelope and name the inbox entry it will write.
 pub(crate) fn open(delivery: &Delivery) -> Result<(CloudEvent, InboxEntry), HandlerOutcome> {
     let event = CloudEvent::decode(&delivery.body).map_err(|e| HandlerOutcome::Permanent(e.to_string()))?;
-    let inbox = InboxEntry {
-        message_id: delivery.message_id.clone().unwrap_or_else(|| event.id.to_string()),
-        consumer: delivery.queue.as_str().to_owned(),
-    };
+    let inbox = delivery.inbox_entry(&event);
     Ok((event, inbox))
 }
 

@@ -54,11 +54,27 @@ pub struct Options {
     pub decline_above_minor: i64,
     /// `AMQP_RETRY_DELAYS` of both.
     pub retry_delays: &'static str,
+    /// `KAFKA_BROKERS` of both, instead of `TEST_KAFKA_BROKERS` or `127.0.0.1:9092` (a test's private broker).
+    pub kafka_brokers: Option<String>,
+    /// `REDIS_URL` of both, instead of `TEST_REDIS_URL` or `127.0.0.1:6379` (a test's private Redis).
+    pub redis_url: Option<String>,
+    /// `RATE_LIMIT_PER_MINUTE` and `RATE_LIMIT_BURST` of both, instead of no rate limit.
+    pub rate_limit: Option<(u32, u32)>,
+    /// `OAUTH_ISSUER` of both, and where the test's tokens come from, instead of [`issuer`].
+    pub issuer: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { autopilot: None, decline_above_minor: 1_000_000, retry_delays: "200ms,400ms,800ms" }
+        Self {
+            autopilot: None,
+            decline_above_minor: 1_000_000,
+            retry_delays: "200ms,400ms,800ms",
+            kafka_brokers: None,
+            redis_url: None,
+            rate_limit: None,
+            issuer: None,
+        }
     }
 }
 
@@ -121,6 +137,8 @@ pub struct Services {
     /// The test's broker URL.
     pub amqp_url: String,
     schemas: Vec<String>,
+    kafka_brokers: String,
+    audit_topic: String,
     dir: PathBuf,
 }
 
@@ -132,6 +150,11 @@ impl Services {
         rabbitmqctl(&["add_vhost", &vhost])?;
         rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])?;
         let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+        let kafka_brokers = options
+            .kafka_brokers
+            .clone()
+            .unwrap_or_else(|| std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()));
+        let audit_topic = format!("e2e-audit-{tag}");
         let dir = std::env::temp_dir().join(format!("orderflow-e2e-{tag}"));
         std::fs::create_dir_all(&dir)?;
         let common = |schema: &str, port: u16| -> Vec<(String, String)> {
@@ -141,11 +164,17 @@ impl Services {
                 ("DATABASE_POOL_SIZE", "8".to_owned()),
                 ("AMQP_URL", amqp_url.clone()),
                 ("AMQP_RETRY_DELAYS", options.retry_delays.to_owned()),
-                ("KAFKA_BROKERS", std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())),
-                ("AUDIT_TOPIC", format!("e2e-audit-{tag}")),
-                ("REDIS_URL", std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())),
-                ("OAUTH_ISSUER", issuer()),
-                ("RATE_LIMIT_PER_MINUTE", "0".to_owned()),
+                ("KAFKA_BROKERS", kafka_brokers.clone()),
+                ("AUDIT_TOPIC", audit_topic.clone()),
+                (
+                    "REDIS_URL",
+                    options.redis_url.clone().unwrap_or_else(|| {
+                        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+                    }),
+                ),
+                ("OAUTH_ISSUER", options.issuer.clone().unwrap_or_else(issuer)),
+                ("RATE_LIMIT_PER_MINUTE", options.rate_limit.map_or(0, |(per_minute, _)| per_minute).to_string()),
+                ("RATE_LIMIT_BURST", options.rate_limit.map_or(1, |(_, burst)| burst).to_string()),
                 ("HTTP_ADDR", format!("127.0.0.1:{port}")),
                 ("LOG_FORMAT", "json".to_owned()),
                 ("RUST_LOG", "info".to_owned()),
@@ -165,7 +194,7 @@ impl Services {
             delivery_env.push(("AUTOPILOT_DELIVER_AFTER".to_owned(), deliver.to_owned()));
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let issuer = issuer();
+        let issuer = options.issuer.clone().unwrap_or_else(issuer);
         let token = |id: &'static str, secret: &'static str| orderflow::token::fetch(&issuer, id, secret, &[]);
         let sales_token = token("sales-client", "dev-secret-sales")
             .await
@@ -192,6 +221,8 @@ impl Services {
             vhost,
             amqp_url,
             schemas: vec![sales_schema, delivery_schema],
+            kafka_brokers,
+            audit_topic,
             dir,
         };
         services.sales.spawn()?;
@@ -209,6 +240,21 @@ impl Services {
         })
         .await;
         ready.with_context(|| format!("{} log:\n{}", service.name, service.log_tail()))
+    }
+
+    /// The Kafka brokers both services append audit events to.
+    pub fn kafka_brokers(&self) -> &str {
+        &self.kafka_brokers
+    }
+
+    /// The test's audit topic (`AUDIT_TOPIC` of both services).
+    pub fn audit_topic(&self) -> &str {
+        &self.audit_topic
+    }
+
+    /// The test's database schemas: Sales's, then Delivery's.
+    pub fn schemas(&self) -> &[String] {
+        &self.schemas
     }
 
     /// Kills Delivery with SIGKILL, as a crash would.

@@ -1,0 +1,183 @@
+//! What every orderflow service runs besides its own logic: the HTTP server (its API with docs, health,
+//! metrics, authentication, body limit, security headers, correlation ids), the outbox relay, one consumer
+//! per queue, and a shutdown that settles the messages in flight.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderflow_domain::RoutingKey;
+use orderflow_ports::BoxError;
+use orderflow_ports::messaging::{CommandConsumer, MessageHandler};
+use orderflow_ports::outbox::OutboxRelay;
+use orderflow_ports::system::HealthCheck;
+use poem::web::Data;
+use poem::{EndpointExt, IntoResponse, Route, handler};
+use poem_openapi::{OpenApi, OpenApiService};
+use tokio::task::JoinHandle;
+
+use super::{AuthContext, BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, readiness};
+
+/// How long a stopping service waits for the messages it is handling.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Everything a service hands over to run.
+pub struct ServiceParts<A> {
+    /// For logs, e.g. `Sales API`.
+    pub name: &'static str,
+    /// The OpenAPI document's version.
+    pub version: &'static str,
+    /// Where to listen (port 0 picks a free one).
+    pub http_addr: SocketAddr,
+    /// Request bodies above this are refused with 413.
+    pub body_limit: usize,
+    /// The service's operations.
+    pub api: A,
+    /// Token verification and rate limiting.
+    pub auth: AuthContext,
+    /// The rate limiter's burst, for the `RateLimit-Limit` header; `None` when rate limiting is off.
+    pub rate_limit_burst: Option<u32>,
+    /// What `/health/ready` checks.
+    pub health: Vec<Arc<dyn HealthCheck>>,
+    /// Publishes the service's outbox.
+    pub relay: OutboxRelay,
+    /// Where its commands come from.
+    pub consumer: Arc<dyn CommandConsumer>,
+    /// The handler of each queue it consumes.
+    pub handlers: Vec<(RoutingKey, Arc<dyn MessageHandler>)>,
+}
+
+/// A running service. Dropping it stops its tasks.
+pub struct RunningService {
+    addr: SocketAddr,
+    server: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    consumer: Arc<dyn CommandConsumer>,
+}
+
+impl RunningService {
+    /// Binds the listener and starts the server, the relay and the consumers.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the metrics cannot be registered.
+    pub async fn start<A: OpenApi + Send + Sync + 'static>(parts: ServiceParts<A>) -> Result<Self, BoxError> {
+        let registry = prometheus::Registry::new();
+        let metrics = HttpMetrics::register(&registry)?;
+        let listener = tokio::net::TcpListener::bind(parts.http_addr).await?;
+        let addr = listener.local_addr()?;
+        let api = OpenApiService::new(parts.api, parts.name, parts.version).server(format!("http://{addr}"));
+        let spec = api.spec_endpoint();
+        let docs = api.swagger_ui();
+        let mut routes = Route::new()
+            .nest("/", api.with(BodyLimit { max: parts.body_limit }))
+            .at("/openapi.json", spec)
+            .nest("/docs", docs)
+            .at("/health/live", live)
+            .at("/health/ready", ready.data(Arc::new(parts.health)))
+            .at("/metrics", metrics_text.data(Arc::new(registry)))
+            .data(parts.auth)
+            .boxed();
+        if let Some(burst) = parts.rate_limit_burst {
+            routes = routes.data(RateLimitQuota { burst }).boxed();
+        }
+        // Observe turns every error into a problem first; the headers then go on whatever answer it made.
+        let app = routes.with(Observe { metrics }).with(SecurityHeaders);
+
+        let name = parts.name;
+        let server = tokio::spawn(async move {
+            match poem::listener::TcpAcceptor::from_tokio(listener) {
+                Ok(acceptor) => {
+                    if let Err(error) = poem::Server::new_with_acceptor(acceptor).run(app).await {
+                        tracing::error!(%error, service = name, "HTTP server stopped");
+                    }
+                }
+                Err(error) => tracing::error!(%error, service = name, "HTTP listener unusable"),
+            }
+        });
+        let mut tasks = vec![tokio::spawn(parts.relay.run())];
+        for (queue, handler) in parts.handlers {
+            let consumer = Arc::clone(&parts.consumer);
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = consumer.consume(queue, handler).await {
+                    tracing::error!(%error, queue = queue.as_str(), service = name, "consumer stopped");
+                }
+            }));
+        }
+        tracing::info!(%addr, service = name, "listening");
+        Ok(Self { addr, server: Some(server), tasks, consumer: parts.consumer })
+    }
+
+    /// Runs another task for as long as the service runs (e.g. Delivery's autopilot).
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs until SIGTERM or Ctrl-C (or until the server task ends, which it normally does not). On a
+    /// signal the consumers stop taking messages and settle those in flight (for up to
+    /// [`SHUTDOWN_GRACE`]); anything cut off after that was not acked, so the broker delivers it again.
+    ///
+    /// # Errors
+    /// When the signal handler cannot be installed or the server panicked.
+    pub async fn run_until_stopped(mut self) -> Result<(), BoxError> {
+        let Some(server) = self.server.as_mut() else { return Ok(()) };
+        tokio::select! {
+            result = server => result?,
+            signal = shutdown_signal() => {
+                signal?;
+                tracing::info!("shutting down: settling the messages in flight");
+                if tokio::time::timeout(SHUTDOWN_GRACE, self.consumer.shutdown()).await.is_err() {
+                    tracing::warn!("messages still in flight after {SHUTDOWN_GRACE:?}; the broker will redeliver them");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        for task in self.server.iter().chain(&self.tasks) {
+            task.abort();
+        }
+    }
+}
+
+/// Resolves on SIGTERM (how orchestrators stop a container) or Ctrl-C.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            result = tokio::signal::ctrl_c() => result,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
+
+#[handler]
+fn live() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn ready(checks: Data<&Arc<Vec<Arc<dyn HealthCheck>>>>) -> poem::Response {
+    readiness(checks.0).await
+}
+
+#[handler]
+fn metrics_text(registry: Data<&Arc<prometheus::Registry>>) -> poem::Response {
+    // The service's own metrics and the process-wide ones the adapters record.
+    let mut families = registry.gather();
+    families.extend(prometheus::gather());
+    let text = prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default();
+    text.with_content_type("text/plain; version=0.0.4").into_response()
+}
