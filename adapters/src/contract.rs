@@ -64,6 +64,7 @@ macro_rules! outbox_store_contract {
         $crate::__contract_tests!(outbox, $new;
             claimed_rows_come_in_commit_order,
             a_claimed_row_is_not_claimed_again_until_its_lease_expires,
+            a_released_row_is_claimed_again_first,
             a_row_marked_for_all_its_destinations_is_not_claimed_again,
             a_row_with_one_destination_left_is_claimed_for_only_that_one,
             a_row_without_destinations_is_never_claimed,

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use orderflow_domain::{CloudEvent, EventId, RoutingKey};
 
 use crate::ReadError;
-use crate::messaging::{AuditLog, CommandPublisher};
+use crate::messaging::{AuditLog, CommandPublisher, PublishError};
 
 /// A message to publish once the transaction that wrote it has committed.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,8 +28,8 @@ impl OutboxMessage {
     }
 }
 
-/// Where an outbox row is published; each is marked separately so one broker being down does not hold
-/// back (or repeat) the other.
+/// Where an outbox row is published; each is claimed and marked separately so one broker being down does
+/// not hold back (or repeat) the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// RabbitMQ (or the in-process bus).
@@ -38,34 +38,39 @@ pub enum Destination {
     Audit,
 }
 
-/// An outbox row claimed for publishing, with the destinations still owed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClaimedMessage {
-    /// The message.
-    pub message: OutboxMessage,
-    /// Destinations not yet marked published.
-    pub pending: Vec<Destination>,
-}
-
-/// The outbox side of a service's store.
+/// The outbox side of a service's store. Each destination is claimed and marked on its own, so one
+/// broker being down neither holds back nor repeats the other.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Claims up to `limit` rows with unpublished destinations, oldest first, for `lease`: rows claimed by
-    /// another relay whose lease has not expired are skipped, so several relays can share one table.
+    /// Claims up to `limit` rows still owed to `destination`, oldest first, for `lease`: rows another relay
+    /// claimed for the same destination and whose lease has not expired are skipped, so several relays can
+    /// share one table.
     ///
     /// # Errors
     /// [`ReadError::Unexpected`] when the store fails.
-    async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<ClaimedMessage>, ReadError>;
+    async fn claim(
+        &self,
+        destination: Destination,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMessage>, ReadError>;
 
-    /// Records that `id` reached `destination`. Marking twice is harmless.
+    /// Records that `ids` reached `destination`, in one write. Marking twice is harmless.
     ///
     /// # Errors
-    /// [`ReadError::Unexpected`] when the store fails; the row stays owed and is published again later.
-    async fn mark_published(&self, id: EventId, destination: Destination) -> Result<(), ReadError>;
+    /// [`ReadError::Unexpected`] when the store fails; the rows stay owed and are published again later.
+    async fn mark_published(&self, destination: Destination, ids: &[EventId]) -> Result<(), ReadError>;
 
-    /// Waits until new rows may have been written (or `max_wait` passes), so the relay neither polls hot
-    /// nor adds latency.
-    async fn wait_for_new(&self, max_wait: Duration);
+    /// Gives up the claim on `ids` for `destination` (they were not published), so the next claim takes
+    /// them again first and each order's rows keep their order.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails; the claims then simply expire with their lease.
+    async fn release(&self, destination: Destination, ids: &[EventId]) -> Result<(), ReadError>;
+
+    /// Waits until rows for `destination` may have been written (or `max_wait` passes), so the relay
+    /// neither polls hot nor adds latency.
+    async fn wait_for_new(&self, destination: Destination, max_wait: Duration);
 
     /// Deletes fully published rows and inbox entries older than `retention`; returns how many went.
     ///
@@ -107,9 +112,10 @@ impl Default for RelaySettings {
     }
 }
 
-/// Publishes committed outbox rows: commands first in row order, then audit records, marking each
-/// destination only after the publisher confirmed it. At-least-once: a crash between publish and mark
-/// sends the row again, and consumers de-duplicate on the message id.
+/// Publishes committed outbox rows, one loop per destination: commands in commit order, each confirmed by
+/// the broker before the next; audit records of different orders concurrently, each order's in order.
+/// A destination's rows are marked published only after the broker acknowledged them. At least once: a
+/// crash between publish and mark sends the rows again, and consumers de-duplicate on the message id.
 pub struct OutboxRelay {
     store: Arc<dyn OutboxStore>,
     commands: Arc<dyn CommandPublisher>,
@@ -128,23 +134,23 @@ impl OutboxRelay {
         Self { store, commands, audit, settings }
     }
 
-    /// Runs until the task is dropped.
+    /// Runs until the task is dropped: both destinations' loops and the periodic purge.
     pub async fn run(self) {
+        tokio::join!(
+            self.run_destination(Destination::Command),
+            self.run_destination(Destination::Audit),
+            self.purge()
+        );
+    }
+
+    async fn run_destination(&self, destination: Destination) {
         let mut backoff = self.settings.backoff;
-        let mut next_purge = tokio::time::Instant::now() + self.settings.purge_every;
         loop {
-            if tokio::time::Instant::now() >= next_purge {
-                next_purge += self.settings.purge_every;
-                match self.store.purge(self.settings.retention).await {
-                    Ok(deleted) => tracing::debug!(deleted, "outbox and inbox purged"),
-                    Err(error) => tracing::warn!(%error, "outbox purge failed"),
-                }
-            }
-            match self.publish_batch().await {
-                Ok(0) => self.store.wait_for_new(self.settings.idle_poll).await,
+            match self.publish_batch(destination).await {
+                Ok(0) => self.store.wait_for_new(destination, self.settings.idle_poll).await,
                 Ok(_) => backoff = self.settings.backoff,
                 Err(error) => {
-                    tracing::warn!(error = %error, retry_in = ?backoff, "outbox relay round failed");
+                    tracing::warn!(error = %error, ?destination, retry_in = ?backoff, "outbox relay round failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                 }
@@ -152,28 +158,89 @@ impl OutboxRelay {
         }
     }
 
-    /// Claims one batch and publishes it; returns how many rows it claimed.
-    ///
-    /// # Errors
-    /// The first failure; rows not yet marked stay owed. Later rows of the same order are not published
-    /// past a failed one, so each order's messages keep their commit order.
-    pub async fn publish_batch(&self) -> Result<usize, crate::BoxError> {
-        let claimed = self.store.claim(self.settings.batch, self.settings.lease).await?;
-        let count = claimed.len();
-        for row in claimed {
-            for destination in row.pending {
-                match destination {
-                    Destination::Command => {
-                        if let Some(key) = row.message.command {
-                            self.commands.publish(key, &row.message.event).await?;
-                        }
-                    }
-                    Destination::Audit => self.audit.append(&row.message.event).await?,
-                }
-                self.store.mark_published(row.message.id(), destination).await?;
+    async fn purge(&self) {
+        let mut every = tokio::time::interval(self.settings.purge_every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match self.store.purge(self.settings.retention).await {
+                Ok(deleted) => tracing::debug!(deleted, "outbox and inbox purged"),
+                Err(error) => tracing::warn!(%error, "outbox purge failed"),
             }
         }
-        Ok(count)
+    }
+
+    /// Claims one batch for `destination`, publishes it and marks what the broker acknowledged; returns
+    /// how many rows it claimed.
+    ///
+    /// # Errors
+    /// The first publishing failure (after marking what went through) or a store failure. An order's rows
+    /// after a failed one are not marked, so each order's messages reach a destination in commit order.
+    pub async fn publish_batch(&self, destination: Destination) -> Result<usize, crate::BoxError> {
+        let rows = self.store.claim(destination, self.settings.batch, self.settings.lease).await?;
+        let (published, failure) = match destination {
+            Destination::Command => self.publish_commands(&rows).await,
+            Destination::Audit => self.append_audit(&rows).await,
+        };
+        if !published.is_empty() {
+            self.store.mark_published(destination, &published).await?;
+        }
+        let Some(error) = failure else { return Ok(rows.len()) };
+        // What did not go out is claimed again first next round, ahead of anything written since, so no
+        // order's later message overtakes an earlier one.
+        let unpublished: Vec<EventId> =
+            rows.iter().map(OutboxMessage::id).filter(|id| !published.contains(id)).collect();
+        if let Err(release) = self.store.release(destination, &unpublished).await {
+            tracing::warn!(error = %release, "could not release unpublished outbox rows; their lease will expire");
+        }
+        Err(error.into())
+    }
+
+    /// Commands one after the other: a broker that refuses one is likely to refuse the next.
+    async fn publish_commands(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
+        let mut published = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(key) = row.command
+                && let Err(error) = self.commands.publish(key, &row.event).await
+            {
+                return (published, Some(error));
+            }
+            published.push(row.id());
+        }
+        (published, None)
+    }
+
+    /// Audit records of different orders concurrently, each order's one after the other: a record is sent
+    /// only once the one before it in its order is acknowledged, so a failure can never let a later record
+    /// of an order reach the stream ahead of an earlier one.
+    async fn append_audit(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
+        let mut orders: Vec<(&str, Vec<&OutboxMessage>)> = Vec::new();
+        for row in rows {
+            match orders.iter_mut().find(|(subject, _)| *subject == row.event.subject) {
+                Some((_, rows)) => rows.push(row),
+                None => orders.push((row.event.subject.as_str(), vec![row])),
+            }
+        }
+        let appended = futures::future::join_all(orders.into_iter().map(|(_, rows)| async move {
+            let mut published = Vec::with_capacity(rows.len());
+            for row in rows {
+                if let Err(error) = self.audit.append(&row.event).await {
+                    return (published, Some(error));
+                }
+                published.push(row.id());
+            }
+            (published, None)
+        }))
+        .await;
+        let mut published = Vec::with_capacity(rows.len());
+        let mut failure = None;
+        for (ids, error) in appended {
+            published.extend(ids);
+            if let Some(error) = error {
+                failure.get_or_insert(error);
+            }
+        }
+        (published, failure)
     }
 }
 

@@ -185,7 +185,15 @@ async fn all_delivered_once(s: &Services, ids: &[String], within: Duration) -> a
         s.wait_for_status(id, "delivered", left).await.with_context(|| format!("order {id}"))?;
     }
     for id in ids {
-        assert_eq!(s.timeline(id).await?, LIFECYCLE, "order {id} went through each step exactly once");
+        let timeline = s.timeline(id).await?;
+        // `orders.shipped` and `orders.delivered` travel on different queues, so a delivery may overtake its
+        // shipping; the order then goes straight to delivered and the late shipped report is a no-op
+        // (DESIGN.md: out-of-order arrival converges). Either way, no step happens twice.
+        let overtaken: Vec<&str> = LIFECYCLE.iter().copied().filter(|t| !t.contains(".shipped.")).collect();
+        assert!(
+            timeline == LIFECYCLE || timeline == overtaken,
+            "order {id} went through each step exactly once, in order: {timeline:?}"
+        );
     }
     Ok(())
 }
@@ -198,7 +206,7 @@ async fn every_order_completes_once_when_the_broker_restarts_mid_flow() -> anyho
     processes::rabbitmqctl_restart().await?;
     let second = place_many(&s, 250, "restart-b").await?;
     let ids: Vec<String> = first.into_iter().chain(second).collect();
-    all_delivered_once(&s, &ids, Duration::from_secs(180)).await?;
+    all_delivered_once(&s, &ids, Duration::from_secs(150)).await?;
     assert_eq!(s.stock(SKU).await?, (500, 0));
     Ok(())
 }
@@ -212,7 +220,7 @@ async fn every_order_completes_once_when_delivery_is_killed_mid_flow() -> anyhow
     let second = place_many(&s, 150, "crash-b").await?;
     s.restart_delivery().await?;
     let ids: Vec<String> = first.into_iter().chain(second).collect();
-    all_delivered_once(&s, &ids, Duration::from_secs(180)).await?;
+    all_delivered_once(&s, &ids, Duration::from_secs(150)).await?;
     assert_eq!(s.stock(SKU).await?, (700, 0));
     Ok(())
 }

@@ -150,13 +150,13 @@ impl JwksVerifier {
         if let Some(key) = self.keys.read().await.get(kid) {
             return Ok(Some(Arc::clone(key)));
         }
-        if let Some(at) = state.last_attempt {
-            if at.elapsed() < self.settings.min_refresh_interval {
-                return match &state.last_failure {
-                    Some(cause) => Err(unexpected(FetchError::RecentFailure(cause.clone()))),
-                    None => Ok(None),
-                };
-            }
+        if let Some(at) = state.last_attempt
+            && at.elapsed() < self.settings.min_refresh_interval
+        {
+            return match &state.last_failure {
+                Some(cause) => Err(unexpected(FetchError::RecentFailure(cause.clone()))),
+                None => Ok(None),
+            };
         }
         state.last_attempt = Some(Instant::now());
         match self.fetch_keys(&mut state).await {

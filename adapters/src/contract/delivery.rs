@@ -14,7 +14,7 @@ use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use uuid::Uuid;
 
-use super::fixtures::{address, claimed_ids, event_id, inbox, later, message_ids, sku};
+use super::fixtures::{address, event_id, inbox, later, message_ids, sku};
 
 /// A lease long enough that nothing claimed in a check comes back during it.
 const LEASE: Duration = Duration::from_secs(60);
@@ -64,7 +64,7 @@ async fn save(store: &dyn DeliveryStore, change: ShipmentChange) -> Shipment {
 }
 
 async fn owed(store: &dyn DeliveryStore) -> Vec<EventId> {
-    claimed_ids(&store.claim(1000, LEASE).await.expect("outbox claimed"))
+    super::fixtures::owed_rows(store, LEASE).await
 }
 
 fn ids(shipments: &[Shipment]) -> Vec<ShipmentId> {

@@ -9,7 +9,7 @@ use orderflow_domain::{
     Address, CloudEvent, Currency, CustomerId, EventBody, EventId, Money, Order, OrderEvent, OrderId, OrderRequest,
     ProductName, Quantity, RawAddress, RoutingKey, Sku, Source, Step, StockEffect, Timestamp, TransitionError,
 };
-use orderflow_ports::outbox::{ClaimedMessage, OutboxMessage};
+use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{IdempotencyKey, InboxEntry, OrderChange, Placement};
 use uuid::Uuid;
 
@@ -74,9 +74,16 @@ pub fn message(command: Option<RoutingKey>, audit: bool) -> OutboxMessage {
     OutboxMessage { event: CloudEvent::wrap(event_id(), Source::Sales, body, now(), None), command, audit }
 }
 
-/// The ids of claimed rows, in claim order.
-pub fn claimed_ids(claimed: &[ClaimedMessage]) -> Vec<EventId> {
-    claimed.iter().map(|c| c.message.id()).collect()
+/// Every row a store's outbox owes right now, to either destination (claims them for `lease`), in the
+/// order the fixtures made them: their ids are UUIDv7s.
+pub async fn owed_rows(store: &dyn OutboxStore, lease: std::time::Duration) -> Vec<EventId> {
+    let mut rows = Vec::new();
+    for destination in [Destination::Command, Destination::Audit] {
+        rows.extend(message_ids(&store.claim(destination, 1000, lease).await.expect("outbox claimed")));
+    }
+    rows.sort();
+    rows.dedup();
+    rows
 }
 
 /// The ids of messages, in order.

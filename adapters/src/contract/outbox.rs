@@ -2,7 +2,6 @@
 //! wake-ups, and at-least-once publishing through a failing broker. Rows are written through the store's
 //! own write methods, via an [`OutboxFixture`].
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxRelay, OutboxSto
 use orderflow_ports::sales::{PlaceOutcome, SalesStore};
 use uuid::Uuid;
 
-use super::fixtures::{OrderDraft, address, claimed_ids, eur, message, message_ids, name, sku};
+use super::fixtures::{OrderDraft, address, eur, message, message_ids, name, sku};
 use crate::memory::{BusSettings, InMemoryAuditLog, InMemoryBus};
 use crate::system::SystemClock;
 
@@ -103,50 +102,69 @@ const SHORT: Duration = Duration::from_millis(50);
 /// Comfortably longer than [`SHORT`].
 const PAST_SHORT: Duration = Duration::from_millis(150);
 
-fn destinations(pending: &[Destination]) -> HashSet<Destination> {
-    pending.iter().copied().collect()
+/// The ids a claim for `destination` returns now.
+async fn owed(outbox: &dyn OutboxStore, destination: Destination, lease: Duration) -> Vec<EventId> {
+    message_ids(&outbox.claim(destination, 100, lease).await.expect("claimed"))
 }
 
 /// Claims return rows oldest first, across and within writes, at most `limit` of them; rows still leased
-/// are skipped by the next claim.
+/// are skipped by the next claim. Each destination sees only the rows owed to it.
 pub async fn claimed_rows_come_in_commit_order(fixture: Arc<dyn OutboxFixture>) {
     let outbox = fixture.outbox();
-    let first = vec![message(None, true), message(Some(RoutingKey::OrdersCreated), false)];
+    let first = vec![message(None, true), message(Some(RoutingKey::OrdersCreated), true)];
     let second = vec![message(Some(RoutingKey::OrdersShipped), true)];
     let third = vec![message(None, true), message(Some(RoutingKey::PaymentsRequested), false)];
-    let all: Vec<EventId> = [&first, &second, &third].into_iter().flat_map(|w| message_ids(w)).collect();
-    for write in [first, second, third] {
+    let audited: Vec<EventId> = [&first, &second, &third]
+        .into_iter()
+        .flat_map(|w| w.iter().filter(|m| m.audit).map(OutboxMessage::id).collect::<Vec<_>>())
+        .collect();
+    let commands = vec![first[1].id(), second[0].id(), third[1].id()];
+    for write in [first.clone(), second, third] {
         fixture.write(write).await;
     }
 
-    let head = outbox.claim(2, LONG).await.expect("claimed");
-    let rest = outbox.claim(100, LONG).await.expect("claimed");
+    let head = outbox.claim(Destination::Audit, 2, LONG).await.expect("claimed");
+    let rest = outbox.claim(Destination::Audit, 100, LONG).await.expect("claimed");
 
-    assert_eq!(claimed_ids(&head), all[..2], "the first claim takes the two oldest rows");
-    assert_eq!(claimed_ids(&rest), all[2..], "the next claim skips leased rows and takes the rest, in order");
-    assert_eq!(outbox.claim(100, LONG).await.expect("claimed"), vec![], "every row is leased");
+    assert_eq!(message_ids(&head), audited[..2], "the first claim takes the two oldest rows");
+    assert_eq!(head[0], first[0], "a row reads back as written");
+    assert_eq!(message_ids(&rest), audited[2..], "the next claim skips leased rows and takes the rest, in order");
+    assert_eq!(owed(outbox.as_ref(), Destination::Audit, LONG).await, vec![], "every audit row is leased");
+    assert_eq!(owed(outbox.as_ref(), Destination::Command, LONG).await, commands, "commands are claimed apart");
 }
 
-/// A claimed row is skipped while its lease runs, and claimed again, still owed, once it expires.
+/// A claimed row is skipped while its lease runs, and claimed again, still owed, once it expires; a lease
+/// for one destination does not hold back the other.
 pub async fn a_claimed_row_is_not_claimed_again_until_its_lease_expires(fixture: Arc<dyn OutboxFixture>) {
     let outbox = fixture.outbox();
     let row = message(Some(RoutingKey::OrdersCreated), true);
     fixture.write(vec![row.clone()]).await;
 
-    let first = outbox.claim(10, SHORT).await.expect("claimed");
-    let during = outbox.claim(10, SHORT).await.expect("claimed");
+    let first = owed(outbox.as_ref(), Destination::Command, SHORT).await;
+    let during = owed(outbox.as_ref(), Destination::Command, SHORT).await;
+    let other = owed(outbox.as_ref(), Destination::Audit, SHORT).await;
     tokio::time::sleep(PAST_SHORT).await;
-    let after = outbox.claim(10, SHORT).await.expect("claimed");
+    let after = owed(outbox.as_ref(), Destination::Command, SHORT).await;
 
-    assert_eq!(claimed_ids(&first), vec![row.id()], "the row is claimed");
-    assert_eq!(first[0].message, row, "the row reads back as written");
+    assert_eq!(first, vec![row.id()], "the row is claimed");
     assert_eq!(during, vec![], "a leased row is not claimed again");
-    assert_eq!(claimed_ids(&after), vec![row.id()], "the row is claimed again after its lease expired");
-    assert_eq!(
-        destinations(&after[0].pending),
-        HashSet::from([Destination::Command, Destination::Audit]),
-        "both destinations are still owed"
-    );
+    assert_eq!(other, vec![row.id()], "the other destination's claim is not held back by the lease");
+    assert_eq!(after, vec![row.id()], "the row is claimed again after its lease expired");
+}
+
+/// A released row is claimed again at once, ahead of rows written after it.
+pub async fn a_released_row_is_claimed_again_first(fixture: Arc<dyn OutboxFixture>) {
+    let outbox = fixture.outbox();
+    let earlier = message(Some(RoutingKey::OrdersCreated), false);
+    fixture.write(vec![earlier.clone()]).await;
+    assert_eq!(owed(outbox.as_ref(), Destination::Command, LONG).await, vec![earlier.id()]);
+    let later = message(Some(RoutingKey::OrdersShipped), false);
+    fixture.write(vec![later.clone()]).await;
+
+    outbox.release(Destination::Command, &[earlier.id()]).await.expect("released");
+
+    let again = owed(outbox.as_ref(), Destination::Command, LONG).await;
+    assert_eq!(again, vec![earlier.id(), later.id()], "the released row comes first, in commit order");
 }
 
 /// A row marked published for every destination it has is never claimed again; marking twice is harmless.
@@ -156,55 +174,43 @@ pub async fn a_row_marked_for_all_its_destinations_is_not_claimed_again(fixture:
     let audit_only = message(None, true);
     let command_only = message(Some(RoutingKey::OrdersShipped), false);
     fixture.write(vec![both.clone(), audit_only.clone(), command_only.clone()]).await;
-    let claimed = outbox.claim(10, SHORT).await.expect("claimed");
-    assert_eq!(claimed.len(), 3);
-    assert_eq!(destinations(&claimed[1].pending), HashSet::from([Destination::Audit]), "audit only");
-    assert_eq!(destinations(&claimed[2].pending), HashSet::from([Destination::Command]), "command only");
+    assert_eq!(owed(outbox.as_ref(), Destination::Audit, SHORT).await, vec![both.id(), audit_only.id()]);
+    assert_eq!(owed(outbox.as_ref(), Destination::Command, SHORT).await, vec![both.id(), command_only.id()]);
 
-    for (id, destination) in [
-        (both.id(), Destination::Command),
-        (both.id(), Destination::Audit),
-        (audit_only.id(), Destination::Audit),
-        (audit_only.id(), Destination::Audit),
-        (command_only.id(), Destination::Command),
-    ] {
-        outbox.mark_published(id, destination).await.expect("marked");
-    }
+    outbox.mark_published(Destination::Command, &[both.id(), command_only.id()]).await.expect("marked");
+    outbox.mark_published(Destination::Audit, &[both.id(), audit_only.id(), audit_only.id()]).await.expect("marked");
     tokio::time::sleep(PAST_SHORT).await;
 
-    assert_eq!(outbox.claim(10, SHORT).await.expect("claimed"), vec![], "nothing is owed any more");
-    outbox.mark_published(both.id(), Destination::Audit).await.expect("marking a published row again is harmless");
+    assert_eq!(owed(outbox.as_ref(), Destination::Command, SHORT).await, vec![], "no command is owed any more");
+    assert_eq!(owed(outbox.as_ref(), Destination::Audit, SHORT).await, vec![], "no audit record is owed any more");
+    outbox.mark_published(Destination::Audit, &[both.id()]).await.expect("marking a published row again is harmless");
 }
 
-/// A row marked for one of its two destinations is claimed again owing only the other.
+/// A row marked for one of its two destinations is still owed to the other.
 pub async fn a_row_with_one_destination_left_is_claimed_for_only_that_one(fixture: Arc<dyn OutboxFixture>) {
     let outbox = fixture.outbox();
     let row = message(Some(RoutingKey::OrdersCreated), true);
     fixture.write(vec![row.clone()]).await;
-    let claimed = outbox.claim(10, SHORT).await.expect("claimed");
-    assert_eq!(destinations(&claimed[0].pending), HashSet::from([Destination::Command, Destination::Audit]));
 
-    outbox.mark_published(row.id(), Destination::Command).await.expect("marked");
-    tokio::time::sleep(PAST_SHORT).await;
-    let again = outbox.claim(10, SHORT).await.expect("claimed");
+    outbox.mark_published(Destination::Command, &[row.id()]).await.expect("marked");
 
-    assert_eq!(claimed_ids(&again), vec![row.id()], "the row is still owed");
-    assert_eq!(again[0].pending, vec![Destination::Audit], "only the audit stream is still owed");
+    assert_eq!(owed(outbox.as_ref(), Destination::Command, SHORT).await, vec![], "the command went out");
+    let audit = outbox.claim(Destination::Audit, 10, SHORT).await.expect("claimed");
+    assert_eq!(audit, vec![row], "the audit stream is still owed the row, as written");
 }
 
 /// A row with no destination (neither a command nor audited) owes nothing, so it is never claimed.
 pub async fn a_row_without_destinations_is_never_claimed(fixture: Arc<dyn OutboxFixture>) {
     let outbox = fixture.outbox();
     let nowhere = message(None, false);
-    let owed = message(None, true);
-    fixture.write(vec![nowhere, owed.clone()]).await;
+    let owed_row = message(None, true);
+    fixture.write(vec![nowhere, owed_row.clone()]).await;
 
-    let claimed = outbox.claim(10, LONG).await.expect("claimed");
-
-    assert_eq!(claimed_ids(&claimed), vec![owed.id()], "only the row that owes a destination is claimed: {claimed:?}");
+    assert_eq!(owed(outbox.as_ref(), Destination::Audit, LONG).await, vec![owed_row.id()]);
+    assert_eq!(owed(outbox.as_ref(), Destination::Command, LONG).await, vec![]);
 }
 
-/// `wait_for_new` returns soon after a row is written, long before its maximum wait.
+/// `wait_for_new` returns soon after a row is written, long before its maximum wait, for each destination.
 pub async fn wait_for_new_returns_when_a_row_is_written(fixture: Arc<dyn OutboxFixture>) {
     let outbox = fixture.outbox();
     let row = message(Some(RoutingKey::OrdersCreated), true);
@@ -218,12 +224,15 @@ pub async fn wait_for_new_returns_when_a_row_is_written(fixture: Arc<dyn OutboxF
     };
 
     let started = Instant::now();
-    outbox.wait_for_new(Duration::from_secs(5)).await;
+    let (_, _) = tokio::join!(
+        outbox.wait_for_new(Destination::Command, Duration::from_secs(5)),
+        outbox.wait_for_new(Destination::Audit, Duration::from_secs(5))
+    );
     let waited = started.elapsed();
 
     writer.await.expect("the writer finished");
     assert!(waited < Duration::from_secs(4), "wait_for_new ignored the write and slept {waited:?}");
-    assert_eq!(claimed_ids(&outbox.claim(10, LONG).await.expect("claimed")), vec![row.id()]);
+    assert_eq!(owed(outbox.as_ref(), Destination::Command, LONG).await, vec![row.id()]);
 }
 
 /// A command publisher that refuses while `failing` is set, and records what it passed on.
@@ -268,10 +277,10 @@ fn relay(fixture: &dyn OutboxFixture, commands: Arc<FlakyPublisher>, audit: Arc<
     OutboxRelay::new(fixture.outbox(), commands, audit, settings)
 }
 
-/// Runs the relay until a round claims nothing.
-async fn drain(relay: &OutboxRelay) {
+/// Runs the relay's rounds for `destination` until one claims nothing.
+async fn drain(relay: &OutboxRelay, destination: Destination) {
     for _ in 0..100 {
-        if relay.publish_batch().await.expect("the round publishes") == 0 {
+        if relay.publish_batch(destination).await.expect("the round publishes") == 0 {
             return;
         }
     }
@@ -296,7 +305,8 @@ pub async fn the_relay_publishes_every_row_once_and_leaves_nothing_owed(fixture:
     let audit = Arc::new(InMemoryAuditLog::new());
     let relay = relay(fixture.as_ref(), Arc::clone(&commands), Arc::clone(&audit));
 
-    drain(&relay).await;
+    drain(&relay, Destination::Command).await;
+    drain(&relay, Destination::Audit).await;
 
     assert_eq!(
         commands.published(),
@@ -309,14 +319,16 @@ pub async fn the_relay_publishes_every_row_once_and_leaves_nothing_owed(fixture:
         "each audit record is appended once, in row order"
     );
     tokio::time::sleep(PAST_SHORT).await;
-    assert_eq!(fixture.outbox().claim(100, SHORT).await.expect("claimed"), vec![], "nothing is owed");
-    assert_eq!(relay.publish_batch().await.expect("an idle round"), 0, "an idle round publishes nothing");
+    for destination in [Destination::Command, Destination::Audit] {
+        assert_eq!(owed(fixture.outbox().as_ref(), destination, SHORT).await, vec![], "nothing is owed");
+        assert_eq!(relay.publish_batch(destination).await.expect("an idle round"), 0, "an idle round does nothing");
+    }
     assert_eq!(commands.published().len(), 2, "nothing is published twice");
     assert_eq!(audit.events().len(), 3, "nothing is appended twice");
 }
 
-/// While the command publisher fails, commands stay owed (audit records already appended are not repeated);
-/// once it recovers, every owed command is published exactly once.
+/// While the command publisher fails, commands stay owed and the audit stream is not held back; once it
+/// recovers, every owed command is published exactly once.
 pub async fn rows_stay_owed_while_the_publisher_fails_and_publish_after_it_recovers(fixture: Arc<dyn OutboxFixture>) {
     let placed = message(None, true);
     let payment = message(Some(RoutingKey::PaymentsRequested), false);
@@ -327,23 +339,25 @@ pub async fn rows_stay_owed_while_the_publisher_fails_and_publish_after_it_recov
     let audit = Arc::new(InMemoryAuditLog::new());
     let relay = relay(fixture.as_ref(), Arc::clone(&commands), Arc::clone(&audit));
 
-    assert!(relay.publish_batch().await.is_err(), "a round through a failing publisher fails");
+    assert!(relay.publish_batch(Destination::Command).await.is_err(), "a round through a failing publisher fails");
+    drain(&relay, Destination::Audit).await;
     tokio::time::sleep(PAST_SHORT).await;
-    assert!(relay.publish_batch().await.is_err(), "the command is still owed after its lease expired");
+    assert!(relay.publish_batch(Destination::Command).await.is_err(), "the commands are still owed after the lease");
     assert!(commands.attempts.load(Ordering::SeqCst) >= 2, "the relay tried again");
     assert_eq!(commands.published(), vec![], "nothing reached the broker");
-    assert_eq!(audit_ids(&audit), vec![placed.id()], "the audit record is appended once, not per round");
+    assert_eq!(audit_ids(&audit), vec![placed.id()], "the audit stream was not held back by the broker");
 
     commands.failing.store(false, Ordering::SeqCst);
     tokio::time::sleep(PAST_SHORT).await;
-    drain(&relay).await;
+    drain(&relay, Destination::Command).await;
+    drain(&relay, Destination::Audit).await;
 
     assert_eq!(
         commands.published(),
         vec![(RoutingKey::PaymentsRequested, payment.id()), (RoutingKey::OrdersCreated, created.id())],
         "after recovery every owed command is published once, in row order"
     );
-    assert_eq!(audit_ids(&audit), vec![placed.id()], "the audit record is still appended once");
+    assert_eq!(audit_ids(&audit), vec![placed.id()], "the audit record is appended once");
     tokio::time::sleep(PAST_SHORT).await;
-    assert_eq!(fixture.outbox().claim(100, SHORT).await.expect("claimed"), vec![], "nothing is owed");
+    assert_eq!(owed(fixture.outbox().as_ref(), Destination::Command, SHORT).await, vec![], "nothing is owed");
 }

@@ -12,7 +12,7 @@ use orderflow_ports::sales::{
     ChangeError, ChangeOutcome, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError, SalesStore,
 };
 
-use super::fixtures::{OrderDraft, change_of, claimed_ids, eur, inbox, later, message_ids, name, sku};
+use super::fixtures::{OrderDraft, change_of, eur, inbox, later, message_ids, name, sku};
 
 /// A lease long enough that nothing claimed in a check comes back during it.
 const LEASE: Duration = Duration::from_secs(60);
@@ -42,7 +42,7 @@ async fn place(store: &dyn SalesStore, placement: Placement) -> Order {
 
 /// Every row the outbox owes right now (claims them for [`LEASE`]).
 async fn owed(store: &dyn SalesStore) -> Vec<orderflow_domain::EventId> {
-    claimed_ids(&store.claim(1000, LEASE).await.expect("outbox claimed"))
+    super::fixtures::owed_rows(store, LEASE).await
 }
 
 async fn all_orders(store: &dyn SalesStore) -> Vec<Order> {

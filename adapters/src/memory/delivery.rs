@@ -8,10 +8,9 @@ use orderflow_domain::{OrderId, Shipment, ShipmentId};
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::{Page, ReadError};
-use tokio::sync::Notify;
 
 use super::lock;
-use super::outbox::{OutboxRows, outbox_store};
+use super::outbox::{OutboxRows, Written, outbox_store};
 use super::sales::page;
 
 #[derive(Default)]
@@ -26,7 +25,7 @@ struct State {
 #[derive(Default)]
 pub struct InMemoryDeliveryStore {
     state: Mutex<State>,
-    written: Notify,
+    written: Written,
 }
 
 impl InMemoryDeliveryStore {
@@ -65,7 +64,7 @@ impl DeliveryStore for InMemoryDeliveryStore {
         state.shipments.insert(shipment.id, shipment);
         state.outbox.push(change.messages);
         drop(state);
-        self.written.notify_one();
+        self.written.notify();
         Ok(ChangeOutcome::Applied)
     }
 

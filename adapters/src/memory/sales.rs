@@ -11,9 +11,8 @@ use orderflow_ports::sales::{
     SalesStore,
 };
 use orderflow_ports::{Page, ReadError};
-use tokio::sync::Notify;
 
-use super::outbox::{OutboxRows, outbox_store};
+use super::outbox::{OutboxRows, Written, outbox_store};
 use super::{inconsistent, lock};
 
 struct KeyRecord {
@@ -44,7 +43,7 @@ impl State {
 #[derive(Default)]
 pub struct InMemorySalesStore {
     state: Mutex<State>,
-    written: Notify,
+    written: Written,
 }
 
 impl InMemorySalesStore {
@@ -107,7 +106,7 @@ impl SalesStore for InMemorySalesStore {
         state.orders.insert(order.id, order.clone());
         state.record(order.id, placement.messages);
         drop(state);
-        self.written.notify_one();
+        self.written.notify();
         Ok(PlaceOutcome::Created(order))
     }
 
@@ -148,7 +147,7 @@ impl SalesStore for InMemorySalesStore {
         state.orders.insert(order.id, order.clone());
         state.record(order.id, change.messages);
         drop(state);
-        self.written.notify_one();
+        self.written.notify();
         Ok(ChangeOutcome::Applied)
     }
 

@@ -77,8 +77,9 @@ enum Service {
 #[derive(Clone)]
 struct Database {
     pool: Pool,
-    /// Wakes this process's relay (set by its own commits and by other processes' NOTIFYs).
-    outbox_written: Arc<Notify>,
+    /// Wakes this process's relay loops, command and audit (by its own commits and other processes'
+    /// NOTIFYs).
+    outbox_written: Arc<(Notify, Notify)>,
     /// Asks the announcer to tell other processes' relays.
     announce: Arc<Notify>,
 }
@@ -111,7 +112,7 @@ impl Database {
             .max_size(settings.pool_size.max(1))
             .build()
             .map_err(|e| PgSetupError::Invalid(e.to_string()))?;
-        let outbox_written = Arc::new(Notify::new());
+        let outbox_written = Arc::new((Notify::new(), Notify::new()));
         let announce = Arc::new(Notify::new());
         let channel = format!("{schema}_outbox");
         tokio::spawn(outbox::listen(config, channel.clone(), Arc::clone(&outbox_written)));
@@ -123,7 +124,7 @@ impl Database {
     /// Called after a commit that wrote outbox rows: wakes the local relay at once and has the announcer
     /// NOTIFY the others, outside the writing transaction and coalesced under load.
     fn outbox_committed(&self) {
-        self.outbox_written.notify_one();
+        outbox::wake_both(&self.outbox_written);
         self.announce.notify_one();
     }
 

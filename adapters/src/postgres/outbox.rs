@@ -7,7 +7,7 @@ use std::time::Duration;
 use deadpool_postgres::ClientWrapper;
 use futures::StreamExt;
 use orderflow_domain::{CloudEvent, EventId, RoutingKey};
-use orderflow_ports::outbox::{ClaimedMessage, Destination, OutboxMessage};
+use orderflow_ports::outbox::{Destination, OutboxMessage};
 use orderflow_ports::{BoxError, ReadError};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -23,8 +23,11 @@ pub(super) struct OutboxColumns<'a> {
     audits: Vec<bool>,
 }
 
-/// The `SELECT` that feeds `INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending)`
-/// from [`OutboxColumns`] bound at `$n … $n+4`, keeping the messages' order for the `seq` identity.
+/// The columns an outbox insert fills, in the order [`select_columns`] yields them.
+pub(super) const INSERT_COLUMNS: &str = "(id, event, routing_key, command_pending, audit_pending)";
+
+/// The `SELECT` that feeds `INSERT INTO outbox` [`INSERT_COLUMNS`] from [`OutboxColumns`] bound at
+/// `$n … $n+4`, keeping the messages' order for the `seq` identity.
 pub(super) fn select_columns(n: usize) -> String {
     format!(
         "SELECT id, event, routing_key, command_pending, audit_pending
@@ -89,57 +92,79 @@ fn routing_key(raw: Option<String>) -> Result<Option<RoutingKey>, BoxError> {
     raw.map(|k| from_json::<RoutingKey>(serde_json::Value::String(k))).transpose()
 }
 
-/// Claims up to `limit` owed rows for `lease`, oldest first; rows another relay holds are skipped.
-pub(super) async fn claim(db: &Database, limit: usize, lease: Duration) -> Result<Vec<ClaimedMessage>, ReadError> {
+/// The columns of one destination: whether a row is owed to it, and until when a relay holds it.
+const fn columns(destination: Destination) -> (&'static str, &'static str) {
+    match destination {
+        Destination::Command => ("command_pending", "command_claimed_until"),
+        Destination::Audit => ("audit_pending", "audit_claimed_until"),
+    }
+}
+
+/// Claims up to `limit` rows owed to `destination` for `lease`, oldest first; rows another relay holds for
+/// the same destination are skipped.
+pub(super) async fn claim(
+    db: &Database,
+    destination: Destination,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<OutboxMessage>, ReadError> {
     let client = db.client().await.map_err(ReadError::Unexpected)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let lease_ms = f64::from(u32::try_from(lease.as_millis()).unwrap_or(u32::MAX));
-    let rows = client
-        .query(
-            "WITH next AS (
-                 SELECT seq FROM outbox
-                 WHERE (command_pending OR audit_pending) AND (claimed_until IS NULL OR claimed_until < now())
-                 ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)
-             UPDATE outbox o SET claimed_until = now() + $2 * interval '1 millisecond'
-             FROM next WHERE o.seq = next.seq
-             RETURNING o.seq, o.event, o.routing_key, o.command_pending, o.audit_pending",
-            &[&limit, &lease_ms],
-        )
-        .await
-        .map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    let (pending, claimed_until) = columns(destination);
+    let sql = format!(
+        "WITH next AS (
+             SELECT seq FROM outbox
+             WHERE {pending} AND ({claimed_until} IS NULL OR {claimed_until} < now())
+             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)
+         UPDATE outbox o SET {claimed_until} = now() + $2 * interval '1 millisecond'
+         FROM next WHERE o.seq = next.seq
+         RETURNING o.seq, o.event, o.routing_key, o.audit_pending"
+    );
+    let statement = client.prepare_cached(&sql).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    let rows =
+        client.query(&statement, &[&limit, &lease_ms]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
         let seq: i64 = row.get(0);
         let event: CloudEvent = from_json(row.get(1)).map_err(ReadError::Unexpected)?;
         let command = routing_key(row.get(2)).map_err(ReadError::Unexpected)?;
-        let pending = [
-            row.get::<_, bool>(3).then_some(Destination::Command),
-            row.get::<_, bool>(4).then_some(Destination::Audit),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        claimed.push((seq, ClaimedMessage { message: OutboxMessage { event, command, audit: row.get(4) }, pending }));
+        // `audit` says whether the row is (still) owed to the audit stream; a relay claiming commands
+        // does not need to know whether an audit record already went out.
+        claimed.push((seq, OutboxMessage { event, command, audit: row.get(3) }));
     }
     // UPDATE … RETURNING does not keep the CTE's order.
     claimed.sort_by_key(|(seq, _)| *seq);
-    Ok(claimed.into_iter().map(|(_, c)| c).collect())
+    Ok(claimed.into_iter().map(|(_, message)| message).collect())
 }
 
-/// Marks one destination of a row published; the row counts as published when none is owed.
-pub(super) async fn mark(db: &Database, id: EventId, destination: Destination) -> Result<(), ReadError> {
+/// Marks `ids` published to `destination` in one statement; a row counts as published when it owes
+/// nothing any more.
+pub(super) async fn mark(db: &Database, destination: Destination, ids: &[EventId]) -> Result<(), ReadError> {
     let client = db.client().await.map_err(ReadError::Unexpected)?;
+    let ids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
     let sql = match destination {
         Destination::Command => {
             "UPDATE outbox SET command_pending = false,
-                 published_at = CASE WHEN audit_pending THEN NULL ELSE now() END WHERE id = $1"
+                 published_at = CASE WHEN audit_pending THEN NULL ELSE now() END WHERE id = ANY($1)"
         }
         Destination::Audit => {
             "UPDATE outbox SET audit_pending = false,
-                 published_at = CASE WHEN command_pending THEN NULL ELSE now() END WHERE id = $1"
+                 published_at = CASE WHEN command_pending THEN NULL ELSE now() END WHERE id = ANY($1)"
         }
     };
-    client.execute(sql, &[&id.as_uuid()]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    let statement = client.prepare_cached(sql).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    client.execute(&statement, &[&ids]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    Ok(())
+}
+
+/// Clears the claim of `ids` for `destination`, so the next claim takes them again first.
+pub(super) async fn release(db: &Database, destination: Destination, ids: &[EventId]) -> Result<(), ReadError> {
+    let client = db.client().await.map_err(ReadError::Unexpected)?;
+    let ids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
+    let (_, claimed_until) = columns(destination);
+    let sql = format!("UPDATE outbox SET {claimed_until} = NULL WHERE id = ANY($1)");
+    client.execute(&sql, &[&ids]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
     Ok(())
 }
 
@@ -201,7 +226,7 @@ pub(super) async fn observe(pool: deadpool_postgres::Pool, schema: String) {
 
 /// Keeps a connection listening on `channel` and wakes `notify` on every notification; reconnects with
 /// back-off when the connection drops. The relay also polls, so a missed notification costs latency only.
-pub(super) async fn listen(config: tokio_postgres::Config, channel: String, notify: Arc<Notify>) {
+pub(super) async fn listen(config: tokio_postgres::Config, channel: String, notify: Arc<(Notify, Notify)>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match config.connect(NoTls).await {
@@ -221,10 +246,10 @@ pub(super) async fn listen(config: tokio_postgres::Config, channel: String, noti
                 if listening {
                     backoff = Duration::from_millis(100);
                     // A row may have been written while we were not listening.
-                    notify.notify_one();
+                    wake_both(&notify);
                     while let Some(message) = messages.next().await {
                         match message {
-                            Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
+                            Ok(AsyncMessage::Notification(_)) => wake_both(&notify),
                             Ok(_) => {}
                             Err(error) => {
                                 tracing::warn!(%error, "outbox listener connection failed");
@@ -242,6 +267,12 @@ pub(super) async fn listen(config: tokio_postgres::Config, channel: String, noti
     }
 }
 
+/// Wakes the relay loops of both destinations.
+pub(super) fn wake_both(notify: &(Notify, Notify)) {
+    notify.0.notify_one();
+    notify.1.notify_one();
+}
+
 /// Implements `OutboxStore` for a store with a `db: Database` field.
 macro_rules! pg_outbox_store {
     ($store:ty) => {
@@ -249,22 +280,39 @@ macro_rules! pg_outbox_store {
         impl orderflow_ports::outbox::OutboxStore for $store {
             async fn claim(
                 &self,
+                destination: orderflow_ports::outbox::Destination,
                 limit: usize,
                 lease: std::time::Duration,
-            ) -> Result<Vec<orderflow_ports::outbox::ClaimedMessage>, orderflow_ports::ReadError> {
-                super::outbox::claim(&self.db, limit, lease).await
+            ) -> Result<Vec<orderflow_ports::outbox::OutboxMessage>, orderflow_ports::ReadError> {
+                super::outbox::claim(&self.db, destination, limit, lease).await
             }
 
             async fn mark_published(
                 &self,
-                id: orderflow_domain::EventId,
                 destination: orderflow_ports::outbox::Destination,
+                ids: &[orderflow_domain::EventId],
             ) -> Result<(), orderflow_ports::ReadError> {
-                super::outbox::mark(&self.db, id, destination).await
+                super::outbox::mark(&self.db, destination, ids).await
             }
 
-            async fn wait_for_new(&self, max_wait: std::time::Duration) {
-                let _ = tokio::time::timeout(max_wait, self.db.outbox_written.notified()).await;
+            async fn release(
+                &self,
+                destination: orderflow_ports::outbox::Destination,
+                ids: &[orderflow_domain::EventId],
+            ) -> Result<(), orderflow_ports::ReadError> {
+                super::outbox::release(&self.db, destination, ids).await
+            }
+
+            async fn wait_for_new(
+                &self,
+                destination: orderflow_ports::outbox::Destination,
+                max_wait: std::time::Duration,
+            ) {
+                let written = match destination {
+                    orderflow_ports::outbox::Destination::Command => &self.db.outbox_written.0,
+                    orderflow_ports::outbox::Destination::Audit => &self.db.outbox_written.1,
+                };
+                let _ = tokio::time::timeout(max_wait, written.notified()).await;
             }
 
             async fn purge(&self, retention: std::time::Duration) -> Result<u64, orderflow_ports::ReadError> {

@@ -85,8 +85,9 @@ async fn record(tx: &ClientWrapper, order_id: OrderId, messages: &[OutboxMessage
     let events = timeline_events(messages)?;
     let columns = outbox::OutboxColumns::of(messages)?;
     let sql = format!(
-        "WITH e AS ({}) INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending) {}",
+        "WITH e AS ({}) INSERT INTO outbox {} {}",
         insert_timeline(2),
+        outbox::INSERT_COLUMNS,
         outbox::select_columns(3)
     );
     let statement = tx.prepare_cached(&sql).await?;
@@ -220,8 +221,9 @@ impl SalesStore for PgSalesStore {
                  INSERT INTO order_lines (order_id, position, sku, quantity, unit_price_minor, currency)
                  SELECT $1, *, $5 FROM unnest($9::smallint[], $10::text[], $11::int[], $12::bigint[])),
              e AS ({})
-             INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending) {}",
+             INSERT INTO outbox {} {}",
             insert_timeline(13),
+            outbox::INSERT_COLUMNS,
             outbox::select_columns(14)
         );
         let statement = tx.prepare_cached(&sql).await.map_err(place_failed)?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orderflow_domain::{CloudEvent, EventId, Money, Order, OrderId, ProductName, Shipment, ShipmentId, Sku};
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
-use orderflow_ports::outbox::{ClaimedMessage, Destination, OutboxStore};
+use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{
     ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
     SalesStore,
@@ -82,14 +82,22 @@ pub(crate) async fn delivery_store() -> Isolated<PgDeliveryStore> {
 
 #[async_trait]
 impl<S: OutboxStore> OutboxStore for Isolated<S> {
-    async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<ClaimedMessage>, ReadError> {
-        self.store.claim(limit, lease).await
+    async fn claim(
+        &self,
+        destination: Destination,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMessage>, ReadError> {
+        self.store.claim(destination, limit, lease).await
     }
-    async fn mark_published(&self, id: EventId, destination: Destination) -> Result<(), ReadError> {
-        self.store.mark_published(id, destination).await
+    async fn mark_published(&self, destination: Destination, ids: &[EventId]) -> Result<(), ReadError> {
+        self.store.mark_published(destination, ids).await
     }
-    async fn wait_for_new(&self, max_wait: Duration) {
-        self.store.wait_for_new(max_wait).await;
+    async fn release(&self, destination: Destination, ids: &[EventId]) -> Result<(), ReadError> {
+        self.store.release(destination, ids).await
+    }
+    async fn wait_for_new(&self, destination: Destination, max_wait: Duration) {
+        self.store.wait_for_new(destination, max_wait).await;
     }
     async fn purge(&self, retention: Duration) -> Result<u64, ReadError> {
         self.store.purge(retention).await

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderflow_domain::RoutingKey;
-use orderflow_ports::outbox::OutboxStore;
+use orderflow_ports::outbox::{Destination, OutboxStore};
 use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome, SalesStore};
 use tokio::task::JoinSet;
 use tokio_postgres::NoTls;
@@ -115,7 +115,10 @@ async fn a_connection_killed_mid_transaction_leaves_nothing_behind() {
     assert_eq!(store.order(order.id).await.expect("order read"), None, "no order was stored");
     assert_eq!(store.timeline(order.id).await.expect("timeline read"), None, "the order has no timeline");
     assert_eq!(levels(&store, "CRASH-1").await, (5, 0), "the reservation was rolled back");
-    assert_eq!(store.claim(100, Duration::from_secs(60)).await.expect("claimed"), vec![], "nothing to publish");
+    for destination in [Destination::Command, Destination::Audit] {
+        let owed = store.claim(destination, 100, Duration::from_secs(60)).await.expect("claimed");
+        assert_eq!(owed, vec![], "nothing to publish");
+    }
     let lines: i64 = killer.query_one("SELECT count(*) FROM order_lines", &[]).await.expect("lines read").get(0);
     assert_eq!(lines, 0, "no order lines were stored");
     let after = store.place_order(OrderDraft::new("bob").line("CRASH-1", 5).placement()).await;
