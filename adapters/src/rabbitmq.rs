@@ -190,18 +190,13 @@ impl RabbitBroker {
         })
     }
 
-    /// Whether the broker answers (for readiness).
+    /// Whether the broker answers (for readiness): a passive declaration of the exchange, which exists
+    /// once the topology is declared and costs the channel nothing.
     pub async fn ping(&self) -> bool {
         self.with_channel(|channel| async move {
-            channel
-                .queue_declare(
-                    EXCHANGE.into(),
-                    QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
-                    FieldTable::default(),
-                )
-                .await
-                .map(drop)
-                .or_else(|e| if is_not_found(&e) { Ok(()) } else { Err(boxed(e)) })
+            let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+            channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, passive, FieldTable::default()).await?;
+            Ok(())
         })
         .await
         .is_ok()
@@ -275,10 +270,6 @@ impl RabbitBroker {
         drop(connection);
         Ok(())
     }
-}
-
-fn is_not_found(error: &lapin::Error) -> bool {
-    error.to_string().contains("NOT_FOUND")
 }
 
 /// Handles one delivery and acts on the outcome: ack; or republish to the next retry level (or the

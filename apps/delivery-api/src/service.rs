@@ -73,9 +73,8 @@ impl DeliveryService {
         inbox: Option<InboxEntry>,
         traceparent: Option<String>,
     ) -> Result<Shipment, ShipmentFailure> {
-        if let Some(existing) = self.store.shipment_for_order(order.order_id).await? {
-            return Ok(existing);
-        }
+        // No read first: the store refuses a second shipment for the order, and a redelivered message is
+        // recognised by the inbox — both cases then return the shipment that exists.
         let now = self.clock.now();
         let (shipment, event) = Shipment::create(ShipmentId::from_uuid(self.ids.new_id()), order, now);
         let change = ShipmentChange {
@@ -85,9 +84,9 @@ impl DeliveryService {
             inbox,
         };
         match self.store.save(change).await {
-            Ok(_) => Ok(shipment),
-            // Another consumer created it first: theirs stands.
-            Err(ChangeError::Conflict { .. }) => {
+            Ok(ChangeOutcome::Applied) => Ok(shipment),
+            // Created before (by this message or another): that shipment stands.
+            Ok(ChangeOutcome::AlreadyProcessed) | Err(ChangeError::Conflict { .. }) => {
                 self.store.shipment_for_order(shipment.order.order_id).await?.ok_or(ShipmentFailure::NotFound)
             }
             Err(e) => Err(unexpected(e)),

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_drain;
 pub mod dev;
 pub mod dlq;
 pub mod schema;

@@ -80,6 +80,9 @@ enum BenchCommand {
     /// Place 2-line orders through the PostgreSQL Sales store with concurrent callers; print orders/s and
     /// latency percentiles. Uses (and drops) a scratch schema.
     PlaceOrders(orderflow::bench::PlaceOrdersOptions),
+    /// Preload `orders.created` and drain it with one Delivery consumer; print messages/s and handling
+    /// latency percentiles. Give it a vhost of its own in `--amqp-url`; uses (and drops) a scratch schema.
+    DrainOrdersCreated(orderflow::bench_drain::DrainOptions),
 }
 
 fn autopilot(ship_after: &str, deliver_after: &str) -> anyhow::Result<Option<AutopilotSettings>> {
@@ -134,6 +137,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench { command: BenchCommand::PlaceOrders(options) } => {
             println!("{}", orderflow::bench::place_orders(options).await?);
+        }
+        Command::Bench { command: BenchCommand::DrainOrdersCreated(options) } => {
+            println!("{}", orderflow::bench_drain::drain_orders_created(options).await?);
         }
         Command::Dlq(options) => orderflow::dlq::run(options).await?,
         Command::Audit(options) => orderflow::audit::run(options).await?,
