@@ -69,7 +69,8 @@ pub static OUTBOX_OLDEST_SECONDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static CACHE_LOOKUPS: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter("orderflow_cache_lookups_total", "Order cache lookups, by result", &["result"]));
 
-/// Requests refused by the rate limiter, and requests let through because it could not decide.
+/// Rate-limit decisions that were not a plain allow: `limited` (429), `unavailable_allowed` (the limiter
+/// could not decide and the policy let the request through), `unavailable_denied` (… and refused it).
 pub static RATE_LIMIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("orderflow_rate_limit_total", "Rate-limit decisions that were not a plain allow, by kind", &["kind"])
 });

@@ -90,10 +90,17 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Principal> 
         match limiter.check(&principal.client_id).await {
             Ok(RateDecision::Allowed { .. }) => {}
             Ok(RateDecision::Limited { retry_after }) => {
+                crate::metrics::RATE_LIMIT.with_label_values(&["limited"]).inc();
                 return Err(rate_limited(&principal.client_id, retry_after, req.data::<RateLimitQuota>()).into());
             }
-            Err(error) if context.policy == RateLimitPolicy::Deny => return Err(Problem::unavailable(&error).into()),
-            Err(error) => tracing::warn!(error = %error, "rate limiter unavailable; allowing the request"),
+            Err(error) if context.policy == RateLimitPolicy::Deny => {
+                crate::metrics::RATE_LIMIT.with_label_values(&["unavailable_denied"]).inc();
+                return Err(Problem::unavailable(&error).into());
+            }
+            Err(error) => {
+                crate::metrics::RATE_LIMIT.with_label_values(&["unavailable_allowed"]).inc();
+                tracing::warn!(error = %error, "rate limiter unavailable; allowing the request");
+            }
         }
     }
     Ok(principal)
