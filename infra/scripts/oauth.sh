@@ -16,16 +16,14 @@ state="${ORDERFLOW_STATE_DIR:-$HOME/.cache/orderflow/run}"
 # Per port, so servers on different ports can run side by side.
 pid_file="$state/oauth-$port.pid"
 log_file="$state/oauth-$port.log"
+name="the OAuth2 server"
+where="$issuer"
+# shellcheck source=daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh"
 # The lockfile's hash when node_modules was last installed from it.
 stamp="$app/node_modules/.orderflow-lock.sha256"
 
 answers() { curl -fsS -o /dev/null --max-time 2 "$issuer/.well-known/openid-configuration" 2>/dev/null; }
-
-running_pid() {
-  local pid
-  pid="$(cat "$pid_file" 2>/dev/null)" || return 1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
-}
 
 ensure_node() {
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
@@ -74,50 +72,7 @@ start() {
   # the pid recorded is node's own.
   (cd "$app" && OAUTH_PORT="$port" exec setsid node server.js >>"$log_file" 2>&1 </dev/null) &
   echo $! >"$pid_file"
-  for _ in $(seq 1 60); do
-    answers && break
-    if ! running_pid >/dev/null; then
-      echo "the OAuth2 server exited; the end of $log_file:" >&2
-      awk '/^=== /{run=""} {run=run $0 "\n"} END{printf "%s", run}' "$log_file" | tail -n 20 >&2
-      rm -f "$pid_file"
-      exit 1
-    fi
-    sleep 0.5
-  done
-  answers || { echo "the OAuth2 server does not answer on $issuer after 30 s; see $log_file" >&2; exit 1; }
-  echo "--- OAuth2 server is up (pid $(cat "$pid_file")): issuer $issuer"
+  wait_until_up
 }
 
-stop() {
-  if pid="$(running_pid)"; then
-    kill "$pid"
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-    echo "--- OAuth2 server stopped (pid $pid)"
-  else
-    echo "--- OAuth2 server is not running"
-  fi
-  rm -f "$pid_file"
-}
-
-status() {
-  if pid="$(running_pid)" && answers; then
-    echo "running (pid $pid): issuer $issuer"
-  elif pid="$(running_pid)"; then
-    echo "started (pid $pid) but not answering on $issuer; see $log_file"
-    exit 1
-  else
-    echo "not running"
-    exit 1
-  fi
-}
-
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
-  *)
-    echo "usage: $0 start|stop|status" >&2
-    exit 2
-    ;;
-esac
+dispatch "$@"
