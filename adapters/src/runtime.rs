@@ -262,7 +262,9 @@ impl Connections {
         let verifier: Arc<dyn TokenVerifier> =
             Arc::new(JwksVerifier::new(&config.oauth_issuer, &config.oauth_audience, VerifierSettings::default())?);
         let limiter = config.rate_limit.map(|(per_minute, burst)| {
-            Arc::new(RedisRateLimiter::new(redis.clone(), per_minute, burst, "orderflow")) as Arc<dyn RateLimiter>
+            // Each service counts its own requests: a client busy with one does not exhaust the other.
+            let prefix = format!("orderflow:{}", config.service.name());
+            Arc::new(RedisRateLimiter::new(redis.clone(), per_minute, burst, prefix)) as Arc<dyn RateLimiter>
         });
         let health: Vec<Arc<dyn HealthCheck>> = vec![
             Arc::new(BrokerHealth(Arc::clone(&broker))),
