@@ -15,7 +15,7 @@ use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::system::HealthCheck;
 
 use crate::auth::{JwksVerifier, VerifierSettings};
-use crate::http::RateLimitPolicy;
+use crate::http::{RateLimitPolicy, RouteLimit};
 use crate::kafka::{KafkaAuditLog, KafkaSettings};
 use crate::postgres::PgSettings;
 use crate::rabbitmq::{RabbitBroker, RabbitSettings};
@@ -127,6 +127,39 @@ impl Service {
     }
 }
 
+/// One entry of `RATE_LIMIT_ROUTES`: `METHOD PATH=PER_MINUTE/BURST`, e.g. `POST /orders=60/10` or
+/// `* /orders/*/cancel=30/5` (`*` for any method; `*` in the path for one segment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    /// The method, or `*`.
+    pub method: String,
+    /// The path pattern.
+    pub path: String,
+    /// Requests per minute on average.
+    pub per_minute: u32,
+    /// Requests at once.
+    pub burst: u32,
+}
+
+impl RouteRule {
+    fn parse(raw: &str) -> Option<Self> {
+        let (route, limit) = raw.trim().split_once('=')?;
+        let (method, path) = route.trim().split_once(' ')?;
+        let (per_minute, burst) = limit.trim().split_once('/')?;
+        let path = path.trim();
+        let method = method.trim();
+        let valid =
+            path.starts_with('/') && !method.is_empty() && method.chars().all(|c| c.is_ascii_alphabetic() || c == '*');
+        valid.then_some(())?;
+        Some(Self {
+            method: method.to_ascii_uppercase(),
+            path: path.to_owned(),
+            per_minute: per_minute.trim().parse().ok().filter(|n| *n > 0)?,
+            burst: burst.trim().parse().ok().filter(|n| *n > 0)?,
+        })
+    }
+}
+
 /// The configuration both binaries share (DESIGN.md "Configuration and modes").
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -148,6 +181,8 @@ pub struct RuntimeConfig {
     pub oauth_audience: String,
     /// `RATE_LIMIT_PER_MINUTE`, `RATE_LIMIT_BURST`; `None` when the rate is 0.
     pub rate_limit: Option<(u32, u32)>,
+    /// `RATE_LIMIT_ROUTES`: tighter per-client limits on some kinds of request.
+    pub rate_limit_routes: Vec<RouteRule>,
     /// `RATE_LIMIT_POLICY` (`allow` or `deny` when Redis is down).
     pub rate_limit_policy: RateLimitPolicy,
     /// `LOG_FORMAT`.
@@ -185,6 +220,21 @@ impl RuntimeConfig {
         kafka.replication = env.parsed("AUDIT_REPLICATION", kafka.replication)?;
         let per_minute: u32 = env.parsed("RATE_LIMIT_PER_MINUTE", 600)?;
         let burst: u32 = env.parsed("RATE_LIMIT_BURST", 50)?;
+        let rate_limit_routes = env
+            .optional("RATE_LIMIT_ROUTES")
+            .map(|raw| {
+                raw.split(',')
+                    .filter(|entry| !entry.trim().is_empty())
+                    .map(|entry| {
+                        RouteRule::parse(entry).ok_or_else(|| ConfigError {
+                            variable: "RATE_LIMIT_ROUTES",
+                            reason: format!("{entry:?} is not METHOD PATH=PER_MINUTE/BURST (e.g. POST /orders=60/10)"),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
         let rate_limit_policy = match env.optional("RATE_LIMIT_POLICY").as_deref() {
             None | Some("allow") => RateLimitPolicy::Allow,
             Some("deny") => RateLimitPolicy::Deny,
@@ -215,6 +265,7 @@ impl RuntimeConfig {
             oauth_issuer: env.required("OAUTH_ISSUER")?,
             oauth_audience: env.optional("OAUTH_AUDIENCE").unwrap_or_else(|| "orderflow".to_owned()),
             rate_limit: (per_minute > 0).then_some((per_minute, burst)),
+            rate_limit_routes,
             rate_limit_policy,
             log_format,
         })
@@ -245,6 +296,8 @@ pub struct Connections {
     pub verifier: Arc<dyn TokenVerifier>,
     /// The per-client rate limiter, when configured.
     pub limiter: Option<Arc<dyn RateLimiter>>,
+    /// The per-client limits of `RATE_LIMIT_ROUTES`, each counted on its own.
+    pub routes: Vec<RouteLimit>,
     /// What `/health/ready` checks besides the store.
     pub health: Vec<Arc<dyn HealthCheck>>,
 }
@@ -266,12 +319,27 @@ impl Connections {
             let prefix = format!("orderflow:{}", config.service.name());
             Arc::new(RedisRateLimiter::new(redis.clone(), per_minute, burst, prefix)) as Arc<dyn RateLimiter>
         });
+        let routes = config
+            .rate_limit_routes
+            .iter()
+            .map(|rule| RouteLimit {
+                method: rule.method.clone(),
+                path: rule.path.clone(),
+                limiter: Arc::new(RedisRateLimiter::new(
+                    redis.clone(),
+                    rule.per_minute,
+                    rule.burst,
+                    format!("orderflow:{}:{} {}", config.service.name(), rule.method, rule.path),
+                )),
+                burst: rule.burst,
+            })
+            .collect();
         let health: Vec<Arc<dyn HealthCheck>> = vec![
             Arc::new(BrokerHealth(Arc::clone(&broker))),
             Arc::new(AuditHealth(Arc::clone(&audit))),
             Arc::new(RedisHealth(redis.clone())),
         ];
-        Ok(Self { broker, audit, redis, verifier, limiter, health })
+        Ok(Self { broker, audit, redis, verifier, limiter, routes, health })
     }
 }
 
@@ -365,12 +433,28 @@ mod tests {
             ("AUDIT_PARTITIONS", "six"),
             ("RATE_LIMIT_PER_MINUTE", "-1"),
             ("RATE_LIMIT_POLICY", "maybe"),
+            ("RATE_LIMIT_ROUTES", "POST /orders=sixty/10"),
+            ("RATE_LIMIT_ROUTES", "/orders=60/10"),
             ("LOG_FORMAT", "xml"),
         ] {
             let mut vars = MINIMAL.to_vec();
             vars.push((variable, value));
             assert_eq!(config(&vars).unwrap_err().variable, variable, "{value}");
         }
+    }
+
+    #[test]
+    fn route_limits_are_read_as_method_path_and_limit() {
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("RATE_LIMIT_ROUTES", "post /orders=60/10, * /orders/*/cancel=30/5"));
+        let rules = config(&vars).unwrap().rate_limit_routes;
+        assert_eq!(
+            rules,
+            [
+                RouteRule { method: "POST".into(), path: "/orders".into(), per_minute: 60, burst: 10 },
+                RouteRule { method: "*".into(), path: "/orders/*/cancel".into(), per_minute: 30, burst: 5 },
+            ]
+        );
     }
 
     #[test]

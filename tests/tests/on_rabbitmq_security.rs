@@ -666,3 +666,30 @@ async fn every_response_carries_the_security_headers_and_the_docs_still_serve() 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_route_limit_applies_to_its_route_only() -> anyhow::Result<()> {
+    let redis = PrivateRedis::start()?;
+    let options = Options {
+        redis_url: Some(redis.url()),
+        rate_limit: Some((6000, 100)),
+        rate_limit_routes: Some("POST /orders=60/2"),
+        ..Options::default()
+    };
+    let s = Services::start(options).await?;
+    s.put_product("SKU-ROUTE-1", 100, 100).await?;
+
+    for n in 1..=2 {
+        let response = s.place_raw("cust-route", &[("SKU-ROUTE-1", 1)]).await?;
+        ensure!(response.status() == StatusCode::CREATED, "order {n} of the burst got {}", response.status());
+    }
+    let limited = s.place_raw("cust-route", &[("SKU-ROUTE-1", 1)]).await?;
+    ensure!(limited.status() == StatusCode::TOO_MANY_REQUESTS, "the third order got {}", limited.status());
+    let headers = limited.headers().clone();
+    ensure!(header(&headers, "ratelimit-limit") == Some("2"), "RateLimit-Limit is the route's: {headers:?}");
+    for n in 1..=5 {
+        let response = s.sales(Method::GET, "/orders?customer_id=cust-route").send().await?;
+        ensure!(response.status() == StatusCode::OK, "read {n} is not held back by the route limit");
+    }
+    Ok(())
+}

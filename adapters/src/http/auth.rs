@@ -30,8 +30,41 @@ pub struct AuthContext {
     pub verifier: Arc<dyn TokenVerifier>,
     /// Limits requests per client; `None` when rate limiting is off.
     pub limiter: Option<Arc<dyn RateLimiter>>,
+    /// Tighter limits on some kinds of request, per client, on top of `limiter`.
+    pub routes: Vec<RouteLimit>,
     /// Behaviour when the limiter fails.
     pub policy: RateLimitPolicy,
+}
+
+/// A per-client limit on one kind of request — a method and a path pattern — counted on its own, on top of
+/// the per-client limit (e.g. `POST /orders` at 60/min while reads get 600/min).
+#[derive(Clone)]
+pub struct RouteLimit {
+    /// The method (`POST`), or `*` for any.
+    pub method: String,
+    /// The path, where `*` stands for one segment (`/orders/*/cancel`).
+    pub path: String,
+    /// Its own limiter, with its own counters.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// The limiter's burst, announced as `RateLimit-Limit` on a 429.
+    pub burst: u32,
+}
+
+impl RouteLimit {
+    /// Whether a request is of this kind.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        let method_matches = self.method == "*" || self.method.eq_ignore_ascii_case(method);
+        let mut wanted = self.path.trim_end_matches('/').split('/');
+        let mut given = path.trim_end_matches('/').split('/');
+        method_matches
+            && loop {
+                match (wanted.next(), given.next()) {
+                    (None, None) => break true,
+                    (Some(w), Some(g)) if w == "*" || w == g => {}
+                    _ => break false,
+                }
+            }
+    }
 }
 
 /// The limiter's burst (how many requests a client may make at once), for the `RateLimit-Limit` header of a
@@ -86,12 +119,14 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Principal> 
         }
         Err(error) => return Err(Problem::unavailable(&error).into()),
     };
-    if let Some(limiter) = &context.limiter {
+    let client = context.limiter.iter().map(|l| (l, req.data::<RateLimitQuota>().map(|q| q.burst)));
+    let routes = context.routes.iter().filter(|r| r.matches(req.method().as_str(), req.uri().path()));
+    for (limiter, burst) in client.chain(routes.map(|r| (&r.limiter, Some(r.burst)))) {
         match limiter.check(&principal.client_id).await {
             Ok(RateDecision::Allowed { .. }) => {}
             Ok(RateDecision::Limited { retry_after }) => {
                 crate::metrics::RATE_LIMIT.with_label_values(&["limited"]).inc();
-                return Err(rate_limited(&principal.client_id, retry_after, req.data::<RateLimitQuota>()).into());
+                return Err(rate_limited(&principal.client_id, retry_after, burst).into());
             }
             Err(error) if context.policy == RateLimitPolicy::Deny => {
                 crate::metrics::RATE_LIMIT.with_label_values(&["unavailable_denied"]).inc();
@@ -108,7 +143,7 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Principal> 
 
 /// The 429: `Retry-After` (whole seconds, at least 1) and the `RateLimit-*` headers of the IETF draft
 /// "RateLimit header fields for HTTP": no request left, and when the next one is allowed.
-fn rate_limited(client_id: &str, retry_after: Duration, quota: Option<&RateLimitQuota>) -> Problem {
+fn rate_limited(client_id: &str, retry_after: Duration, burst: Option<u32>) -> Problem {
     // Whole seconds, rounded up: a client that waits exactly this long is let through.
     let seconds = retry_after.as_micros().div_ceil(1_000_000).max(1);
     let mut problem = Problem::new(
@@ -120,8 +155,8 @@ fn rate_limited(client_id: &str, retry_after: Duration, quota: Option<&RateLimit
     .with_header(header::RETRY_AFTER, seconds.to_string())
     .with_header(HeaderName::from_static("ratelimit-remaining"), "0")
     .with_header(HeaderName::from_static("ratelimit-reset"), seconds.to_string());
-    if let Some(quota) = quota {
-        problem = problem.with_header(HeaderName::from_static("ratelimit-limit"), quota.burst.to_string());
+    if let Some(burst) = burst {
+        problem = problem.with_header(HeaderName::from_static("ratelimit-limit"), burst.to_string());
     }
     problem
 }
@@ -142,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_429_says_when_to_retry_and_how_much_is_left() {
-        let problem = rate_limited("c", Duration::from_millis(900), Some(&RateLimitQuota { burst: 5 }));
+        let problem = rate_limited("c", Duration::from_millis(900), Some(5));
         assert_eq!(problem.status_code(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(header_of(&problem, "retry-after").as_deref(), Some("1"));
         assert_eq!(header_of(&problem, "ratelimit-limit").as_deref(), Some("5"));
@@ -166,5 +201,25 @@ mod tests {
         let problem = rate_limited("c", Duration::from_millis(500), None);
         assert_eq!(header_of(&problem, "ratelimit-limit"), None);
         assert_eq!(header_of(&problem, "ratelimit-remaining").as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn a_route_limit_matches_its_method_and_path_pattern_only() {
+        let limit = |method: &str, path: &str| RouteLimit {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            limiter: Arc::new(crate::memory::InMemoryRateLimiter::new(60, 1)),
+            burst: 1,
+        };
+        let cancel = limit("POST", "/orders/*/cancel");
+        assert!(cancel.matches("POST", "/orders/0191/cancel"));
+        assert!(cancel.matches("post", "/orders/0191/cancel/"));
+        assert!(!cancel.matches("GET", "/orders/0191/cancel"));
+        assert!(!cancel.matches("POST", "/orders/0191"));
+        assert!(!cancel.matches("POST", "/orders/0191/cancel/now"));
+        let any_orders = limit("*", "/orders");
+        assert!(any_orders.matches("GET", "/orders"));
+        assert!(any_orders.matches("POST", "/orders"));
+        assert!(!any_orders.matches("GET", "/orders/0191"));
     }
 }

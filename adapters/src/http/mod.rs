@@ -13,7 +13,7 @@ mod problem;
 mod ready;
 mod service;
 
-pub use auth::{AuthContext, BearerAuth, RateLimitPolicy, RateLimitQuota};
+pub use auth::{AuthContext, BearerAuth, RateLimitPolicy, RateLimitQuota, RouteLimit};
 pub use cursor::{decode_cursor, encode_cursor, page_limit, parse_id};
 pub use dlq::DlqApi;
 pub use headers::SecurityHeaders;

@@ -74,6 +74,7 @@ impl Application {
             health: connections.health,
             verifier: connections.verifier,
             limiter: connections.limiter,
+            route_limits: connections.routes,
             clock: Arc::new(SystemClock),
             ids: Arc::new(UuidV7Ids),
         };

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use orderflow_adapters::http::{AuthContext, RateLimitPolicy, RunningService, ServiceParts};
+use orderflow_adapters::http::{AuthContext, RateLimitPolicy, RouteLimit, RunningService, ServiceParts};
 use orderflow_domain::RoutingKey;
 use orderflow_ports::auth::TokenVerifier;
 use orderflow_ports::cache::OrderCache;
@@ -46,6 +46,8 @@ pub struct SalesAdapters {
     pub verifier: Arc<dyn TokenVerifier>,
     /// Per-client rate limiting; `None` = off.
     pub limiter: Option<Arc<dyn RateLimiter>>,
+    /// Tighter per-client limits on some kinds of request.
+    pub route_limits: Vec<RouteLimit>,
     /// The time.
     pub clock: Arc<dyn Clock>,
     /// Fresh ids.
@@ -111,6 +113,7 @@ impl Application {
             auth: AuthContext {
                 verifier: adapters.verifier,
                 limiter: adapters.limiter,
+                routes: adapters.route_limits,
                 policy: settings.rate_limit_policy,
             },
             rate_limit_burst: settings.rate_limit_burst,

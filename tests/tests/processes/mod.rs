@@ -60,6 +60,8 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// `RATE_LIMIT_PER_MINUTE` and `RATE_LIMIT_BURST` of both, instead of no rate limit.
     pub rate_limit: Option<(u32, u32)>,
+    /// `RATE_LIMIT_ROUTES` of both services, when set.
+    pub rate_limit_routes: Option<&'static str>,
     /// `OAUTH_ISSUER` of both, and where the test's tokens come from, instead of [`issuer`].
     pub issuer: Option<String>,
 }
@@ -73,6 +75,7 @@ impl Default for Options {
             kafka_brokers: None,
             redis_url: None,
             rate_limit: None,
+            rate_limit_routes: None,
             issuer: None,
         }
     }
@@ -175,6 +178,7 @@ impl Services {
                 ("OAUTH_ISSUER", options.issuer.clone().unwrap_or_else(issuer)),
                 ("RATE_LIMIT_PER_MINUTE", options.rate_limit.map_or(0, |(per_minute, _)| per_minute).to_string()),
                 ("RATE_LIMIT_BURST", options.rate_limit.map_or(1, |(_, burst)| burst).to_string()),
+                ("RATE_LIMIT_ROUTES", options.rate_limit_routes.unwrap_or_default().to_owned()),
                 ("HTTP_ADDR", format!("127.0.0.1:{port}")),
                 ("LOG_FORMAT", "json".to_owned()),
                 ("RUST_LOG", "info".to_owned()),
