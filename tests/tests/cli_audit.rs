@@ -1,7 +1,8 @@
 //! `orderflow audit timeline|tail` run as the real binary against Kafka (tansu on 127.0.0.1:9092, started
 //! by the test command), each test on a fresh topic of its own filled through the Kafka audit adapter.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -16,18 +17,9 @@ const BROKERS: &str = "127.0.0.1:9092";
 /// How long one CLI run may take before the test fails (and the process is killed).
 const CLI_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The `orderflow` binary, built next to the test executable's directory (`target/debug`).
-fn binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|deps| deps.parent()).context("no target directory")?;
-    let path = dir.join("orderflow");
-    ensure!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
-    Ok(path)
-}
-
 /// Runs `orderflow args…` to completion, failing when it takes longer than [`CLI_DEADLINE`].
 async fn orderflow(args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = tokio::process::Command::new(binary()?);
+    let mut command = tokio::process::Command::new(support::workspace_binary("orderflow")?);
     command
         .args(args)
         .env_remove("KAFKA_BROKERS")

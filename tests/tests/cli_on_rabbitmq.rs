@@ -2,7 +2,8 @@
 //! vhost of its own (deleted at the end). These tests use the shared broker, so they run one at a time
 //! with the other broker tests (nextest group `rabbitmq`, matched by this file's name).
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -64,18 +65,9 @@ impl Drop for Vhost {
     }
 }
 
-/// The `orderflow` binary, built next to the test executable's directory (`target/debug`).
-fn binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|deps| deps.parent()).context("no target directory")?;
-    let path = dir.join("orderflow");
-    ensure!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
-    Ok(path)
-}
-
 /// Runs `orderflow args…` to completion, failing when it takes longer than [`CLI_DEADLINE`].
 async fn orderflow(args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = tokio::process::Command::new(binary()?);
+    let mut command = tokio::process::Command::new(support::workspace_binary("orderflow")?);
     command
         .args(args)
         .env_remove("AMQP_URL")

@@ -8,8 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
-use futures::StreamExt;
+use anyhow::ensure;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
@@ -167,23 +166,9 @@ async fn a_command_delivered_twice_changes_state_once() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Places `count` orders, 16 at a time, and returns their ids.
-async fn place_many(s: &Services, count: usize, prefix: &str) -> anyhow::Result<Vec<String>> {
-    let results: Vec<anyhow::Result<String>> = futures::stream::iter(0..count)
-        .map(|i| async move { s.place(&format!("{prefix}-{i}"), SKU, 1).await })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    results.into_iter().collect()
-}
-
 /// Waits until every order is delivered, then checks each went through its lifecycle exactly once.
 async fn all_delivered_once(s: &Services, ids: &[String], within: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + within;
-    for id in ids {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        s.wait_for_status(id, "delivered", left).await.with_context(|| format!("order {id}"))?;
-    }
+    s.wait_all_delivered(ids, within).await?;
     for id in ids {
         let timeline = s.timeline(id).await?;
         // `orders.shipped` and `orders.delivered` travel on different queues, so a delivery may overtake its
@@ -202,9 +187,9 @@ async fn all_delivered_once(s: &Services, ids: &[String], within: Duration) -> a
 async fn every_order_completes_once_when_the_broker_restarts_mid_flow() -> anyhow::Result<()> {
     let s = Services::start(Options { autopilot: Some(("100ms", "100ms")), ..Options::default() }).await?;
     s.put_product(SKU, 100, 1_000).await?;
-    let first = place_many(&s, 250, "restart-a").await?;
+    let first = s.place_many(250, "restart-a", SKU).await?;
     processes::rabbitmqctl_restart().await?;
-    let second = place_many(&s, 250, "restart-b").await?;
+    let second = s.place_many(250, "restart-b", SKU).await?;
     let ids: Vec<String> = first.into_iter().chain(second).collect();
     all_delivered_once(&s, &ids, Duration::from_secs(150)).await?;
     assert_eq!(s.stock(SKU).await?, (500, 0));
@@ -215,9 +200,9 @@ async fn every_order_completes_once_when_the_broker_restarts_mid_flow() -> anyho
 async fn every_order_completes_once_when_delivery_is_killed_mid_flow() -> anyhow::Result<()> {
     let mut s = Services::start(Options { autopilot: Some(("100ms", "100ms")), ..Options::default() }).await?;
     s.put_product(SKU, 100, 1_000).await?;
-    let first = place_many(&s, 150, "crash-a").await?;
+    let first = s.place_many(150, "crash-a", SKU).await?;
     s.kill_delivery();
-    let second = place_many(&s, 150, "crash-b").await?;
+    let second = s.place_many(150, "crash-b", SKU).await?;
     s.restart_delivery().await?;
     let ids: Vec<String> = first.into_iter().chain(second).collect();
     all_delivered_once(&s, &ids, Duration::from_secs(150)).await?;

@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use futures::StreamExt;
 use orderflow_adapters::kafka::{AuditReader, AuditRecord, HEADER_ID, KafkaSettings, ReadOptions};
 use processes::{Options, Services};
 use uuid::Uuid;
@@ -30,30 +29,6 @@ const SALES_LIFECYCLE: [&str; 4] = [
 /// The audit events Delivery appends for the same order's shipment, in the order they happen.
 const DELIVERY_LIFECYCLE: [&str; 3] =
     ["orderflow.shipment.created.v1", "orderflow.shipment.shipped.v1", "orderflow.shipment.delivered.v1"];
-
-fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// Places `count` orders, 16 at a time, and returns their ids.
-async fn place_many(s: &Services, count: usize, prefix: &str) -> anyhow::Result<Vec<String>> {
-    let results: Vec<anyhow::Result<String>> = futures::stream::iter(0..count)
-        .map(|i| async move { s.place(&format!("{prefix}-{i}"), SKU, 1).await })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    results.into_iter().collect()
-}
-
-/// Waits until every order is delivered.
-async fn all_delivered(s: &Services, ids: &[String], within: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + within;
-    for id in ids {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        s.wait_for_status(id, "delivered", left).await.with_context(|| format!("order {id}"))?;
-    }
-    Ok(())
-}
 
 /// The settings an analyst's client would use for the test's topic.
 fn kafka_settings(s: &Services) -> KafkaSettings {
@@ -162,8 +137,8 @@ fn check_trail(trail: &Trail, orders: &[String]) -> anyhow::Result<usize> {
 async fn every_event_of_every_order_reaches_the_audit_topic_in_lifecycle_order() -> anyhow::Result<()> {
     let s = Services::start(Options { autopilot: Some(("100ms", "100ms")), ..Options::default() }).await?;
     s.put_product(SKU, 100, 1_000).await?;
-    let ids = place_many(&s, 50, "audit").await?;
-    all_delivered(&s, &ids, Duration::from_secs(60)).await?;
+    let ids = s.place_many(50, "audit", SKU).await?;
+    s.wait_all_delivered(&ids, Duration::from_secs(60)).await?;
     let trail = read_trail(&s, &ids, Duration::from_secs(60)).await?;
     let duplicates = check_trail(&trail, &ids)?;
     let ours: BTreeSet<&String> = ids.iter().collect();
@@ -260,17 +235,17 @@ async fn orders_complete_while_kafka_is_down_and_the_audit_trail_completes_after
         ..Options::default()
     })
     .await?;
-    let (db, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await?;
+    let (db, connection) = tokio_postgres::connect(&processes::database_url(), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     s.put_product(SKU, 100, 1_000).await?;
 
-    let before = place_many(&s, 10, "kafka-up").await?;
-    all_delivered(&s, &before, Duration::from_secs(30)).await?;
+    let before = s.place_many(10, "kafka-up", SKU).await?;
+    s.wait_all_delivered(&before, Duration::from_secs(30)).await?;
     audit_drained(&db, &s, Duration::from_secs(30)).await.context("with Kafka up")?;
 
     kafka.run("stop").await?;
-    let during = place_many(&s, 20, "kafka-down").await?;
-    all_delivered(&s, &during, Duration::from_secs(45)).await.context("orders placed while Kafka is down")?;
+    let during = s.place_many(20, "kafka-down", SKU).await?;
+    s.wait_all_delivered(&during, Duration::from_secs(45)).await.context("orders placed while Kafka is down")?;
     // Still down: the orders completed over RabbitMQ while their audit records wait in the outboxes, and
     // a send is no acknowledgement.
     let pending = audit_pending_total(&db, &s).await?;
@@ -281,8 +256,8 @@ async fn orders_complete_while_kafka_is_down_and_the_audit_trail_completes_after
     println!("{pending} audit records wait in the outboxes while Kafka is down");
 
     kafka.run("start").await?;
-    let after = place_many(&s, 10, "kafka-back").await?;
-    all_delivered(&s, &after, Duration::from_secs(30)).await?;
+    let after = s.place_many(10, "kafka-back", SKU).await?;
+    s.wait_all_delivered(&after, Duration::from_secs(30)).await?;
     // The relays retry with back-off (at most 10 s) and a send in flight when the broker returned fails
     // only after the 30 s message timeout; then the topic is recreated and a new producer drains the rest.
     audit_drained(&db, &s, Duration::from_secs(60)).await.context("after Kafka is back")?;

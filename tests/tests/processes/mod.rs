@@ -10,18 +10,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{eventually, expect_status, order_body, string};
+use crate::support::{eventually, expect_status, order_body, string, workspace_binary};
 
 /// The OAuth2 server the test command starts (`infra/scripts/oauth.sh start`).
 pub fn issuer() -> String {
     std::env::var("OAUTH_ISSUER").unwrap_or_else(|_| "http://127.0.0.1:9000".to_owned())
 }
 
-fn database_url() -> String {
+/// The PostgreSQL server of the tests.
+pub fn database_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
@@ -30,15 +32,6 @@ fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
         Command::new("rabbitmqctl").args(args).stdout(Stdio::null()).status().context("running rabbitmqctl")?;
     ensure!(status.success(), "rabbitmqctl {args:?} failed");
     Ok(())
-}
-
-/// A binary of this workspace, next to the test executable's directory (`target/debug`).
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|deps| deps.parent()).context("no target directory")?;
-    let path = dir.join(name);
-    ensure!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
-    Ok(path)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -96,7 +89,7 @@ impl Service {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(binary(self.name)?)
+        let child = Command::new(workspace_binary(self.name)?)
             .env_clear()
             .envs(std::env::vars().filter(|(k, _)| k == "PATH" || k == "HOME"))
             .envs(self.env.iter().cloned())
@@ -316,6 +309,26 @@ impl Services {
     pub async fn place(&self, customer: &str, sku: &str, quantity: i64) -> anyhow::Result<String> {
         let response = self.place_raw(customer, &[(sku, quantity)]).await?;
         string(&expect_status(response, StatusCode::CREATED).await?["id"])
+    }
+
+    /// Places `count` single-unit orders of `sku`, 16 at a time, and returns their ids.
+    pub async fn place_many(&self, count: usize, prefix: &str, sku: &str) -> anyhow::Result<Vec<String>> {
+        let results: Vec<anyhow::Result<String>> = futures::stream::iter(0..count)
+            .map(|i| async move { self.place(&format!("{prefix}-{i}"), sku, 1).await })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Waits until every order is delivered, for at most `within` in all.
+    pub async fn wait_all_delivered(&self, ids: &[String], within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        for id in ids {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.wait_for_status(id, "delivered", left).await.with_context(|| format!("order {id}"))?;
+        }
+        Ok(())
     }
 
     /// The order's status, as Sales reports it.

@@ -223,6 +223,16 @@ pub async fn fetch_token(http: &reqwest::Client, token_url: &str, id: &str, secr
     string(&body["access_token"])
 }
 
+/// A binary of this workspace, next to the test executable's directory (`target/debug`); the test
+/// command builds every binary before the tests run.
+pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|deps| deps.parent()).context("no target directory")?;
+    let path = dir.join(name);
+    ensure!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
+    Ok(path)
+}
+
 /// A valid `POST /orders` body.
 pub fn order_body(customer: &str, lines: &[(&str, i64)]) -> Value {
     json!({
