@@ -2,7 +2,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p sales-api -p delivery-api -p orderflow
+# Two builds: built together, cargo would unify features and link orderflow's dev issuer into the services.
+RUN cargo build --release --locked -p sales-api -p delivery-api && cargo build --release --locked -p orderflow
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*

@@ -374,7 +374,18 @@ async fn each_scope_allows_exactly_its_endpoints() -> anyhow::Result<()> {
 }
 
 async fn assert_refused(s: &Services, origin: &str, token: &str, what: &str) -> anyhow::Result<()> {
-    let response = s.http.get(format!("{origin}/products")).bearer_auth(token).send().await?;
+    assert_refused_at(s, &format!("{origin}/products"), token, what).await
+}
+
+/// Sales and Delivery verify tokens each on its own: both must refuse.
+async fn assert_refused_by_both(s: &Services, token: &str, what: &str) -> anyhow::Result<()> {
+    let (sales, delivery) = origins(s)?;
+    assert_refused_at(s, &format!("{sales}/orders"), token, &format!("sales-api: {what}")).await?;
+    assert_refused_at(s, &format!("{delivery}/shipments"), token, &format!("delivery-api: {what}")).await
+}
+
+async fn assert_refused_at(s: &Services, url: &str, token: &str, what: &str) -> anyhow::Result<()> {
+    let response = s.http.get(url).bearer_auth(token).send().await?;
     let status = response.status();
     let challenge = header(response.headers(), WWW_AUTHENTICATE.as_str()).unwrap_or_default().to_owned();
     let body = response.text().await?;
@@ -451,6 +462,31 @@ async fn foreign_expired_and_other_issuer_tokens_are_refused() -> anyhow::Result
     ] {
         assert_refused(&s, &sales, &trusted.sign(&claims(&changes))?, what).await?;
     }
+    // Registered claims of the wrong type, or missing, with every value otherwise acceptable: each service
+    // must refuse them itself (CVE-2026-25537 let a string `nbf` through).
+    let later = now + 3600;
+    let admin = ("scope", json!("orders:read shipments:read admin"));
+    let control = trusted.sign(&claims(std::slice::from_ref(&admin)))?;
+    let (_, delivery) = origins(&s)?;
+    for url in [format!("{sales}/orders"), format!("{delivery}/shipments")] {
+        let response = s.http.get(&url).bearer_auth(&control).send().await?;
+        expect_status(response, StatusCode::OK).await.with_context(|| format!("the control token at {url}"))?;
+    }
+    for (what, changes) in [
+        ("a string nbf an hour ahead", vec![("nbf", json!(later.to_string()))]),
+        ("a string nbf in the past", vec![("nbf", json!((now - 5).to_string()))]),
+        ("a null nbf", vec![("nbf", Value::Null)]),
+        ("a string exp", vec![("exp", json!(later.to_string()))]),
+        ("a string iat", vec![("iat", json!(now.to_string()))]),
+        ("a numeric aud", vec![("aud", json!(7))]),
+        ("an aud array holding a number", vec![("aud", json!(["orderflow", 7]))]),
+        ("a scope array", vec![("scope", json!(["orders:read", "shipments:read"]))]),
+    ] {
+        assert_refused_by_both(&s, &trusted.sign(&claims(&[vec![admin.clone()], changes].concat()))?, what).await?;
+    }
+    let mut no_exp = claims(std::slice::from_ref(&admin));
+    no_exp.as_object_mut().context("claims are an object")?.remove("exp");
+    assert_refused_by_both(&s, &trusted.sign(&no_exp)?, "a token without exp").await?;
     // And the shared oidc-provider's tokens are another issuer's here.
     let shared = token_from(&processes::issuer(), "sales-client").await?;
     assert_refused(&s, &sales, &shared, "a token from the shared oidc-provider").await?;

@@ -239,24 +239,75 @@ impl TokenVerifier for JwksVerifier {
         if !key.algorithms.contains(&header.alg) {
             return Err(invalid(format!("algorithm {:?} does not match key {kid:?}", header.alg)));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation(header.alg)).map_err(rejection)?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &self.validation(header.alg))
+            .map_err(rejection)?;
+        // The signature and the claims' values are checked; now their types, all of them, so that a claim a
+        // library cannot read is never mistaken for an absent one (a string `nbf` once let tokens in early).
+        let claims: Claims = serde_path_to_error::deserialize(data.claims)
+            .map_err(|e| invalid(format!("claim {} is malformed: {}", e.path(), e.inner())))?;
         // jsonwebtoken also accepts an array `iss` that merely contains ours; RFC 7519 allows one issuer only.
-        if data.claims.iss != self.issuer {
+        if claims.iss != self.issuer {
             return Err(invalid("the token is from another issuer"));
         }
-        principal(data.claims)
+        principal(claims)
     }
 }
 
-/// The claims we read beyond those `jsonwebtoken` validates.
+/// Every claim we rely on, typed as RFC 7519 and RFC 8693 define it. Present claims of another type, `null`
+/// included, make the token invalid. `exp`, `nbf`, `iat` and `aud` are read for their type only: their values
+/// were compared with the clock and our audience by `jsonwebtoken`.
 #[derive(Deserialize)]
 struct Claims {
     iss: String,
+    #[serde(rename = "exp")]
+    _exp: NumericDate,
+    #[serde(rename = "nbf", default, deserialize_with = "present")]
+    _nbf: Option<NumericDate>,
+    #[serde(rename = "iat", default, deserialize_with = "present")]
+    _iat: Option<NumericDate>,
+    #[serde(rename = "aud")]
+    _aud: Audience,
+    #[serde(default, deserialize_with = "present")]
     sub: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     client_id: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     azp: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     scope: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     scp: Option<Scp>,
+}
+
+/// RFC 7519 §2: seconds since the epoch as a JSON number, possibly fractional. Never a string.
+struct NumericDate;
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        f64::deserialize(deserializer).map(|_| Self)
+    }
+}
+
+/// RFC 7519 §4.1.3: one audience, or an array of them.
+struct Audience;
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(_) => Ok(Self),
+            serde_json::Value::Array(items) if items.iter().all(serde_json::Value::is_string) => Ok(Self),
+            _ => Err(serde::de::Error::custom("expected a string or an array of strings")),
+        }
+    }
+}
+
+/// An optional claim that, when present, must have its type: unlike a bare `Option`, refuses `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// `scp` is an array in Azure AD and Okta tokens, a space-separated string in some others.

@@ -302,6 +302,44 @@ async fn a_token_whose_nbf_is_in_the_future_is_refused() -> Result<()> {
 }
 
 #[tokio::test]
+async fn registered_claims_of_the_wrong_type_or_missing_are_refused() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+    let good = good_claims(&issuer);
+    let later = now() + 3600;
+    let cases = [
+        // The CVE-2026-25537 token: a not-before an hour ahead, written as a string.
+        ("a string nbf in the future", with(good.clone(), "nbf", json!(later.to_string()))),
+        ("a string nbf in the past", with(good.clone(), "nbf", json!((now() - 60).to_string()))),
+        ("a null nbf", with(good.clone(), "nbf", Value::Null)),
+        ("a string exp", with(good.clone(), "exp", json!(later.to_string()))),
+        ("a boolean exp", with(good.clone(), "exp", json!(true))),
+        ("a null exp", with(good.clone(), "exp", Value::Null)),
+        ("no exp", without(good.clone(), "exp")),
+        ("a string iat", with(good.clone(), "iat", json!(now().to_string()))),
+        ("an object iat", with(good.clone(), "iat", json!({"at": now()}))),
+        ("a numeric aud", with(good.clone(), "aud", json!(42))),
+        ("an aud array holding a number", with(good.clone(), "aud", json!([AUDIENCE, 42]))),
+        ("no aud", without(good.clone(), "aud")),
+        ("a scope array", with(good.clone(), "scope", json!(["orders:read"]))),
+        ("a numeric scope", with(good.clone(), "scope", json!(7))),
+        ("a null scope", with(good.clone(), "scope", Value::Null)),
+        ("a numeric sub", with(good.clone(), "sub", json!(12))),
+        ("an array iss", with(good.clone(), "iss", json!([issuer.issuer_url()]))),
+    ];
+    for (what, claims) in cases {
+        assert_invalid(verifier.verify(&issuer.sign(&claims)?).await, what)?;
+    }
+
+    // NumericDate may be fractional (RFC 7519 §2), and a token without the optional claims is fine.
+    let fractional = with(good.clone(), "exp", json!(now() as f64 + 300.5));
+    verifier.verify(&issuer.sign(&fractional)?).await.context("a fractional exp")?;
+    let minimal = without(without(good, "iat"), "scope");
+    verifier.verify(&issuer.sign(&minimal)?).await.context("no iat, nbf or scope")?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_tampered_payload_is_refused() -> Result<()> {
     let issuer = start_issuer().await?;
     let verifier = verifier_for(&issuer, VerifierSettings::default())?;
