@@ -12,7 +12,7 @@ fn adapter_features_of(package: &str) -> anyhow::Result<Vec<String>> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("tests/ has a parent")?;
     let output = Command::new(env!("CARGO"))
         .current_dir(workspace)
-        .args(["tree", "--locked", "--offline", "-p", package, "-e", "features", "-i", "orderflow-adapters"])
+        .args(["tree", "--locked", "-p", package, "-e", "features", "-i", "orderflow-adapters"])
         .args(["--prefix", "none", "--format", "{p} {f}"])
         .output()
         .context("running cargo tree")?;
