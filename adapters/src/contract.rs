@@ -47,6 +47,7 @@ macro_rules! delivery_store_contract {
             changing_with_a_stale_version_is_a_conflict,
             changing_an_unknown_shipment_is_not_found,
             a_redelivered_message_is_already_processed,
+            a_batch_commits_what_applies_and_refuses_the_rest_alone,
             shipments_filter_by_status_and_updated_before_and_page_keyset,
         );
     };

@@ -17,7 +17,7 @@ use orderflow_domain::{CloudEvent, RoutingKey};
 use orderflow_ports::BoxError;
 use orderflow_ports::messaging::{
     AdminError, CommandConsumer, CommandPublisher, ConsumeError, ConsumerShutdown, DeadLetter, DeadLetterAdmin,
-    DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError,
+    DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError, Published,
 };
 use tokio::sync::Mutex;
 
@@ -157,11 +157,32 @@ async fn publish_confirmed(
             properties,
         )
         .await?;
-    match confirm.await? {
+    confirmed(confirm.await?, routing_key)
+}
+
+/// Reads the broker's verdict on one published message.
+fn confirmed(confirmation: Confirmation, routing_key: &str) -> Result<(), BoxError> {
+    match confirmation {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(Box::new(BrokerRefused::Unroutable(routing_key.to_owned()))),
         Confirmation::Nack(_) | Confirmation::NotRequested => Err(Box::new(BrokerRefused::Nacked)),
     }
+}
+
+/// A command as it goes on the wire: the CloudEvent as the body, its id as the message id, persistent.
+fn command_message(event: &CloudEvent) -> Result<(Vec<u8>, BasicProperties), BoxError> {
+    let body = serde_json::to_vec(event)?;
+    let mut headers = FieldTable::default();
+    if let Some(traceparent) = &event.traceparent {
+        headers.insert("traceparent".into(), long_string(traceparent));
+    }
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(event.id.to_string()))
+        .with_content_type(CONTENT_TYPE.into())
+        .with_type(ShortString::from(event.event_type.clone()))
+        .with_headers(headers);
+    Ok((body, properties))
 }
 
 /// The broker, as both services use it: publisher, consumer and dead-letter operations. Connections are
@@ -209,24 +230,32 @@ impl RabbitBroker {
         F: FnOnce(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, BoxError>>,
     {
+        let result = work(self.publishing_channel().await?).await;
+        if result.is_err() {
+            self.forget_channel().await;
+        }
+        result
+    }
+
+    /// The publishing channel, opened (and the topology declared) when there is none or it broke.
+    async fn publishing_channel(&self) -> Result<Channel, BoxError> {
         let mut guard = self.publisher.lock().await;
-        let channel = match guard.as_ref() {
+        match guard.as_ref() {
             Some((connection, channel)) if connection.status().connected() && channel.status().connected() => {
-                channel.clone()
+                Ok(channel.clone())
             }
             _ => {
                 let (connection, channel) = open_channel(&self.settings.url).await?;
                 declare(&channel, &self.queues, &self.settings.retry_delays).await?;
                 *guard = Some((connection, channel.clone()));
-                channel
+                Ok(channel)
             }
-        };
-        drop(guard);
-        let result = work(channel).await;
-        if result.is_err() {
-            *self.publisher.lock().await = None;
         }
-        result
+    }
+
+    /// Drops the publishing channel after a failure, so the next use opens a fresh one.
+    async fn forget_channel(&self) {
+        *self.publisher.lock().await = None;
     }
 
     async fn consume_once(
@@ -336,22 +365,61 @@ async fn settle(
 #[async_trait]
 impl CommandPublisher for RabbitBroker {
     async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError> {
-        let body = serde_json::to_vec(event).map_err(|e| PublishError::Unexpected(boxed(e)))?;
-        let mut headers = FieldTable::default();
-        if let Some(traceparent) = &event.traceparent {
-            headers.insert("traceparent".into(), long_string(traceparent));
+        match self.publish_all(&[(key, event)]).await.failure {
+            Some(error) => Err(error),
+            None => Ok(()),
         }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(event.id.to_string()))
-            .with_content_type(CONTENT_TYPE.into())
-            .with_type(ShortString::from(event.event_type.clone()))
-            .with_headers(headers);
-        self.with_channel(|channel| async move {
-            publish_confirmed(&channel, EXCHANGE, key.as_str(), &body, properties).await
-        })
-        .await
-        .map_err(PublishError::Unexpected)
+    }
+
+    async fn publish_all(&self, events: &[(RoutingKey, &CloudEvent)]) -> Published {
+        let mut published = Published { confirmed: vec![false; events.len()], failure: None };
+        let channel = match self.publishing_channel().await {
+            Ok(channel) => channel,
+            Err(error) => {
+                published.failure = Some(PublishError::Unexpected(error));
+                return published;
+            }
+        };
+        // Send everything first: the broker confirms as it goes, so waiting afterwards costs one round.
+        let mut confirms = Vec::with_capacity(events.len());
+        let mut broken = None;
+        for (key, event) in events {
+            let sent = match command_message(event) {
+                Ok((body, properties)) => channel
+                    .basic_publish(
+                        EXCHANGE.into(),
+                        key.as_str().into(),
+                        BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                        &body,
+                        properties,
+                    )
+                    .await
+                    .map_err(boxed),
+                Err(error) => Err(error),
+            };
+            match sent {
+                Ok(confirm) => confirms.push(confirm),
+                // The channel is gone, or the event cannot be sent: what follows would overtake it.
+                Err(error) => {
+                    broken = Some(error);
+                    break;
+                }
+            }
+        }
+        let verdicts = futures::future::join_all(confirms).await;
+        for ((verdict, (key, _)), ok) in verdicts.into_iter().zip(events).zip(&mut published.confirmed) {
+            match verdict.map_err(boxed).and_then(|confirmation| confirmed(confirmation, key.as_str())) {
+                Ok(()) => *ok = true,
+                Err(error) => {
+                    published.failure.get_or_insert(PublishError::Unexpected(error));
+                }
+            }
+        }
+        if let Some(error) = broken {
+            self.forget_channel().await;
+            published.failure.get_or_insert(PublishError::Unexpected(error));
+        }
+        published
     }
 }
 

@@ -48,6 +48,27 @@ pub trait DeliveryStore: OutboxStore {
     /// and nothing is written.
     async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError>;
 
+    /// Saves several changes, each with the outcome [`DeliveryStore::save`] would give it, in one
+    /// transaction where the store has them: one commit for the lot. A change that conflicts or finds no
+    /// shipment leaves nothing behind (its inbox entry included) and the others still commit. The default
+    /// saves them one by one.
+    ///
+    /// # Errors
+    /// [`ChangeError::Unexpected`] when the store fails; then none of the changes is committed.
+    async fn save_all(
+        &self,
+        changes: Vec<ShipmentChange>,
+    ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in changes {
+            match self.save(change).await {
+                Err(ChangeError::Unexpected(error)) => return Err(ChangeError::Unexpected(error)),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// One shipment.
     ///
     /// # Errors

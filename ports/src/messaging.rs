@@ -25,6 +25,33 @@ pub trait CommandPublisher: Send + Sync {
     /// # Errors
     /// [`PublishError::Unexpected`] when the broker did not confirm; the caller must not assume delivery.
     async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError>;
+
+    /// Publishes `events` in their order and reports which the broker confirmed. Sent together and
+    /// confirmed together, a batch costs one confirm round (one fsync on a quorum queue), not one per event.
+    /// Events of one order stay in order: they travel one channel. The default sends one after another and
+    /// stops at the first failure.
+    async fn publish_all(&self, events: &[(RoutingKey, &CloudEvent)]) -> Published {
+        let mut published = Published { confirmed: vec![false; events.len()], failure: None };
+        for ((key, event), confirmed) in events.iter().zip(&mut published.confirmed) {
+            match self.publish(*key, event).await {
+                Ok(()) => *confirmed = true,
+                Err(error) => {
+                    published.failure = Some(error);
+                    break;
+                }
+            }
+        }
+        published
+    }
+}
+
+/// What became of a batch given to [`CommandPublisher::publish_all`].
+#[derive(Debug)]
+pub struct Published {
+    /// Per event, in the batch's order: whether the broker confirmed it.
+    pub confirmed: Vec<bool>,
+    /// The first failure, when some event was not confirmed.
+    pub failure: Option<PublishError>,
 }
 
 /// Appends events to the audit stream analysts read (Kafka in production).

@@ -1,6 +1,7 @@
 //! The transactional outbox: messages written with the state change that caused them, and the relay that
 //! publishes them afterwards through the command-publisher and audit-log ports.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,8 +113,8 @@ impl Default for RelaySettings {
     }
 }
 
-/// Publishes committed outbox rows, one loop per destination: commands in commit order, each confirmed by
-/// the broker before the next; audit records of different orders concurrently, each order's in order.
+/// Publishes committed outbox rows, one loop per destination: commands in commit order, a claimed batch
+/// sent at once and its confirms awaited together; audit records of different orders concurrently, each order's in order.
 /// A destination's rows are marked published only after the broker acknowledged them. At least once: a
 /// crash between publish and mark sends the rows again, and consumers de-duplicate on the message id.
 pub struct OutboxRelay {
@@ -196,18 +197,22 @@ impl OutboxRelay {
         Err(error.into())
     }
 
-    /// Commands one after the other: a broker that refuses one is likely to refuse the next.
+    /// The whole batch at once, in commit order on one channel, its confirms awaited together. What the
+    /// broker confirmed is marked even if something before it failed: it is queued, and sending it again
+    /// would only add a duplicate.
     async fn publish_commands(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
-        let mut published = Vec::with_capacity(rows.len());
-        for row in rows {
-            if let Some(key) = row.command
-                && let Err(error) = self.commands.publish(key, &row.event).await
-            {
-                return (published, Some(error));
-            }
-            published.push(row.id());
-        }
-        (published, None)
+        let commands: Vec<(RoutingKey, &CloudEvent)> =
+            rows.iter().filter_map(|row| row.command.map(|key| (key, &row.event))).collect();
+        let outcome = self.commands.publish_all(&commands).await;
+        let confirmed: HashSet<EventId> =
+            commands.iter().zip(outcome.confirmed).filter(|(_, ok)| *ok).map(|((_, event), _)| event.id).collect();
+        // A row claimed for commands without a routing key owes nothing to the broker.
+        let published = rows
+            .iter()
+            .filter(|row| row.command.is_none() || confirmed.contains(&row.id()))
+            .map(OutboxMessage::id)
+            .collect();
+        (published, outcome.failure)
     }
 
     /// Audit records of different orders concurrently, each order's one after the other: a record is sent

@@ -175,6 +175,62 @@ pub async fn a_redelivered_message_is_already_processed(store: Arc<dyn DeliveryS
     );
 }
 
+/// A batch commits every change that applies; a stale one, an unknown one and a redelivered one in the
+/// same batch each get their own outcome and leave nothing behind — not even the stale change's inbox
+/// entry, so its message is processed when it comes again.
+pub async fn a_batch_commits_what_applies_and_refuses_the_rest_alone(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let now = super::fixtures::now;
+    let (a, b, stale_base) = (
+        save(store, creation(OrderId::from_uuid(Uuid::now_v7()), now())).await,
+        save(store, creation(OrderId::from_uuid(Uuid::now_v7()), now())).await,
+        save(store, creation(OrderId::from_uuid(Uuid::now_v7()), now())).await,
+    );
+    let moved_on = save(store, shipping(&stale_base, now())).await;
+    let mut seen = shipping(&b, now());
+    seen.inbox = Some(inbox("msg-seen", "orders.cancel_requested"));
+    store.save_all(vec![]).await.expect("an empty batch is fine");
+    owed(store).await;
+    let (never_saved, _) =
+        Shipment::create(ShipmentId::from_uuid(Uuid::now_v7()), paid_order(OrderId::from_uuid(Uuid::now_v7())), now());
+    let mut stale = change_of(&stale_base, stale_base.clone().cancel(now()), now());
+    stale.inbox = Some(inbox("msg-stale", "orders.cancel_requested"));
+    let mut redelivered = shipping(&b, now());
+    redelivered.inbox = Some(inbox("msg-seen", "orders.cancel_requested"));
+    store.save(seen).await.expect("the first delivery is applied");
+    let shipped_b = store.shipment(b.id).await.expect("read").expect("b exists");
+    owed(store).await;
+    let ship_a = shipping(&a, now());
+    let shipped_a = ship_a.shipment.clone();
+    let ship_a_messages = message_ids(&ship_a.messages);
+
+    let outcomes = store
+        .save_all(vec![ship_a, stale, shipping(&never_saved, now()), redelivered])
+        .await
+        .expect("the batch is committed");
+
+    assert!(matches!(outcomes[0], Ok(ChangeOutcome::Applied)), "a ships: {:?}", outcomes[0]);
+    assert!(matches!(outcomes[1], Err(ChangeError::Conflict { .. })), "stale: {:?}", outcomes[1]);
+    assert!(matches!(outcomes[2], Err(ChangeError::NotFound)), "unknown: {:?}", outcomes[2]);
+    assert!(matches!(outcomes[3], Ok(ChangeOutcome::AlreadyProcessed)), "redelivered: {:?}", outcomes[3]);
+    assert_eq!(outcomes.len(), 4);
+    assert_eq!(store.shipment(a.id).await.expect("read"), Some(shipped_a), "a is shipped");
+    assert_eq!(
+        store.shipment(stale_base.id).await.expect("read"),
+        Some(moved_on.clone()),
+        "the stale change wrote nothing"
+    );
+    assert_eq!(store.shipment(b.id).await.expect("read"), Some(shipped_b), "the redelivery wrote nothing");
+    assert_eq!(owed(store).await, ship_a_messages, "only the applied change's messages are owed");
+    let mut again = change_of(&moved_on, moved_on.clone().deliver(now()).expect("a shipped one delivers"), now());
+    again.inbox = Some(inbox("msg-stale", "orders.cancel_requested"));
+    assert_eq!(
+        store.save(again).await.expect("saved"),
+        ChangeOutcome::Applied,
+        "the stale change's inbox entry was taken back with it"
+    );
+}
+
 async fn pages(store: &dyn DeliveryStore, query: ShipmentQuery) -> Vec<Vec<Shipment>> {
     let mut pages = Vec::new();
     let mut query = query;

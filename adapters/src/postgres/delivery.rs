@@ -8,7 +8,7 @@ use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
 
 use super::outbox::{self, pg_outbox_store};
-use super::{Database, PgSettings, PgSetupError, Service, from_json};
+use super::{Database, PgSettings, PgSetupError, Service, Tx, from_json};
 
 /// Delivery persistence in PostgreSQL.
 #[derive(Clone)]
@@ -51,65 +51,105 @@ fn read_failed(error: impl Into<BoxError>) -> ReadError {
     ReadError::Unexpected(error.into())
 }
 
+/// Writes one change inside `tx`: the inbox entry, the shipment, its outbox rows. A conflict or a missing
+/// shipment is reported before anything but the inbox entry is written.
+async fn write(tx: &Tx, change: &ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
+    if !outbox::claim_inbox(tx, change.inbox.as_ref()).await.map_err(failed)? {
+        return Ok(ChangeOutcome::AlreadyProcessed);
+    }
+    let s = &change.shipment;
+    let version = i32::try_from(s.version).map_err(failed)?;
+    let carrier = s.carrier.as_ref().map(Carrier::as_str);
+    let tracking = s.tracking_number.as_ref().map(TrackingNumber::as_str);
+    let written = match change.expected_version {
+        None => {
+            let order = serde_json::to_value(&s.order).map_err(failed)?;
+            tx.execute(
+                "INSERT INTO shipments (id, order_id, status, carrier, tracking_number, order_data, version,
+                                        created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING",
+                &[
+                    &s.id.as_uuid(),
+                    &s.order.order_id.as_uuid(),
+                    &s.status.as_str(),
+                    &carrier,
+                    &tracking,
+                    &order,
+                    &version,
+                    &s.created_at,
+                    &s.updated_at,
+                ],
+            )
+            .await
+            .map_err(failed)?
+        }
+        Some(expected) => {
+            let expected = i32::try_from(expected).map_err(failed)?;
+            tx.execute(
+                "UPDATE shipments SET status = $2, carrier = $3, tracking_number = $4, version = $5,
+                     updated_at = $6
+                 WHERE id = $1 AND version = $7",
+                &[&s.id.as_uuid(), &s.status.as_str(), &carrier, &tracking, &version, &s.updated_at, &expected],
+            )
+            .await
+            .map_err(failed)?
+        }
+    };
+    if written == 0 {
+        let exists = tx.query_opt("SELECT 1 FROM shipments WHERE id = $1", &[&s.id.as_uuid()]).await.map_err(failed)?;
+        return Err(match (change.expected_version, exists) {
+            (Some(_), None) => ChangeError::NotFound,
+            (expected, _) => ChangeError::Conflict { expected: expected.unwrap_or(0) },
+        });
+    }
+    outbox::insert(tx, &change.messages).await.map_err(ChangeError::Unexpected)?;
+    Ok(ChangeOutcome::Applied)
+}
+
 #[async_trait]
 impl DeliveryStore for PgDeliveryStore {
     async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
         let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
-        if !outbox::claim_inbox(&tx, change.inbox.as_ref()).await.map_err(failed)? {
-            return Ok(ChangeOutcome::AlreadyProcessed);
-        }
-        let s = &change.shipment;
-        let version = i32::try_from(s.version).map_err(failed)?;
-        let carrier = s.carrier.as_ref().map(Carrier::as_str);
-        let tracking = s.tracking_number.as_ref().map(TrackingNumber::as_str);
-        let written = match change.expected_version {
-            None => {
-                let order = serde_json::to_value(&s.order).map_err(failed)?;
-                tx.execute(
-                    "INSERT INTO shipments (id, order_id, status, carrier, tracking_number, order_data, version,
-                                            created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING",
-                    &[
-                        &s.id.as_uuid(),
-                        &s.order.order_id.as_uuid(),
-                        &s.status.as_str(),
-                        &carrier,
-                        &tracking,
-                        &order,
-                        &version,
-                        &s.created_at,
-                        &s.updated_at,
-                    ],
-                )
-                .await
-                .map_err(failed)?
+        let outcome = write(&tx, &change).await?;
+        if outcome == ChangeOutcome::Applied {
+            tx.commit().await.map_err(failed)?;
+            if !change.messages.is_empty() {
+                self.db.outbox_committed();
             }
-            Some(expected) => {
-                let expected = i32::try_from(expected).map_err(failed)?;
-                tx.execute(
-                    "UPDATE shipments SET status = $2, carrier = $3, tracking_number = $4, version = $5,
-                         updated_at = $6
-                     WHERE id = $1 AND version = $7",
-                    &[&s.id.as_uuid(), &s.status.as_str(), &carrier, &tracking, &version, &s.updated_at, &expected],
-                )
-                .await
-                .map_err(failed)?
-            }
-        };
-        if written == 0 {
-            let exists =
-                tx.query_opt("SELECT 1 FROM shipments WHERE id = $1", &[&s.id.as_uuid()]).await.map_err(failed)?;
-            return Err(match (change.expected_version, exists) {
-                (Some(_), None) => ChangeError::NotFound,
-                (expected, _) => ChangeError::Conflict { expected: expected.unwrap_or(0) },
-            });
         }
-        outbox::insert(&tx, &change.messages).await.map_err(ChangeError::Unexpected)?;
+        Ok(outcome)
+    }
+
+    async fn save_all(
+        &self,
+        changes: Vec<ShipmentChange>,
+    ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
+        let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in &changes {
+            // Only an inbox entry can be written before a change turns out not to apply; a savepoint
+            // takes it back without losing the rest of the batch.
+            if change.inbox.is_some() {
+                tx.batch_execute("SAVEPOINT change").await.map_err(failed)?;
+            }
+            match write(&tx, change).await {
+                Err(ChangeError::Unexpected(error)) => return Err(ChangeError::Unexpected(error)),
+                Err(refused) if change.inbox.is_some() => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT change").await.map_err(failed)?;
+                    outcomes.push(Err(refused));
+                }
+                outcome => outcomes.push(outcome),
+            }
+        }
         tx.commit().await.map_err(failed)?;
-        if !change.messages.is_empty() {
+        let wrote_messages = changes
+            .iter()
+            .zip(&outcomes)
+            .any(|(change, outcome)| !change.messages.is_empty() && matches!(outcome, Ok(ChangeOutcome::Applied)));
+        if wrote_messages {
             self.db.outbox_committed();
         }
-        Ok(ChangeOutcome::Applied)
+        Ok(outcomes)
     }
 
     async fn shipment(&self, id: ShipmentId) -> Result<Option<Shipment>, ReadError> {

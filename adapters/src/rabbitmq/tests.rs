@@ -138,6 +138,49 @@ async fn publishing_to_a_key_no_queue_is_bound_to_is_an_error() {
     assert!(broker.publish(RoutingKey::OrdersCreated, &event()).await.is_ok(), "the publisher recovers");
 }
 
+/// The message ids waiting in `queue`, front to back, taken off it (no consumer may be running).
+async fn take_all(vhost: &TestVhost, queue: RoutingKey) -> Vec<String> {
+    let (connection, channel) = super::open_channel(&vhost.settings(&[100]).url).await.unwrap();
+    let mut ids = Vec::new();
+    let options = lapin::options::BasicGetOptions { no_ack: true };
+    while let Some(message) = channel.basic_get(queue.as_str().into(), options).await.unwrap() {
+        ids.push(message.delivery.properties.message_id().as_ref().map(|id| id.to_string()).unwrap_or_default());
+    }
+    let _ = connection.close(200, "done".into()).await;
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_confirmed_as_a_whole_and_queued_in_its_order() {
+    let vhost = TestVhost::new();
+    let queue = RoutingKey::OrdersCancelRequested;
+    let broker = RabbitBroker::connect(vhost.settings(&[100]), &[queue]).await.unwrap();
+    let events: Vec<CloudEvent> = (0..200).map(|_| event()).collect();
+    let batch: Vec<(RoutingKey, &CloudEvent)> = events.iter().map(|event| (queue, event)).collect();
+
+    let published = broker.publish_all(&batch).await;
+
+    assert!(published.failure.is_none(), "{:?}", published.failure);
+    assert_eq!(published.confirmed, vec![true; events.len()]);
+    let sent: Vec<String> = events.iter().map(|event| event.id.to_string()).collect();
+    assert_eq!(take_all(&vhost, queue).await, sent, "one channel keeps the batch's order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_command_in_a_batch_fails_alone_and_the_rest_is_confirmed() {
+    let vhost = TestVhost::new();
+    let broker = RabbitBroker::connect(vhost.settings(&[100]), &[RoutingKey::OrdersCreated]).await.unwrap();
+    let (first, stray, last) = (event(), event(), event());
+    let batch =
+        [(RoutingKey::OrdersCreated, &first), (RoutingKey::OrdersShipped, &stray), (RoutingKey::OrdersCreated, &last)];
+
+    let published = broker.publish_all(&batch).await;
+
+    assert_eq!(published.confirmed, [true, false, true]);
+    assert!(published.failure.is_some(), "the unroutable command is reported");
+    assert!(broker.publish(RoutingKey::OrdersCreated, &event()).await.is_ok(), "the publisher carries on");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_failure_is_dead_lettered_without_retries() {
     let vhost = TestVhost::new();

@@ -142,6 +142,40 @@ impl DeliveryService {
         Err(ShipmentFailure::Contended)
     }
 
+    /// Applies `transition` to each of `shipments` as they were read and commits every change in one
+    /// transaction. A shipment someone changed since is left as it is (whoever asks again sees it anew);
+    /// a transition the state machine refuses is skipped. Returns how many shipments changed.
+    ///
+    /// # Errors
+    /// [`ShipmentFailure::Unexpected`] when the store fails; then nothing changed.
+    pub async fn transition_all(
+        &self,
+        shipments: Vec<Shipment>,
+        transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
+    ) -> Result<usize, ShipmentFailure> {
+        let now = self.clock.now();
+        let changes: Vec<ShipmentChange> = shipments
+            .into_iter()
+            .filter_map(|shipment| {
+                let version = shipment.version;
+                match transition(shipment, now) {
+                    Ok(Step::Applied { state, event }) => Some(ShipmentChange {
+                        shipment: state,
+                        expected_version: Some(version),
+                        messages: self.messages(event.outgoing(), now, None),
+                        inbox: None,
+                    }),
+                    Ok(Step::Unchanged(_)) | Err(_) => None,
+                }
+            })
+            .collect();
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let outcomes = self.store.save_all(changes).await.map_err(unexpected)?;
+        Ok(outcomes.iter().filter(|outcome| matches!(outcome, Ok(ChangeOutcome::Applied))).count())
+    }
+
     fn messages(&self, outgoing: Outgoing, at: Timestamp, traceparent: Option<String>) -> Vec<OutboxMessage> {
         let id = EventId::from_uuid(self.ids.new_id());
         vec![OutboxMessage::from_outgoing(outgoing, id, Source::Delivery, at, traceparent)]

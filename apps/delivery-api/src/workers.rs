@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_domain::events::{CancelRequested, OrderCreated};
-use orderflow_domain::{Carrier, CloudEvent, Payload, ShipmentStatus, TrackingNumber};
+use orderflow_domain::{Carrier, CloudEvent, Payload, ShipmentStatus, Step, TrackingNumber};
 use orderflow_ports::delivery::ShipmentQuery;
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 
@@ -50,6 +50,9 @@ impl MessageHandler for OrderCommands {
     }
 }
 
+/// Shipments the autopilot advances per transaction.
+const BATCH: usize = 256;
+
 /// Ships and delivers shipments by itself after set delays, for demos and benchmarks.
 #[derive(Debug, Clone, Copy)]
 pub struct AutopilotSettings {
@@ -77,27 +80,24 @@ pub async fn autopilot(service: DeliveryService, settings: AutopilotSettings) {
     }
 }
 
+/// Advances every shipment that has been in `status` for `after`, a page at a time, each page in one
+/// transaction.
 async fn advance(service: &DeliveryService, status: ShipmentStatus, after: Duration) -> Result<(), ShipmentFailure> {
     let cutoff = service.clock.now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-    let query = ShipmentQuery { status: Some(status), updated_before: Some(cutoff), limit: 100, after: None };
+    let query = ShipmentQuery { status: Some(status), updated_before: Some(cutoff), limit: BATCH, after: None };
     let due = service.store.shipments(query).await?;
-    for shipment in due.items {
-        let target = Target::Shipment(shipment.id);
-        let result = match status {
+    let carrier = Carrier::parse("autopilot").map_err(|e| ShipmentFailure::Unexpected(Box::new(e)))?;
+    service
+        .transition_all(due.items, |shipment, at| match status {
             ShipmentStatus::Pending => {
                 let tracking = format!("AUTO-{}", shipment.id.as_uuid().simple());
-                let (Ok(carrier), Ok(tracking)) = (Carrier::parse("autopilot"), TrackingNumber::parse(&tracking))
-                else {
-                    continue;
-                };
-                service.transition(target, None, None, |s, at| s.ship(carrier.clone(), tracking.clone(), at)).await
+                match TrackingNumber::parse(&tracking) {
+                    Ok(tracking) => shipment.ship(carrier.clone(), tracking, at),
+                    Err(_) => Ok(Step::Unchanged(shipment)),
+                }
             }
-            _ => service.transition(target, None, None, |s, at| s.deliver(at)).await,
-        };
-        match result {
-            Ok(_) | Err(ShipmentFailure::NotAllowed(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
+            _ => shipment.deliver(at),
+        })
+        .await?;
     Ok(())
 }
