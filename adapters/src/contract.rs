@@ -64,6 +64,7 @@ macro_rules! outbox_store_contract {
     ($new:expr) => {
         $crate::__contract_tests!(outbox, $new;
             claimed_rows_come_in_commit_order,
+            the_command_backlog_counts_owed_commands_and_ages_from_the_oldest,
             a_claimed_row_is_not_claimed_again_until_its_lease_expires,
             a_released_row_is_claimed_again_first,
             a_row_marked_for_all_its_destinations_is_not_claimed_again,

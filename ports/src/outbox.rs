@@ -73,11 +73,27 @@ pub trait OutboxStore: Send + Sync {
     /// neither polls hot nor adds latency.
     async fn wait_for_new(&self, destination: Destination, max_wait: Duration);
 
+    /// The commands still owed to the broker: how many, and how long the oldest has waited. Read often
+    /// (back-pressure samples it several times a second), so it must be cheap.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails.
+    async fn command_backlog(&self) -> Result<Backlog, ReadError>;
+
     /// Deletes fully published rows and inbox entries older than `retention`; returns how many went.
     ///
     /// # Errors
     /// [`ReadError::Unexpected`] when the store fails; nothing is lost, the purge runs again later.
     async fn purge(&self, retention: Duration) -> Result<u64, ReadError>;
+}
+
+/// Outbox rows still owed to one destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// How many.
+    pub rows: u64,
+    /// How long the oldest has been waiting; zero when there is none.
+    pub oldest: Duration,
 }
 
 /// Settings of an [`OutboxRelay`].

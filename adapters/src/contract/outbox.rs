@@ -107,6 +107,25 @@ async fn owed(outbox: &dyn OutboxStore, destination: Destination, lease: Duratio
     message_ids(&outbox.claim(destination, 100, lease).await.expect("claimed"))
 }
 
+/// The command backlog counts the rows still owed to the broker — claimed or not, audit-only rows not —
+/// and ages from the oldest of them; marking them published empties it.
+pub async fn the_command_backlog_counts_owed_commands_and_ages_from_the_oldest(fixture: Arc<dyn OutboxFixture>) {
+    let outbox = fixture.outbox();
+    assert_eq!(outbox.command_backlog().await.expect("backlog read"), Default::default(), "empty at first");
+    fixture.write(vec![message(Some(RoutingKey::OrdersCreated), true), message(None, true)]).await;
+    tokio::time::sleep(PAST_SHORT).await;
+    fixture.write(vec![message(Some(RoutingKey::OrdersShipped), false)]).await;
+    let claimed = owed(outbox.as_ref(), Destination::Command, LONG).await;
+
+    let backlog = outbox.command_backlog().await.expect("backlog read");
+
+    assert_eq!(backlog.rows, 2, "both commands, claimed or not, and not the audit-only row");
+    assert!(backlog.oldest >= PAST_SHORT, "the oldest command waited {:?}", backlog.oldest);
+    assert!(backlog.oldest < LONG, "the oldest command waited {:?}", backlog.oldest);
+    outbox.mark_published(Destination::Command, &claimed).await.expect("marked");
+    assert_eq!(outbox.command_backlog().await.expect("backlog read"), Default::default(), "nothing owed");
+}
+
 /// Claims return rows oldest first, across and within writes, at most `limit` of them; rows still leased
 /// are skipped by the next claim. Each destination sees only the rows owed to it.
 pub async fn claimed_rows_come_in_commit_order(fixture: Arc<dyn OutboxFixture>) {

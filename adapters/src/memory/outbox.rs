@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use orderflow_domain::EventId;
-use orderflow_ports::outbox::{Destination, OutboxMessage};
+use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage};
 use tokio::sync::Notify;
 
 /// One destination's state of a row: whether it is still owed, and until when a relay holds it.
@@ -17,6 +17,7 @@ struct Row {
     message: OutboxMessage,
     command: Owed,
     audit: Owed,
+    written_at: Instant,
 }
 
 /// Outbox rows in commit order. Fully published rows are dropped at once: nothing reads them back.
@@ -32,7 +33,7 @@ impl OutboxRows {
             let audit = Owed { pending: message.audit, claimed_until: None };
             // A message bound nowhere has nothing to publish; keeping it would be claimed forever.
             if command.pending || audit.pending {
-                self.rows.push(Row { message, command, audit });
+                self.rows.push(Row { message, command, audit, written_at: Instant::now() });
             }
         }
     }
@@ -41,7 +42,7 @@ impl OutboxRows {
         let now = Instant::now();
         self.rows
             .iter_mut()
-            .filter_map(|Row { message, command, audit }| {
+            .filter_map(|Row { message, command, audit, .. }| {
                 let owed = match destination {
                     Destination::Command => command,
                     Destination::Audit => audit,
@@ -73,6 +74,13 @@ impl OutboxRows {
                 Destination::Audit => row.audit.claimed_until = None,
             }
         }
+    }
+
+    pub(super) fn command_backlog(&self) -> Backlog {
+        let mut owed = self.rows.iter().filter(|row| row.command.pending).peekable();
+        // Rows are in commit order, so the first owed one is the oldest.
+        let oldest = owed.peek().map(|row| row.written_at.elapsed()).unwrap_or_default();
+        Backlog { rows: u64::try_from(owed.count()).unwrap_or(u64::MAX), oldest }
     }
 
     pub(super) fn len(&self) -> usize {
@@ -140,6 +148,10 @@ macro_rules! outbox_store {
                 max_wait: std::time::Duration,
             ) {
                 self.written.wait(destination, max_wait).await;
+            }
+
+            async fn command_backlog(&self) -> Result<orderflow_ports::outbox::Backlog, orderflow_ports::ReadError> {
+                Ok(super::lock(&self.state).outbox.command_backlog())
             }
 
             /// Published rows are dropped the moment they are marked, and the inbox of an in-memory

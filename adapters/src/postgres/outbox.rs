@@ -7,7 +7,7 @@ use std::time::Duration;
 use deadpool_postgres::ClientWrapper;
 use futures::StreamExt;
 use orderflow_domain::{CloudEvent, EventId, RoutingKey};
-use orderflow_ports::outbox::{Destination, OutboxMessage};
+use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage};
 use orderflow_ports::{BoxError, ReadError};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -168,6 +168,23 @@ pub(super) async fn release(db: &Database, destination: Destination, ids: &[Even
     Ok(())
 }
 
+/// How many commands are owed and the age of the oldest, from the partial index of owed rows.
+pub(super) async fn command_backlog(db: &Database) -> Result<Backlog, ReadError> {
+    let client = db.client().await.map_err(ReadError::Unexpected)?;
+    let statement = client
+        .prepare_cached(
+            "SELECT (SELECT count(*) FROM outbox WHERE command_pending),
+                    COALESCE((SELECT extract(epoch FROM now() - created_at) FROM outbox WHERE command_pending
+                              ORDER BY seq LIMIT 1), 0)::float8",
+        )
+        .await
+        .map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    let row = client.query_one(&statement, &[]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    let rows = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let oldest = Duration::try_from_secs_f64(row.get::<_, f64>(1)).unwrap_or_default();
+    Ok(Backlog { rows, oldest })
+}
+
 /// Deletes published outbox rows and inbox rows older than `retention`; returns how many rows went.
 pub(super) async fn purge(db: &Database, retention: Duration) -> Result<u64, ReadError> {
     let client = db.client().await.map_err(ReadError::Unexpected)?;
@@ -313,6 +330,10 @@ macro_rules! pg_outbox_store {
                     orderflow_ports::outbox::Destination::Audit => &self.db.outbox_written.1,
                 };
                 let _ = tokio::time::timeout(max_wait, written.notified()).await;
+            }
+
+            async fn command_backlog(&self) -> Result<orderflow_ports::outbox::Backlog, orderflow_ports::ReadError> {
+                super::outbox::command_backlog(&self.db).await
             }
 
             async fn purge(&self, retention: std::time::Duration) -> Result<u64, orderflow_ports::ReadError> {

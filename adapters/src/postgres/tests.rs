@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orderflow_domain::{CloudEvent, EventId, Money, Order, OrderId, ProductName, Shipment, ShipmentId, Sku};
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
-use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
+use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{
     ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
     SalesStore,
@@ -98,6 +98,9 @@ impl<S: OutboxStore> OutboxStore for Isolated<S> {
     }
     async fn wait_for_new(&self, destination: Destination, max_wait: Duration) {
         self.store.wait_for_new(destination, max_wait).await;
+    }
+    async fn command_backlog(&self) -> Result<Backlog, ReadError> {
+        self.store.command_backlog().await
     }
     async fn purge(&self, retention: Duration) -> Result<u64, ReadError> {
         self.store.purge(retention).await

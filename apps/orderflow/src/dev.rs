@@ -24,6 +24,7 @@ use orderflow_ports::outbox::RelaySettings;
 use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::sales::SalesStore;
 use orderflow_ports::system::Clock;
+use sales_api::pressure::PressureLimits;
 use sales_api::{SalesAdapters, SalesSettings};
 
 /// The audience the dev issuer mints tokens for and the services expect.
@@ -50,6 +51,8 @@ pub struct DevOptions {
     pub seed_catalogue: bool,
     /// Keep the services' state in PostgreSQL instead of memory.
     pub postgres: Option<DevPostgres>,
+    /// When Sales refuses new orders for back-pressure (off by default).
+    pub pressure: PressureLimits,
 }
 
 /// Where `orderflow dev` keeps state when asked to use PostgreSQL.
@@ -78,6 +81,7 @@ impl Default for DevOptions {
             rate_limit: None,
             seed_catalogue: true,
             postgres: None,
+            pressure: PressureLimits::default(),
         }
     }
 }
@@ -160,6 +164,7 @@ impl DevStack {
                 http_addr: options.sales_addr,
                 relay: relay.clone(),
                 rate_limit_burst: options.rate_limit.map(|(_, burst)| burst),
+                pressure: options.pressure,
                 ..SalesSettings::default()
             },
             SalesAdapters {

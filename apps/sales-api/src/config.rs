@@ -11,6 +11,7 @@ use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_ports::outbox::RelaySettings;
 
+use crate::pressure::PressureLimits;
 use crate::{Application, SalesAdapters, SalesSettings};
 
 /// How long a cached order lives without being written again; writes keep it fresh, this only bounds
@@ -24,6 +25,8 @@ pub struct SalesConfig {
     pub runtime: RuntimeConfig,
     /// `PAYMENT_DECLINE_ABOVE_MINOR`, `PAYMENT_LATENCY`, `PAYMENT_TRANSIENT_FAILURE_RATE`.
     pub payment: PaymentSettings,
+    /// `OUTBOX_BACKLOG_LIMIT`, `OUTBOX_MAX_AGE`: back-pressure, off unless set.
+    pub pressure: PressureLimits,
 }
 
 impl SalesConfig {
@@ -47,6 +50,13 @@ impl SalesConfig {
                 latency: env.duration("PAYMENT_LATENCY", Some(defaults.latency))?.unwrap_or_default(),
                 transient_failure_rate: rate,
             },
+            pressure: PressureLimits {
+                backlog: match env.optional("OUTBOX_BACKLOG_LIMIT") {
+                    None => None,
+                    Some(_) => Some(env.parsed("OUTBOX_BACKLOG_LIMIT", 0)?),
+                },
+                max_age: env.duration("OUTBOX_MAX_AGE", None)?,
+            },
         })
     }
 }
@@ -66,6 +76,7 @@ impl Application {
             relay: RelaySettings::default(),
             rate_limit_policy: runtime.rate_limit_policy,
             rate_limit_burst: runtime.rate_limit.map(|(_, burst)| burst),
+            pressure: config.pressure,
         };
         let adapters = SalesAdapters {
             store,

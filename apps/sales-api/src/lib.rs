@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod http;
+pub mod pressure;
 pub mod service;
 pub mod workers;
 
@@ -14,12 +15,13 @@ use orderflow_domain::RoutingKey;
 use orderflow_ports::auth::TokenVerifier;
 use orderflow_ports::cache::OrderCache;
 use orderflow_ports::messaging::{AuditLog, CommandConsumer, CommandPublisher, DeadLetterAdmin, MessageHandler};
-use orderflow_ports::outbox::{OutboxRelay, RelaySettings};
+use orderflow_ports::outbox::{OutboxRelay, OutboxStore, RelaySettings};
 use orderflow_ports::payment::PaymentGateway;
 use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::sales::SalesStore;
 use orderflow_ports::system::{Clock, HealthCheck, IdGenerator};
 
+use crate::pressure::{BackPressure, PressureLimits};
 use crate::service::SalesService;
 use crate::workers::{DeliveryReports, PaymentWorker};
 
@@ -65,6 +67,8 @@ pub struct SalesSettings {
     pub rate_limit_policy: RateLimitPolicy,
     /// `RATE_LIMIT_BURST`, announced as `RateLimit-Limit` on a 429; `None` when there is no limit.
     pub rate_limit_burst: Option<u32>,
+    /// When to refuse new orders for back-pressure (off by default).
+    pub pressure: PressureLimits,
 }
 
 impl Default for SalesSettings {
@@ -74,12 +78,17 @@ impl Default for SalesSettings {
             relay: RelaySettings::default(),
             rate_limit_policy: RateLimitPolicy::Allow,
             rate_limit_burst: None,
+            pressure: PressureLimits::default(),
         }
     }
 }
 
-/// A running Sales service: HTTP server, consumers and outbox relay. Dropping it stops them all.
-pub struct Application(RunningService);
+/// A running Sales service: HTTP server, consumers, outbox relay and back-pressure. Dropping it stops
+/// them all.
+pub struct Application {
+    running: RunningService,
+    _watch: Option<Watch>,
+}
 
 impl Application {
     /// Binds the listener and starts the server, the consumers and the relay.
@@ -87,12 +96,14 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or the metrics cannot be registered.
     pub async fn build(settings: SalesSettings, adapters: SalesAdapters) -> anyhow::Result<Self> {
+        let pressure = Arc::new(BackPressure::new(settings.pressure));
         let service = SalesService {
             store: adapters.store.clone(),
             cache: adapters.cache,
             payments: adapters.payments,
             clock: adapters.clock,
             ids: adapters.ids,
+            pressure: pressure.clone(),
         };
         let payment: Arc<dyn MessageHandler> = Arc::new(PaymentWorker { service: service.clone() });
         let reports: Arc<dyn MessageHandler> = Arc::new(DeliveryReports { service: service.clone() });
@@ -104,6 +115,11 @@ impl Application {
             .collect();
         let mut health = vec![Arc::new(Database(adapters.store.clone())) as Arc<dyn HealthCheck>];
         health.extend(adapters.health);
+        let watch = settings.pressure.any().then(|| {
+            health.push(pressure.clone());
+            let outbox: Arc<dyn OutboxStore> = adapters.store.clone();
+            Watch(tokio::spawn(pressure.watch(outbox)))
+        });
         let parts = ServiceParts {
             name: "orderflow Sales API",
             version: env!("CARGO_PKG_VERSION"),
@@ -126,17 +142,17 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!(e))
             .with_context(|| format!("starting the Sales API on {}", settings.http_addr))?;
-        Ok(Self(running))
+        Ok(Self { running, _watch: watch })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.0.addr()
+        self.running.addr()
     }
 
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
-        self.0.addr().port()
+        self.running.addr().port()
     }
 
     /// Runs until SIGTERM or Ctrl-C, then settles the messages in flight (see [`RunningService`]).
@@ -144,7 +160,17 @@ impl Application {
     /// # Errors
     /// When the signal handler cannot be installed or the server panicked.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.0.run_until_stopped().await.map_err(|e| anyhow::anyhow!(e))
+        let Self { running, _watch } = self;
+        running.run_until_stopped().await.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// The back-pressure sampler, stopped with the service.
+struct Watch(tokio::task::JoinHandle<()>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

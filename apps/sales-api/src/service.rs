@@ -18,6 +18,8 @@ use orderflow_ports::sales::{
 use orderflow_ports::system::{Clock, IdGenerator};
 use orderflow_ports::{BoxError, ReadError};
 
+use crate::pressure::BackPressure;
+
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: chrono::Duration = chrono::Duration::hours(24);
 
@@ -36,6 +38,9 @@ pub enum PlaceOrderError {
     /// The catalogue could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// Back-pressure: the back end is too far behind to take more orders now.
+    #[error("overloaded: the command outbox is further behind than configured")]
+    Overloaded,
 }
 
 /// Why a transition of an existing order did not happen.
@@ -77,6 +82,8 @@ pub struct SalesService {
     pub clock: Arc<dyn Clock>,
     /// Fresh ids.
     pub ids: Arc<dyn IdGenerator>,
+    /// Whether new orders are to be refused for now.
+    pub pressure: Arc<BackPressure>,
 }
 
 impl SalesService {
@@ -90,6 +97,9 @@ impl SalesService {
         idempotency: Option<(String, String, String)>,
         traceparent: Option<String>,
     ) -> Result<PlaceOutcome, PlaceOrderError> {
+        if self.pressure.overloaded() {
+            return Err(PlaceOrderError::Overloaded);
+        }
         let skus: Vec<Sku> = request.lines.iter().map(|(sku, _)| sku.clone()).collect();
         let prices: HashMap<Sku, _> =
             self.store.products_by_sku(&skus).await?.into_iter().map(|p| (p.sku, p.price)).collect();

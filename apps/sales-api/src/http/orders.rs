@@ -3,7 +3,7 @@
 use orderflow_adapters::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
 use orderflow_domain::{OrderId, OrderStatus};
 use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome};
-use poem::http::StatusCode;
+use poem::http::{StatusCode, header};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
@@ -191,6 +191,13 @@ fn place_failed(error: PlaceOrderError) -> poem::Error {
             "a request with this Idempotency-Key is still being processed; retry shortly",
         )
         .with_field("Idempotency-Key"),
+        PlaceOrderError::Overloaded => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Overloaded",
+            "orders are arriving faster than they can be processed; retry after the given delay",
+        )
+        .with_header(header::RETRY_AFTER, "1"),
         other => Problem::internal(&other),
     };
     problem.into()
