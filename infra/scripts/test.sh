@@ -26,6 +26,9 @@ cargo fmt --all -- --check
 echo "--- cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+echo "--- cargo check of each service alone (as the Dockerfile builds them: no features unified with the CLI)"
+cargo check --locked -p sales-api -p delivery-api
+
 echo "--- cargo build (the end-to-end tests run the service binaries as processes)"
 cargo build --workspace --bins --all-features --locked
 
