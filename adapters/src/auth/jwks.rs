@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,6 +58,9 @@ pub struct JwksVerifier {
     keys: RwLock<HashMap<String, Arc<VerifyingKey>>>,
     /// Held for the whole of a fetch: this is what coalesces concurrent refreshes and rate-limits them.
     refresh: Mutex<RefreshState>,
+    /// Tokens verified lately: a client sends the same token with every request for its lifetime, and
+    /// checking its signature again each time was the largest single cost of a request.
+    verified: std::sync::Mutex<VerifiedTokens>,
 }
 
 impl fmt::Debug for JwksVerifier {
@@ -126,6 +129,7 @@ impl JwksVerifier {
             http,
             keys: RwLock::new(HashMap::new()),
             refresh: Mutex::new(RefreshState::default()),
+            verified: std::sync::Mutex::new(VerifiedTokens::default()),
         })
     }
 
@@ -228,6 +232,10 @@ impl JwksVerifier {
 #[async_trait]
 impl TokenVerifier for JwksVerifier {
     async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(principal) = self.verified.lock().unwrap_or_else(PoisonError::into_inner).get(token, Instant::now())
+        {
+            return Ok(principal);
+        }
         // Everything up to the key lookup uses only the unverified header, and only to pick a key: nothing in it
         // is trusted beyond that.
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
@@ -249,18 +257,58 @@ impl TokenVerifier for JwksVerifier {
         if claims.iss != self.issuer {
             return Err(invalid("the token is from another issuer"));
         }
-        principal(claims)
+        let expires_in = Duration::try_from_secs_f64(claims.exp.0 - unix_now()).unwrap_or_default();
+        let principal = principal(claims)?;
+        let until = Instant::now() + expires_in.min(REVERIFY_AFTER);
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner).insert(token, principal.clone(), until);
+        Ok(principal)
     }
 }
 
+/// How long a verified token is trusted without checking it again (never beyond its `exp`): also how
+/// long a key the issuer withdrew keeps vouching for the tokens it signed that were already seen.
+const REVERIFY_AFTER: Duration = Duration::from_secs(60);
+
+/// At most this many tokens are remembered; a flood of distinct tokens empties the memory rather than
+/// growing it.
+const VERIFIED_CAPACITY: usize = 10_000;
+
+/// Tokens that verified, with what they granted and until when that may be reused.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: HashMap<String, (Principal, Instant)>,
+}
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, now: Instant) -> Option<Principal> {
+        self.entries.get(token).filter(|(_, until)| now < *until).map(|(principal, _)| principal.clone())
+    }
+
+    fn insert(&mut self, token: &str, principal: Principal, until: Instant) {
+        if self.entries.len() >= VERIFIED_CAPACITY {
+            let now = Instant::now();
+            self.entries.retain(|_, (_, until)| now < *until);
+            if self.entries.len() >= VERIFIED_CAPACITY {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(token.to_owned(), (principal, until));
+    }
+}
+
+/// Seconds since the epoch, as `exp` counts them.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
 /// Every claim we rely on, typed as RFC 7519 and RFC 8693 define it. Present claims of another type, `null`
-/// included, make the token invalid. `exp`, `nbf`, `iat` and `aud` are read for their type only: their values
-/// were compared with the clock and our audience by `jsonwebtoken`.
+/// included, make the token invalid. `nbf`, `iat` and `aud` are read for their type only: their values were
+/// compared with the clock and our audience by `jsonwebtoken`; `exp` also bounds how long the token is
+/// remembered as verified.
 #[derive(Deserialize)]
 struct Claims {
     iss: String,
-    #[serde(rename = "exp")]
-    _exp: NumericDate,
+    exp: NumericDate,
     #[serde(rename = "nbf", default, deserialize_with = "present")]
     _nbf: Option<NumericDate>,
     #[serde(rename = "iat", default, deserialize_with = "present")]
@@ -280,13 +328,8 @@ struct Claims {
 }
 
 /// RFC 7519 §2: seconds since the epoch as a JSON number, possibly fractional. Never a string.
-struct NumericDate;
-
-impl<'de> Deserialize<'de> for NumericDate {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        f64::deserialize(deserializer).map(|_| Self)
-    }
-}
+#[derive(Deserialize)]
+struct NumericDate(f64);
 
 /// RFC 7519 §4.1.3: one audience, or an array of them.
 struct Audience;
@@ -418,4 +461,34 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         cause = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn principal(client: &str) -> Principal {
+        Principal { subject: client.to_owned(), client_id: client.to_owned(), scopes: BTreeSet::new() }
+    }
+
+    #[test]
+    fn a_remembered_token_is_served_until_its_deadline_and_not_after() {
+        let mut verified = VerifiedTokens::default();
+        let now = Instant::now();
+        verified.insert("t1", principal("a"), now + Duration::from_secs(5));
+
+        assert_eq!(verified.get("t1", now), Some(principal("a")));
+        assert_eq!(verified.get("t1", now + Duration::from_secs(5)), None, "not at its deadline");
+        assert_eq!(verified.get("t2", now), None, "another token is not known");
+    }
+
+    #[test]
+    fn a_full_memory_forgets_rather_than_grows() {
+        let mut verified = VerifiedTokens::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..=VERIFIED_CAPACITY {
+            verified.insert(&format!("t{i}"), principal("a"), later);
+        }
+        assert!(verified.entries.len() <= VERIFIED_CAPACITY);
+    }
 }

@@ -290,6 +290,21 @@ async fn a_token_expired_beyond_the_leeway_is_refused_but_one_within_it_is_accep
 }
 
 #[tokio::test]
+async fn a_verified_token_is_not_accepted_past_its_expiry() -> Result<()> {
+    let issuer = start_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings { leeway: Duration::ZERO, ..VerifierSettings::default() })?;
+    let token = issuer.sign(&with(good_claims(&issuer), "exp", json!(now() + 2)))?;
+    verifier.verify(&token).await.context("before its expiry")?;
+    verifier.verify(&token).await.context("again, before its expiry")?;
+
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+
+    let reason = assert_invalid(verifier.verify(&token).await, "after its expiry")?;
+    assert!(reason.contains("expired"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_token_whose_nbf_is_in_the_future_is_refused() -> Result<()> {
     let issuer = start_issuer().await?;
     let verifier = verifier_for(&issuer, VerifierSettings::default())?;
