@@ -303,7 +303,7 @@ fn valid_schema(schema: &str) -> bool {
 }
 
 /// The URL without its password, for error messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -317,7 +317,7 @@ fn redact(url: &str) -> String {
 }
 
 /// The CPU model from `/proc/cpuinfo`, or "unknown CPU".
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {

@@ -83,6 +83,10 @@ enum BenchCommand {
     /// Preload `orders.created` and drain it with one Delivery consumer; print messages/s and handling
     /// latency percentiles. Give it a vhost of its own in `--amqp-url`; uses (and drops) a scratch schema.
     DrainOrdersCreated(orderflow::bench_drain::DrainOptions),
+    /// End to end against running services: `POST /orders` in, `delivered` out. Puts a catalogue, places
+    /// 2-line orders (burst or open-loop rate), waits until PostgreSQL shows them delivered; prints front-door
+    /// and end-to-end orders/s, latency percentiles, the largest outbox backlogs and peak RSS.
+    E2e(orderflow::bench_e2e::E2eOptions),
 }
 
 fn autopilot(ship_after: &str, deliver_after: &str) -> anyhow::Result<Option<AutopilotSettings>> {
@@ -140,6 +144,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench { command: BenchCommand::DrainOrdersCreated(options) } => {
             println!("{}", orderflow::bench_drain::drain_orders_created(options).await?);
+        }
+        Command::Bench { command: BenchCommand::E2e(options) } => {
+            println!("{}", orderflow::bench_e2e::e2e(options).await?);
         }
         Command::Dlq(options) => orderflow::dlq::run(options).await?,
         Command::Audit(options) => orderflow::audit::run(options).await?,

@@ -1,0 +1,883 @@
+//! `orderflow bench e2e`: the whole path a user sees, from `POST /orders` in to the order `delivered` out,
+//! against services that are already running (it starts nothing).
+//!
+//! Setup: tokens from the issuer (client-credentials grant, through [`crate::token::fetch`]) and a catalogue
+//! of `--products` SKUs (`SKU-0001` …) with ample stock, put with the admin client. Load: 2-line orders
+//! (two distinct random SKUs, quantity 1 each, a unique `Idempotency-Key`) either from `--concurrency`
+//! clients back to back (`burst`) or open loop at `--rate` orders/s (`rate`: every POST is its own task,
+//! sent on schedule whatever the server answers, so a slow server does not lower the offered rate).
+//! Drain: PostgreSQL is polled until every accepted order is `delivered` (or in another final state, or the
+//! drain timeout passes). Meanwhile, every 250 ms, the outbox backlog of both services and the RSS of the
+//! given processes are sampled. POST→delivered latencies come from the database: the order's `created_at`
+//! and its `updated_at` once `delivered` (the time Sales recorded the delivery; nothing changes a
+//! delivered order afterwards).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng as _};
+use tokio::task::JoinSet;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use crate::bench::{cpu_model, redact};
+
+/// Stock each product is put with: enough that no run ever runs out (the API's maximum).
+const SEED_STOCK: i64 = 1_000_000_000;
+/// Unit price of every product, in minor units (the baselines' `1999`).
+const SEED_PRICE_MINOR: i64 = 1999;
+/// How often the outbox backlog and the RSS are sampled, and the drain is polled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// A POST not answered within this long counts as an error (`timeout`).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Concurrent `PUT /products/…` requests while setting up the catalogue.
+const SETUP_CONCURRENCY: usize = 8;
+/// Order states that never become `delivered`: the drain stops waiting for such orders.
+const FINAL_NOT_DELIVERED: [&str; 2] = ["payment_failed", "cancelled"];
+
+/// How the load is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// `--concurrency` clients, each sending its next order as soon as the previous one is answered.
+    Burst,
+    /// Open loop: `--rate` orders/s at fixed intervals, each POST its own task, whatever the responses.
+    Rate,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Burst => "burst",
+            Self::Rate => "rate",
+        })
+    }
+}
+
+/// A process to sample the memory of: `NAME=PID`, e.g. `sales=1234`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePid {
+    /// What the report calls it.
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
+impl FromStr for ServicePid {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let (name, pid) = raw.split_once('=').ok_or_else(|| format!("{raw:?} is not NAME=PID (e.g. sales=1234)"))?;
+        let pid = pid.trim().parse().map_err(|_| format!("{pid:?} is not a process id"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("{raw:?} has no name (use e.g. sales=1234)"));
+        }
+        Ok(Self { name: name.to_owned(), pid })
+    }
+}
+
+/// Options of `orderflow bench e2e`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct E2eOptions {
+    /// Base URL of the running Sales API.
+    #[arg(long, env = "SALES_URL", default_value = "http://127.0.0.1:8080")]
+    pub sales: String,
+    /// The OAuth2 issuer the services trust (discovery at /.well-known/openid-configuration).
+    #[arg(long, env = "OAUTH_ISSUER", default_value = "http://127.0.0.1:9000")]
+    pub issuer: String,
+    /// The client that places orders (needs `orders:write`).
+    #[arg(long, default_value = "sales-client")]
+    pub client_id: String,
+    /// Its secret.
+    #[arg(long, default_value = "dev-secret-sales")]
+    pub client_secret: String,
+    /// The client that puts the catalogue (needs `admin`).
+    #[arg(long, default_value = "admin")]
+    pub admin_client_id: String,
+    /// Its secret.
+    #[arg(long, default_value = "dev-secret-admin")]
+    pub admin_client_secret: String,
+    /// The database both services use (read only: order states and outbox backlogs).
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/orderflow")]
+    pub database_url: String,
+    /// The Sales service's schema.
+    #[arg(long, default_value = "sales")]
+    pub sales_schema: String,
+    /// The Delivery service's schema.
+    #[arg(long, default_value = "delivery")]
+    pub delivery_schema: String,
+    /// `burst` (closed loop, `--concurrency` clients) or `rate` (open loop, `--rate` orders/s).
+    #[arg(long, value_enum, default_value_t = Mode::Burst)]
+    pub mode: Mode,
+    /// Burst mode: concurrent clients, each sending orders back to back.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Rate mode: orders per second offered.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// How long to send orders.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Products in the catalogue (`SKU-0001` …); each order takes two distinct ones at random.
+    #[arg(long, default_value_t = 1000)]
+    pub products: usize,
+    /// How long to wait, after the load, for the accepted orders to be delivered.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// A service process to sample the memory of, as NAME=PID (repeatable), e.g. `--pid sales=1234`.
+    #[arg(long = "pid")]
+    pub pids: Vec<ServicePid>,
+}
+
+/// Memory of one sampled process, in KiB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RssPeak {
+    /// The process.
+    pub service: ServicePid,
+    /// The largest `VmRSS` sampled during the run.
+    pub sampled_max_kib: u64,
+    /// `VmHWM` at the last sample: the kernel's peak RSS since the process started.
+    pub hwm_kib: u64,
+    /// Samples read (0: the process could not be read).
+    pub samples: usize,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct E2eReport {
+    /// Logical CPUs of this machine.
+    pub cpus: usize,
+    /// CPU model, from `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// The database server's `server_version`.
+    pub server_version: String,
+    /// The options the run used.
+    pub options: E2eOptions,
+    /// POSTs sent.
+    pub sent: usize,
+    /// Rate mode: the latest a POST left after its scheduled time.
+    pub max_send_lag: Duration,
+    /// From the first POST until the last POST was answered.
+    pub load_elapsed: Duration,
+    /// Latencies of all POSTs (whatever their outcome), sorted ascending.
+    pub post_latencies: Vec<Duration>,
+    /// POSTs by outcome: the HTTP status (`201`, `409`, …) or the kind of error (`timeout`, …).
+    pub statuses: BTreeMap<String, usize>,
+    /// Orders accepted (201 with an order id).
+    pub accepted: usize,
+    /// Accepted orders found `delivered` at the end.
+    pub delivered: usize,
+    /// Accepted orders not delivered at the end, by status (`missing`: not in the database).
+    pub not_delivered: BTreeMap<String, usize>,
+    /// Whether the drain gave up at `--drain-timeout` with orders still on their way.
+    pub drain_timed_out: bool,
+    /// From the end of the load until no accepted order was on its way any more.
+    pub drain_elapsed: Duration,
+    /// From the first POST until the last accepted order was delivered (by the database's clock).
+    pub e2e_elapsed: Duration,
+    /// POST→delivered latencies of the delivered orders (`created_at` → `updated_at`), sorted ascending.
+    pub e2e_latencies: Vec<Duration>,
+    /// The largest outbox backlog sampled (rows with `command_pending OR audit_pending`): Sales, Delivery.
+    pub max_backlog: [i64; 2],
+    /// Outbox backlog samples taken.
+    pub backlog_samples: usize,
+    /// Memory of the processes given with `--pid`.
+    pub rss: Vec<RssPeak>,
+}
+
+impl E2eReport {
+    /// Accepted orders per second of the load (accepted ÷ first POST to last answer).
+    pub fn front_door_per_second(&self) -> f64 {
+        per_second(self.accepted, self.load_elapsed)
+    }
+
+    /// Delivered orders per second, from the first POST to the last delivery.
+    pub fn e2e_per_second(&self) -> f64 {
+        per_second(self.delivered, self.e2e_elapsed)
+    }
+}
+
+impl fmt::Display for E2eReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        writeln!(f, "machine:         {} cores, {}", self.cpus, self.cpu_model)?;
+        writeln!(f, "server:          PostgreSQL {}", self.server_version)?;
+        writeln!(
+            f,
+            "target:          sales {}, issuer {}, schemas {}/{}",
+            o.sales, o.issuer, o.sales_schema, o.delivery_schema
+        )?;
+        match o.mode {
+            Mode::Burst => writeln!(
+                f,
+                "load:            burst, {} clients back to back for {}",
+                o.concurrency,
+                humantime::format_duration(o.duration)
+            )?,
+            Mode::Rate => writeln!(
+                f,
+                "load:            rate, {} orders/s offered open loop (each POST its own task) for {}",
+                o.rate,
+                humantime::format_duration(o.duration)
+            )?,
+        }
+        writeln!(
+            f,
+            "orders:          2 distinct random SKUs of {}, quantity 1 each, a unique Idempotency-Key each; \
+             drain timeout {}",
+            o.products,
+            humantime::format_duration(o.drain_timeout)
+        )?;
+        write!(f, "sent:            {} POSTs, answered within {:.1} s", self.sent, self.load_elapsed.as_secs_f64())?;
+        if o.mode == Mode::Rate {
+            write!(f, " (max send lag behind schedule {:.1} ms)", ms(self.max_send_lag))?;
+        }
+        writeln!(f)?;
+        let statuses: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        writeln!(f, "statuses:        {}", statuses.join(", "))?;
+        writeln!(
+            f,
+            "front door:      {:.1} orders/s accepted ({} ÷ {:.1} s); POST latency {}",
+            self.front_door_per_second(),
+            self.accepted,
+            self.load_elapsed.as_secs_f64(),
+            quantiles(&self.post_latencies)
+        )?;
+        let still: Vec<String> = self.not_delivered.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        if self.drain_timed_out {
+            writeln!(
+                f,
+                "delivered:       {} of {} accepted; NOT DRAINED after {}: {}",
+                self.delivered,
+                self.accepted,
+                humantime::format_duration(o.drain_timeout),
+                still.join(", ")
+            )?;
+        } else if still.is_empty() {
+            writeln!(
+                f,
+                "delivered:       {} of {} accepted, all delivered {:.1} s after the load ended",
+                self.delivered,
+                self.accepted,
+                self.drain_elapsed.as_secs_f64()
+            )?;
+        } else {
+            writeln!(
+                f,
+                "delivered:       {} of {} accepted within {:.1} s after the load; never delivered: {}",
+                self.delivered,
+                self.accepted,
+                self.drain_elapsed.as_secs_f64(),
+                still.join(", ")
+            )?;
+        }
+        writeln!(
+            f,
+            "end to end:      {:.1} orders/s ({} delivered ÷ {:.1} s from the first POST to the last delivery)",
+            self.e2e_per_second(),
+            self.delivered,
+            self.e2e_elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "POST→delivered:  {} (order created_at → updated_at when delivered, from the database)",
+            quantiles(&self.e2e_latencies)
+        )?;
+        writeln!(
+            f,
+            "outbox backlog:  max {} rows (sales), {} rows (delivery) owed, {} samples every {} ms",
+            self.max_backlog[0],
+            self.max_backlog[1],
+            self.backlog_samples,
+            SAMPLE_EVERY.as_millis()
+        )?;
+        if self.rss.is_empty() {
+            writeln!(f, "peak RSS:        not sampled (no --pid)")?;
+        }
+        for r in &self.rss {
+            if r.samples == 0 {
+                writeln!(f, "peak RSS:        {} (pid {}): could not be read", r.service.name, r.service.pid)?;
+            } else {
+                writeln!(
+                    f,
+                    "peak RSS:        {} (pid {}): {:.1} MiB sampled max VmRSS, {:.1} MiB VmHWM (peak since start)",
+                    r.service.name,
+                    r.service.pid,
+                    mib(r.sampled_max_kib),
+                    mib(r.hwm_kib)
+                )?;
+            }
+        }
+        write!(f, "E2E_ORDERS_PER_SEC={:.2}", self.e2e_per_second())
+    }
+}
+
+/// Runs the benchmark against the running services: setup, load, drain, report.
+///
+/// # Errors
+/// When the options are unusable, the issuer, Sales API or database cannot be reached, or the catalogue
+/// cannot be put.
+pub async fn e2e(options: E2eOptions) -> anyhow::Result<E2eReport> {
+    anyhow::ensure!(options.products >= 2, "--products must be at least 2 (orders have two distinct lines)");
+    anyhow::ensure!(options.products <= 9999, "--products must be at most 9999 (SKU-0001 … SKU-9999)");
+    anyhow::ensure!(!options.duration.is_zero(), "--duration must be positive");
+    anyhow::ensure!(options.mode != Mode::Burst || options.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(
+        options.mode != Mode::Rate || (options.rate.is_finite() && options.rate > 0.0),
+        "--rate must be a positive number of orders/s"
+    );
+    let sales_url = options.sales.trim_end_matches('/').to_owned();
+
+    let (db, driver) = tokio_postgres::connect(&options.database_url, NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", redact(&options.database_url)))?;
+    let driver = tokio::spawn(driver);
+    let server_version = db.query_one("SHOW server_version", &[]).await?.get::<_, String>(0);
+    let sales_schema = quote_ident(&options.sales_schema);
+
+    let http = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")?;
+    let admin_token = crate::token::fetch(&options.issuer, &options.admin_client_id, &options.admin_client_secret, &[])
+        .await
+        .with_context(|| format!("a token for {}", options.admin_client_id))?;
+    let token = crate::token::fetch(&options.issuer, &options.client_id, &options.client_secret, &[])
+        .await
+        .with_context(|| format!("a token for {}", options.client_id))?;
+    let skus = put_catalogue(&http, &sales_url, &admin_token, options.products).await?;
+
+    let target = Arc::new(Target { http, sales: sales_url, bearer: format!("Bearer {token}"), skus });
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let sampler = tokio::spawn(sample(
+        options.database_url.clone(),
+        [quote_ident(&options.sales_schema), quote_ident(&options.delivery_schema)],
+        options.pids.clone(),
+        stopped,
+    ));
+
+    let first_post = Utc::now();
+    let load = match options.mode {
+        Mode::Burst => burst(&target, options.concurrency, options.duration).await?,
+        Mode::Rate => rate(&target, options.rate, options.duration).await?,
+    };
+    let load_ended = Instant::now();
+
+    let mut statuses = BTreeMap::new();
+    let mut accepted = Vec::new();
+    let mut post_latencies = Vec::with_capacity(load.results.len());
+    for result in &load.results {
+        post_latencies.push(result.latency);
+        *statuses.entry(result.outcome.key()).or_insert(0) += 1;
+        if let Outcome::Accepted(id) = result.outcome {
+            accepted.push(id);
+        }
+    }
+    post_latencies.sort_unstable();
+
+    let drain = drain(&db, &sales_schema, &accepted, options.drain_timeout).await;
+    let drain_elapsed = load_ended.elapsed();
+    let _ = stop.send(());
+    let samples = sampler.await.context("the sampler panicked")?;
+    let (drain_timed_out, by_status) = drain?;
+    let samples = samples?;
+
+    let delivered_rows = db
+        .query(
+            &format!(
+                "SELECT created_at, updated_at FROM {sales_schema}.orders WHERE id = ANY($1) AND status = 'delivered'"
+            ),
+            &[&accepted],
+        )
+        .await
+        .context("reading the delivered orders")?;
+    drop(db);
+    let _ = driver.await;
+    let mut e2e_latencies = Vec::with_capacity(delivered_rows.len());
+    let mut last_delivered = first_post;
+    for row in &delivered_rows {
+        let created: DateTime<Utc> = row.get(0);
+        let delivered: DateTime<Utc> = row.get(1);
+        e2e_latencies.push(since(created, delivered));
+        last_delivered = last_delivered.max(delivered);
+    }
+    e2e_latencies.sort_unstable();
+    let delivered = e2e_latencies.len();
+
+    Ok(E2eReport {
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        cpu_model: cpu_model(),
+        server_version,
+        options,
+        sent: load.results.len(),
+        max_send_lag: load.max_send_lag,
+        load_elapsed: load.elapsed,
+        post_latencies,
+        statuses,
+        accepted: accepted.len(),
+        delivered,
+        not_delivered: not_delivered(&by_status, accepted.len()),
+        drain_timed_out,
+        drain_elapsed,
+        e2e_elapsed: since(first_post, last_delivered),
+        e2e_latencies,
+        max_backlog: samples.max_backlog,
+        backlog_samples: samples.backlog_samples,
+        rss: samples.rss,
+    })
+}
+
+/// What the load tasks share.
+struct Target {
+    http: reqwest::Client,
+    sales: String,
+    bearer: String,
+    skus: Vec<String>,
+}
+
+/// How one POST ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// 201 with the new order's id.
+    Accepted(Uuid),
+    /// Any other HTTP status (or a 201 without a readable id: `201 (no id)`).
+    Status(String),
+    /// No response: `timeout`, `connect error`, `request error`.
+    Error(&'static str),
+}
+
+impl Outcome {
+    fn key(&self) -> String {
+        match self {
+            Self::Accepted(_) => "201".to_owned(),
+            Self::Status(status) => status.clone(),
+            Self::Error(kind) => (*kind).to_owned(),
+        }
+    }
+}
+
+/// One POST.
+struct PostResult {
+    latency: Duration,
+    finished: Instant,
+    outcome: Outcome,
+}
+
+/// All POSTs of the load.
+struct Load {
+    results: Vec<PostResult>,
+    elapsed: Duration,
+    max_send_lag: Duration,
+}
+
+/// Puts `SKU-0001` … with a fixed price and [`SEED_STOCK`] units, a few requests at a time.
+async fn put_catalogue(
+    http: &reqwest::Client,
+    sales: &str,
+    admin_token: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let skus: Vec<String> = (1..=count).map(sku).collect();
+    let shared = Arc::new(skus.clone());
+    let mut putters = JoinSet::new();
+    for first in 0..SETUP_CONCURRENCY.min(count) {
+        let (http, skus) = (http.clone(), Arc::clone(&shared));
+        let (sales, bearer) = (sales.to_owned(), format!("Bearer {admin_token}"));
+        putters.spawn(async move {
+            for (i, sku) in skus.iter().enumerate().skip(first).step_by(SETUP_CONCURRENCY) {
+                let body = serde_json::json!({
+                    "name": format!("Bench product {}", i + 1),
+                    "price": { "amount_minor": SEED_PRICE_MINOR, "currency": "EUR" },
+                    "stock": SEED_STOCK,
+                });
+                let response = http
+                    .put(format!("{sales}/products/{sku}"))
+                    .header(reqwest::header::AUTHORIZATION, &bearer)
+                    .json(&body)
+                    .send()
+                    .await
+                    .with_context(|| format!("PUT /products/{sku}"))?;
+                let status = response.status();
+                if !status.is_success() {
+                    let text = response.text().await.unwrap_or_default();
+                    anyhow::bail!("PUT /products/{sku} answered {status}: {text}");
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = putters.join_next().await {
+        joined.context("a catalogue task panicked")??;
+    }
+    Ok(skus)
+}
+
+/// Closed loop: `concurrency` clients, each posting its next order once the previous one is answered.
+async fn burst(target: &Arc<Target>, concurrency: usize, duration: Duration) -> anyhow::Result<Load> {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut clients = JoinSet::new();
+    for client in 0..concurrency {
+        let target = Arc::clone(target);
+        clients.spawn(async move {
+            let mut rng = SmallRng::from_rng(&mut rand::rng());
+            let mut results = Vec::new();
+            let mut n = 0usize;
+            while Instant::now() < end {
+                let (a, b) = two_distinct(&mut rng, target.skus.len());
+                results.push(post_order(&target, &format!("bench-e2e-{client}-{n}"), a, b).await);
+                n += 1;
+            }
+            results
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = clients.join_next().await {
+        results.append(&mut joined.context("a load client panicked")?);
+    }
+    Ok(finish(results, start, Duration::ZERO))
+}
+
+/// Open loop: one POST every `1/rate` s for `duration`, each its own task, whatever the server answers.
+async fn rate(target: &Arc<Target>, rate: f64, duration: Duration) -> anyhow::Result<Load> {
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let start = Instant::now();
+    let mut posts = JoinSet::new();
+    let mut max_send_lag = Duration::ZERO;
+    for n in 0usize.. {
+        let at = scheduled(n, rate);
+        if at >= duration {
+            break;
+        }
+        let at = start + at;
+        tokio::time::sleep_until(at.into()).await;
+        max_send_lag = max_send_lag.max(Instant::now().saturating_duration_since(at));
+        let (a, b) = two_distinct(&mut rng, target.skus.len());
+        let target = Arc::clone(target);
+        posts.spawn(async move { post_order(&target, &format!("bench-e2e-{n}"), a, b).await });
+    }
+    let mut results = Vec::with_capacity(posts.len());
+    while let Some(joined) = posts.join_next().await {
+        results.push(joined.context("a POST task panicked")?);
+    }
+    Ok(finish(results, start, max_send_lag))
+}
+
+fn finish(results: Vec<PostResult>, start: Instant, max_send_lag: Duration) -> Load {
+    let last = results.iter().map(|r| r.finished).max().unwrap_or(start);
+    Load { elapsed: last.saturating_duration_since(start), results, max_send_lag }
+}
+
+/// Posts one 2-line order of the SKUs at `a` and `b`.
+async fn post_order(target: &Target, customer: &str, a: usize, b: usize) -> PostResult {
+    let body = serde_json::json!({
+        "customer_id": customer,
+        "lines": [
+            { "sku": target.skus[a], "quantity": 1 },
+            { "sku": target.skus[b], "quantity": 1 },
+        ],
+        "shipping_address": {
+            "name": "Ada Lovelace",
+            "line1": "1 Main St",
+            "city": "Berlin",
+            "postal_code": "10115",
+            "country": "DE",
+        },
+    });
+    let started = Instant::now();
+    let sent = target
+        .http
+        .post(format!("{}/orders", target.sales))
+        .header(reqwest::header::AUTHORIZATION, &target.bearer)
+        .header("Idempotency-Key", Uuid::new_v4().to_string())
+        .json(&body)
+        .send()
+        .await;
+    let outcome = match sent {
+        Err(e) => Outcome::Error(error_kind(&e)),
+        Ok(response) => {
+            let status = response.status();
+            let body = response.bytes().await;
+            match body {
+                Err(e) => Outcome::Error(error_kind(&e)),
+                Ok(body) if status == reqwest::StatusCode::CREATED => match created_id(&body) {
+                    Some(id) => Outcome::Accepted(id),
+                    None => Outcome::Status("201 (no id)".to_owned()),
+                },
+                Ok(_) => Outcome::Status(status.as_u16().to_string()),
+            }
+        }
+    };
+    let finished = Instant::now();
+    PostResult { latency: finished.saturating_duration_since(started), finished, outcome }
+}
+
+/// The `id` of a created order's JSON.
+fn created_id(body: &[u8]) -> Option<Uuid> {
+    serde_json::from_slice::<serde_json::Value>(body).ok()?.get("id")?.as_str()?.parse().ok()
+}
+
+fn error_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect error"
+    } else {
+        "request error"
+    }
+}
+
+/// Polls the accepted orders' states until none is on its way any more or `timeout` passes. Returns whether
+/// it timed out and the last count per status.
+async fn drain(
+    db: &tokio_postgres::Client,
+    sales_schema: &str,
+    accepted: &[Uuid],
+    timeout: Duration,
+) -> anyhow::Result<(bool, BTreeMap<String, usize>)> {
+    let query = format!("SELECT status, count(*) FROM {sales_schema}.orders WHERE id = ANY($1) GROUP BY status");
+    let statement = db.prepare(&query).await.context("preparing the drain query")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut by_status = BTreeMap::new();
+        for row in db.query(&statement, &[&accepted]).await.context("polling the orders' states")? {
+            let count: i64 = row.get(1);
+            by_status.insert(row.get::<_, String>(0), usize::try_from(count).unwrap_or(0));
+        }
+        let settled: usize = by_status
+            .iter()
+            .filter(|(s, _)| s.as_str() == "delivered" || FINAL_NOT_DELIVERED.contains(&s.as_str()))
+            .map(|(_, n)| n)
+            .sum();
+        if settled >= accepted.len() {
+            return Ok((false, by_status));
+        }
+        if Instant::now() >= deadline {
+            return Ok((true, by_status));
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+}
+
+/// The accepted orders that are not delivered, by status; `missing` for those the database does not have.
+fn not_delivered(by_status: &BTreeMap<String, usize>, accepted: usize) -> BTreeMap<String, usize> {
+    let mut still: BTreeMap<String, usize> =
+        by_status.iter().filter(|(s, _)| s.as_str() != "delivered").map(|(s, n)| (s.clone(), *n)).collect();
+    let found: usize = by_status.values().sum();
+    if found < accepted {
+        still.insert("missing".to_owned(), accepted - found);
+    }
+    still
+}
+
+/// What the sampler saw.
+struct Samples {
+    max_backlog: [i64; 2],
+    backlog_samples: usize,
+    rss: Vec<RssPeak>,
+}
+
+/// Every [`SAMPLE_EVERY`] until `stop` fires (and once more then): the outbox backlog of both schemas and
+/// the memory of the given processes.
+async fn sample(
+    database_url: String,
+    schemas: [String; 2],
+    pids: Vec<ServicePid>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<Samples> {
+    let (db, driver) = tokio_postgres::connect(&database_url, NoTls).await.context("connecting the sampler")?;
+    let driver = tokio::spawn(driver);
+    // Each destination through its partial index: an OR of the two would scan the whole outbox, which keeps
+    // every published row for days, and slow the system it measures.
+    let owed = |schema: &str| {
+        format!(
+            "((SELECT count(*) FROM {schema}.outbox WHERE command_pending)
+              + (SELECT count(*) FROM {schema}.outbox WHERE audit_pending AND NOT command_pending))"
+        )
+    };
+    let query = format!("SELECT {}, {}", owed(&schemas[0]), owed(&schemas[1]));
+    let statement = db.prepare(&query).await.context("preparing the outbox backlog query")?;
+    let mut samples = Samples {
+        max_backlog: [0, 0],
+        backlog_samples: 0,
+        rss: pids.into_iter().map(|service| RssPeak { service, sampled_max_kib: 0, hwm_kib: 0, samples: 0 }).collect(),
+    };
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut stop => true,
+        };
+        let row = db.query_one(&statement, &[]).await.context("sampling the outbox backlog")?;
+        for (i, max) in samples.max_backlog.iter_mut().enumerate() {
+            *max = (*max).max(row.get::<_, i64>(i));
+        }
+        samples.backlog_samples += 1;
+        for peak in &mut samples.rss {
+            if let Some((rss, hwm)) = std::fs::read_to_string(format!("/proc/{}/status", peak.service.pid))
+                .ok()
+                .and_then(|status| memory_kib(&status))
+            {
+                peak.sampled_max_kib = peak.sampled_max_kib.max(rss);
+                peak.hwm_kib = peak.hwm_kib.max(hwm);
+                peak.samples += 1;
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    drop(db);
+    let _ = driver.await;
+    Ok(samples)
+}
+
+/// `VmRSS` and `VmHWM` (KiB) of a `/proc/PID/status` text.
+fn memory_kib(status: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The `n`-th SKU (1-based): `SKU-0001`.
+fn sku(n: usize) -> String {
+    format!("SKU-{n:04}")
+}
+
+/// Two distinct indexes below `n` (n ≥ 2), uniformly.
+fn two_distinct(rng: &mut SmallRng, n: usize) -> (usize, usize) {
+    let a = rng.random_range(0..n);
+    let b = (a + rng.random_range(1..n)) % n;
+    (a, b)
+}
+
+/// When the `n`-th POST of an open loop at `rate`/s is due, from the start.
+fn scheduled(n: usize, rate: f64) -> Duration {
+    Duration::from_secs_f64(n as f64 / rate)
+}
+
+/// A double-quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `to − from`, zero when negative.
+fn since(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
+    (to - from).to_std().unwrap_or_default()
+}
+
+fn per_second(count: usize, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
+}
+
+/// The value at quantile `q` (0.0–1.0) of ascending `sorted`, nearest rank; zero when empty.
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let n = sorted.len();
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    let rank = (q.clamp(0.0, 1.0) * n as f64).ceil() as usize;
+    sorted[rank.clamp(1, n) - 1]
+}
+
+/// "p50 … ms, p90 …, p99 …, max …" of ascending `sorted`.
+fn quantiles(sorted: &[Duration]) -> String {
+    if sorted.is_empty() {
+        return "none measured".to_owned();
+    }
+    format!(
+        "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(percentile(sorted, 0.50)),
+        ms(percentile(sorted, 0.90)),
+        ms(percentile(sorted, 0.99)),
+        ms(percentile(sorted, 1.0))
+    )
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn millis(values: &[u64]) -> Vec<Duration> {
+        values.iter().map(|&v| Duration::from_millis(v)).collect()
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let sorted = millis(&(1..=100).collect::<Vec<_>>());
+        assert_eq!(percentile(&sorted, 0.50), Duration::from_millis(50));
+        assert_eq!(percentile(&sorted, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&sorted, 1.0), Duration::from_millis(100));
+        assert_eq!(percentile(&sorted, 0.0), Duration::from_millis(1));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+        assert_eq!(quantiles(&millis(&[3])), "p50 3.0 ms, p90 3.0 ms, p99 3.0 ms, max 3.0 ms");
+        assert_eq!(per_second(100, Duration::from_secs(4)), 25.0);
+        assert_eq!(per_second(100, Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn pids_parse_as_name_equals_pid() {
+        assert_eq!("sales=1234".parse(), Ok(ServicePid { name: "sales".into(), pid: 1234 }));
+        assert!("sales".parse::<ServicePid>().is_err());
+        assert!("=12".parse::<ServicePid>().is_err());
+        assert!("sales=x".parse::<ServicePid>().is_err());
+    }
+
+    #[test]
+    fn memory_comes_from_proc_status() {
+        let status = "Name:\tsales-api\nVmPeak:\t  900 kB\nVmHWM:\t   54321 kB\nVmRSS:\t   12345 kB\n";
+        assert_eq!(memory_kib(status), Some((12345, 54321)));
+        assert_eq!(memory_kib("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn open_loop_schedule_skus_and_identifiers() {
+        assert_eq!(scheduled(0, 100.0), Duration::ZERO);
+        assert_eq!(scheduled(250, 100.0), Duration::from_millis(2500));
+        assert_eq!(sku(1), "SKU-0001");
+        assert_eq!(sku(1000), "SKU-1000");
+        let mut rng = SmallRng::seed_from_u64(7);
+        for _ in 0..1000 {
+            let (a, b) = two_distinct(&mut rng, 3);
+            assert!(a < 3 && b < 3 && a != b);
+        }
+        assert_eq!(quote_ident("sales"), "\"sales\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn undelivered_orders_are_counted_by_status() {
+        let by_status: BTreeMap<String, usize> =
+            [("delivered".to_owned(), 7), ("shipped".to_owned(), 2)].into_iter().collect();
+        let still = not_delivered(&by_status, 10);
+        assert_eq!(still.get("shipped"), Some(&2));
+        assert_eq!(still.get("missing"), Some(&1));
+        assert_eq!(still.get("delivered"), None);
+        assert_eq!(
+            created_id(br#"{"id":"0190a0a0-0000-7000-8000-000000000001","status":"pending_payment"}"#),
+            "0190a0a0-0000-7000-8000-000000000001".parse().ok()
+        );
+        assert_eq!(created_id(b"{}"), None);
+    }
+}
