@@ -64,10 +64,16 @@ async fn write(tx: &Tx, change: &ShipmentChange) -> Result<ChangeOutcome, Change
     let written = match change.expected_version {
         None => {
             let order = serde_json::to_value(&s.order).map_err(failed)?;
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO shipments (id, order_id, status, carrier, tracking_number, order_data, version,
+                                            created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING",
+                )
+                .await
+                .map_err(failed)?;
             tx.execute(
-                "INSERT INTO shipments (id, order_id, status, carrier, tracking_number, order_data, version,
-                                        created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING",
+                &statement,
                 &[
                     &s.id.as_uuid(),
                     &s.order.order_id.as_uuid(),
@@ -85,10 +91,16 @@ async fn write(tx: &Tx, change: &ShipmentChange) -> Result<ChangeOutcome, Change
         }
         Some(expected) => {
             let expected = i32::try_from(expected).map_err(failed)?;
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE shipments SET status = $2, carrier = $3, tracking_number = $4, version = $5,
+                         updated_at = $6
+                     WHERE id = $1 AND version = $7",
+                )
+                .await
+                .map_err(failed)?;
             tx.execute(
-                "UPDATE shipments SET status = $2, carrier = $3, tracking_number = $4, version = $5,
-                     updated_at = $6
-                 WHERE id = $1 AND version = $7",
+                &statement,
                 &[&s.id.as_uuid(), &s.status.as_str(), &carrier, &tracking, &version, &s.updated_at, &expected],
             )
             .await
@@ -154,19 +166,21 @@ impl DeliveryStore for PgDeliveryStore {
 
     async fn shipment(&self, id: ShipmentId) -> Result<Option<Shipment>, ReadError> {
         let client = self.db.client().await.map_err(ReadError::Unexpected)?;
-        let row = client
-            .query_opt(&format!("SELECT {COLUMNS} FROM shipments WHERE id = $1"), &[&id.as_uuid()])
+        let statement = client
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM shipments WHERE id = $1"))
             .await
             .map_err(read_failed)?;
+        let row = client.query_opt(&statement, &[&id.as_uuid()]).await.map_err(read_failed)?;
         row.as_ref().map(shipment_from).transpose().map_err(ReadError::Unexpected)
     }
 
     async fn shipment_for_order(&self, order_id: OrderId) -> Result<Option<Shipment>, ReadError> {
         let client = self.db.client().await.map_err(ReadError::Unexpected)?;
-        let row = client
-            .query_opt(&format!("SELECT {COLUMNS} FROM shipments WHERE order_id = $1"), &[&order_id.as_uuid()])
+        let statement = client
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM shipments WHERE order_id = $1"))
             .await
             .map_err(read_failed)?;
+        let row = client.query_opt(&statement, &[&order_id.as_uuid()]).await.map_err(read_failed)?;
         row.as_ref().map(shipment_from).transpose().map_err(ReadError::Unexpected)
     }
 

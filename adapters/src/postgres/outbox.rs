@@ -79,12 +79,10 @@ pub(super) async fn claim_inbox(
     entry: Option<&orderflow_ports::sales::InboxEntry>,
 ) -> Result<bool, tokio_postgres::Error> {
     let Some(entry) = entry else { return Ok(true) };
-    let fresh = tx
-        .query_opt(
-            "INSERT INTO inbox (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
-            &[&entry.message_id, &entry.consumer],
-        )
+    let statement = tx
+        .prepare_cached("INSERT INTO inbox (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1")
         .await?;
+    let fresh = tx.query_opt(&statement, &[&entry.message_id, &entry.consumer]).await?;
     Ok(fresh.is_some())
 }
 
@@ -164,7 +162,8 @@ pub(super) async fn release(db: &Database, destination: Destination, ids: &[Even
     let ids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
     let (_, claimed_until) = columns(destination);
     let sql = format!("UPDATE outbox SET {claimed_until} = NULL WHERE id = ANY($1)");
-    client.execute(&sql, &[&ids]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    let statement = client.prepare_cached(&sql).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    client.execute(&statement, &[&ids]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
     Ok(())
 }
 
@@ -207,7 +206,11 @@ pub(super) async fn announce(pool: deadpool_postgres::Pool, channel: String, ask
         asked.notified().await;
         match pool.get().await {
             Ok(client) => {
-                if let Err(error) = client.execute("SELECT pg_notify($1, '')", &[&channel]).await {
+                let notified = match client.prepare_cached("SELECT pg_notify($1, '')").await {
+                    Ok(statement) => client.execute(&statement, &[&channel]).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = notified {
                     tracing::warn!(%error, "could not announce outbox rows; relays will find them by polling");
                 }
             }

@@ -267,11 +267,14 @@ impl SalesStore for PgSalesStore {
         let order = &change.order;
         let version = i32::try_from(order.version).map_err(change_failed)?;
         let expected = i32::try_from(change.expected_version).map_err(change_failed)?;
-        let updated = tx
-            .execute(
+        let statement = tx
+            .prepare_cached(
                 "UPDATE orders SET status = $2, version = $3, updated_at = $4 WHERE id = $1 AND version = $5",
-                &[&order.id.as_uuid(), &order.status.as_str(), &version, &order.updated_at, &expected],
             )
+            .await
+            .map_err(change_failed)?;
+        let updated = tx
+            .execute(&statement, &[&order.id.as_uuid(), &order.status.as_str(), &version, &order.updated_at, &expected])
             .await
             .map_err(change_failed)?;
         if updated == 0 {
