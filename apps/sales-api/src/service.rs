@@ -156,8 +156,37 @@ impl SalesService {
         traceparent: Option<String>,
         transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
     ) -> Result<Order, TransitionFailure> {
+        self.transition_from(id, None, inbox, traceparent, transition).await
+    }
+
+    /// [`SalesService::transition`] of an order the caller has just read from the store, which saves
+    /// reading it again; should it have changed since, it is read anew.
+    ///
+    /// # Errors
+    /// See [`TransitionFailure`].
+    pub async fn transition_read(
+        &self,
+        order: Order,
+        inbox: Option<InboxEntry>,
+        traceparent: Option<String>,
+        transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
+    ) -> Result<Order, TransitionFailure> {
+        self.transition_from(order.id, Some(order), inbox, traceparent, transition).await
+    }
+
+    async fn transition_from(
+        &self,
+        id: OrderId,
+        mut read: Option<Order>,
+        inbox: Option<InboxEntry>,
+        traceparent: Option<String>,
+        transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
+    ) -> Result<Order, TransitionFailure> {
         for _ in 0..MAX_ATTEMPTS {
-            let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
+            let order = match read.take() {
+                Some(order) => order,
+                None => self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?,
+            };
             let (from, version) = (order.status, order.version);
             let now = self.clock.now();
             let (order, event) = match transition(order, now)? {

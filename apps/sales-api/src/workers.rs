@@ -57,14 +57,15 @@ impl MessageHandler for PaymentWorker {
             Ok(outcome) => outcome,
             Err(e) => return HandlerOutcome::Transient(e.to_string()),
         };
+        let id = order.id;
         let settled = self
             .service
-            .transition(order.id, Some(inbox), event.traceparent.clone(), |o, at| o.settle_payment(&outcome, at))
+            .transition_read(order, Some(inbox), event.traceparent.clone(), |o, at| o.settle_payment(&outcome, at))
             .await;
         match settled {
             // The customer cancelled while the charge was running: give the money back.
             Err(TransitionFailure::NotAllowed(_)) if outcome == PaymentOutcome::Completed => {
-                match self.service.payments.refund(order.id).await {
+                match self.service.payments.refund(id).await {
                     Ok(()) => HandlerOutcome::Done,
                     Err(e) => HandlerOutcome::Transient(e.to_string()),
                 }
