@@ -442,3 +442,58 @@ async fn health_metrics_and_docs_need_no_token() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Sends a request of `head` and a `body` of its announced length over a fresh connection, writing all of
+/// it before reading anything (as Python's urllib does), and returns the status line of the answer.
+async fn status_after_writing_everything(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(head.as_bytes()).await.context("writing the head")?;
+    stream.write_all(body).await.context("writing the body (a broken pipe here means the server gave up)")?;
+    let mut answer = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.context("reading the answer")?;
+        anyhow::ensure!(n > 0, "the connection closed before an answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_writes_a_whole_oversized_body_before_reading_always_gets_the_413() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let body = vec![b'x'; 2 * 1024 * 1024];
+    let announced = format!(
+        "POST /orders HTTP/1.1\r\nHost: sales\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        h.sales_token,
+        body.len()
+    );
+    let chunked_head = format!(
+        "POST /orders HTTP/1.1\r\nHost: sales\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        h.sales_token
+    );
+    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+    chunked.extend_from_slice(&body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    for attempt in 1..=20 {
+        for (what, head, bytes) in [("announced", &announced, &body), ("chunked", &chunked_head, &chunked)] {
+            let status = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                status_after_writing_everything(h.stack.sales.addr(), head, bytes),
+            )
+            .await
+            .with_context(|| format!("attempt {attempt}, {what}: no answer in 20 s"))?
+            .with_context(|| format!("attempt {attempt}, {what}"))?;
+            anyhow::ensure!(status.starts_with("HTTP/1.1 413"), "attempt {attempt}, {what}: {status}");
+        }
+    }
+    Ok(())
+}
