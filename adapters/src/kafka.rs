@@ -19,7 +19,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-/// The topic of DESIGN.md.
+/// The topic of docs/design.md.
 pub const DEFAULT_TOPIC: &str = "orders.audit";
 
 /// Header carrying the CloudEvent type, so consumers can filter without parsing the value.
@@ -51,7 +51,7 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
-    /// The defaults of DESIGN.md: topic `orders.audit`, 6 partitions, replication 1, 30 s message timeout.
+    /// The defaults of docs/design.md: topic `orders.audit`, 6 partitions, replication 1, 30 s message timeout.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),

@@ -38,7 +38,7 @@ pub struct RabbitSettings {
 }
 
 impl RabbitSettings {
-    /// The defaults of DESIGN.md: retries after 1 s, 5 s and 25 s, prefetch 32.
+    /// The defaults of docs/design.md: retries after 1 s, 5 s and 25 s, prefetch 32.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),

@@ -160,7 +160,7 @@ impl RouteRule {
     }
 }
 
-/// The configuration both binaries share (DESIGN.md "Configuration and modes").
+/// The configuration both binaries share (docs/design.md "Configuration and modes").
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Which service.

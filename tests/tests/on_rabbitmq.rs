@@ -173,7 +173,7 @@ async fn all_delivered_once(s: &Services, ids: &[String], within: Duration) -> a
         let timeline = s.timeline(id).await?;
         // `orders.shipped` and `orders.delivered` travel on different queues, so a delivery may overtake its
         // shipping; the order then goes straight to delivered and the late shipped report is a no-op
-        // (DESIGN.md: out-of-order arrival converges). Either way, no step happens twice.
+        // (docs/design.md: out-of-order arrival converges). Either way, no step happens twice.
         let overtaken: Vec<&str> = LIFECYCLE.iter().copied().filter(|t| !t.contains(".shipped.")).collect();
         assert!(
             timeline == LIFECYCLE || timeline == overtaken,

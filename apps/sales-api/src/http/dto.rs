@@ -1,4 +1,4 @@
-//! The JSON shapes of the Sales API (DESIGN.md "Request and response shapes"), with their conversions.
+//! The JSON shapes of the Sales API (docs/design.md "Request and response shapes"), with their conversions.
 
 use chrono::{DateTime, Utc};
 use orderflow_adapters::http::Problem;
