@@ -11,6 +11,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "--- installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+if ! cargo deny --version 2>/dev/null | grep -q '0.20.2'; then
+  echo "--- installing cargo-deny"
+  cargo install cargo-deny --version 0.20.2 --locked
+fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
@@ -22,6 +26,16 @@ bash infra/scripts/oauth.sh start
 
 echo "--- cargo fmt --check"
 cargo fmt --all -- --check
+
+echo "--- cargo deny: licences, banned duplicates, sources (deny.toml)"
+cargo deny --locked check licenses bans sources
+if [ -d "${RUSTSEC_ADVISORY_DBS:-}" ]; then
+  echo "--- cargo deny: advisories, from the RustSec database in $RUSTSEC_ADVISORY_DBS"
+  cargo deny --locked check --disable-fetch advisories
+else
+  echo "--- cargo deny: advisories SKIPPED: no local RustSec database. This machine cannot fetch it; set"
+  echo "    RUSTSEC_ADVISORY_DBS to a copy of \$CARGO_HOME/advisory-dbs from a machine that ran 'cargo deny fetch'."
+fi
 
 echo "--- cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
