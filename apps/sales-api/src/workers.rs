@@ -1,9 +1,11 @@
 //! The Sales consumers: the payment worker (`payments.requested`) and the handler of what Delivery
 //! reports (`orders.shipped`, `orders.delivered`, `shipments.cancelled`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use async_trait::async_trait;
 use orderflow_domain::events::{PaymentRequested, ShipmentCancelled, ShipmentDelivered, ShipmentShipped};
-use orderflow_domain::{CloudEvent, OrderStatus, Payload, PaymentOutcome};
+use orderflow_domain::{CloudEvent, OrderStatus, Payload, PaymentOutcome, Step};
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 use orderflow_ports::sales::InboxEntry;
 
@@ -103,7 +105,28 @@ impl MessageHandler for DeliveryReports {
             },
             ShipmentDelivered::TYPE => match event.payload::<ShipmentDelivered>() {
                 Ok(p) => {
-                    outcome_of(service.transition(p.order_id, Some(inbox), trace, |o, at| o.mark_delivered(at)).await)
+                    // The two reports travel on different queues, so `delivered` can overtake `shipped`;
+                    // applied at once it would make the late `shipped` a no-op and the audit trail would lack
+                    // `order.shipped`. On first arrival such a report waits one retry for its `shipped`; after
+                    // that it is applied whatever came, so the order still converges.
+                    let overtook = AtomicBool::new(false);
+                    let applied = service
+                        .transition(p.order_id, Some(inbox), trace, |o, at| {
+                            let unshipped =
+                                matches!(o.status, OrderStatus::PendingShipment | OrderStatus::CancellationRequested);
+                            if unshipped && delivery.retries == 0 {
+                                overtook.store(true, Ordering::Relaxed);
+                                return Ok(Step::Unchanged(o));
+                            }
+                            o.mark_delivered(at)
+                        })
+                        .await;
+                    match outcome_of(applied) {
+                        HandlerOutcome::Done if overtook.load(Ordering::Relaxed) => {
+                            HandlerOutcome::Transient("delivered before its shipped report: waiting one retry".into())
+                        }
+                        other => other,
+                    }
                 }
                 Err(e) => HandlerOutcome::Permanent(e.to_string()),
             },
