@@ -220,8 +220,23 @@ payload!(
     }
 );
 payload!(
-    /// The shipment arrived (also the `orders.delivered` command to Sales).
-    ShipmentDelivered = "orderflow.shipment.delivered.v1" {
+    /// The shipment arrived (also the `orders.delivered` command to Sales). It repeats how the parcel
+    /// travelled, so Sales can record the shipping step too when this report overtakes the shipped one.
+    ShipmentDelivered = "orderflow.shipment.delivered.v2" {
+        /// The shipment.
+        shipment_id: ShipmentId,
+        /// Its order.
+        order_id: OrderId,
+        /// Who carried it.
+        carrier: Carrier,
+        /// The carrier's tracking number.
+        tracking_number: TrackingNumber,
+    }
+);
+payload!(
+    /// The first version of [`ShipmentDelivered`], without the carrier: no longer sent, still read, so
+    /// reports queued before an upgrade are applied after it.
+    ShipmentDeliveredV1 = "orderflow.shipment.delivered.v1" {
         /// The shipment.
         shipment_id: ShipmentId,
         /// Its order.
@@ -266,6 +281,8 @@ pub enum OrderEvent {
     Shipped(OrderShipped),
     /// See [`OrderDelivered`].
     Delivered(OrderDelivered),
+    /// A delivered report that overtook its shipped one: both steps, recorded in the order they happened.
+    ShippedAndDelivered(OrderShipped, OrderDelivered),
 }
 
 /// Something that happened to a shipment; each goes to the audit stream.
@@ -313,9 +330,9 @@ pub struct Outgoing {
 }
 
 impl OrderEvent {
-    /// The audit record of this event.
-    pub fn body(&self) -> EventBody {
-        match self {
+    /// The audit records of this event, oldest step first.
+    fn bodies(&self) -> Vec<EventBody> {
+        let body = match self {
             Self::Placed(p) => EventBody::of(p.order_id, p),
             Self::Paid(p) => EventBody::of(p.order_id, p),
             Self::PaymentFailed(p) => EventBody::of(p.order_id, p),
@@ -323,13 +340,16 @@ impl OrderEvent {
             Self::Cancelled(p) => EventBody::of(p.order_id, p),
             Self::Shipped(p) => EventBody::of(p.order_id, p),
             Self::Delivered(p) => EventBody::of(p.order_id, p),
-        }
+            Self::ShippedAndDelivered(shipped, delivered) => {
+                return vec![EventBody::of(shipped.order_id, shipped), EventBody::of(delivered.order_id, delivered)];
+            }
+        };
+        vec![body]
     }
 
-    /// The messages this event sends: always its audit record, plus the command it triggers.
+    /// The messages this event sends: always its audit records, plus the command it triggers.
     /// `order` is the order after the event (a paid order's shipment needs its lines and address).
     pub fn outgoing(&self, order: &Order) -> Vec<Outgoing> {
-        let audit = Outgoing { body: self.body(), command: None, audit: true };
         let command = match self {
             Self::Placed(p) => Some((
                 RoutingKey::PaymentsRequested,
@@ -357,7 +377,8 @@ impl OrderEvent {
             )),
             _ => None,
         };
-        let mut out = vec![audit];
+        let mut out: Vec<Outgoing> =
+            self.bodies().into_iter().map(|body| Outgoing { body, command: None, audit: true }).collect();
         out.extend(command.map(|(key, body)| Outgoing { body, command: Some(key), audit: false }));
         out
     }
@@ -383,6 +404,7 @@ pub fn payload_schemas() -> std::collections::BTreeMap<&'static str, schemars::S
         of::<ShipmentCreated>(),
         of::<ShipmentShipped>(),
         of::<ShipmentDelivered>(),
+        of::<ShipmentDeliveredV1>(),
         of::<ShipmentCancelled>(),
     ]
     .into_iter()
@@ -521,7 +543,7 @@ mod tests {
     #[test]
     fn every_payload_has_a_schema_that_accepts_a_real_event() {
         let schemas = payload_schemas();
-        assert_eq!(schemas.len(), 14);
+        assert_eq!(schemas.len(), 15, "every payload, including the still-read v1 of shipment.delivered");
         let cancelled = &schemas["orderflow.order.cancelled.v1"];
         let json = serde_json::to_value(cancelled).unwrap();
         assert_eq!(json["required"], serde_json::json!(["order_id"]));

@@ -350,7 +350,30 @@ impl Order {
         }
     }
 
-    /// Delivery reports the parcel arrived; also accepted before `shipped` arrives (reordering).
+    /// Delivery reports the parcel arrived, and how it travelled. When this report overtakes the shipped
+    /// one, the order records both steps, shipped first, so its history is complete whatever the arrival
+    /// order; the late shipped report is then a no-op.
+    ///
+    /// # Errors
+    /// [`TransitionError::NotAllowed`] for an order that was never paid or ended otherwise.
+    pub fn mark_delivered_by(
+        self,
+        carrier: Carrier,
+        tracking_number: TrackingNumber,
+        at: Timestamp,
+    ) -> Result<Step<Self, OrderEvent>, TransitionError> {
+        match self.status {
+            OrderStatus::PendingShipment | OrderStatus::CancellationRequested => {
+                let shipped = OrderShipped { order_id: self.id, carrier, tracking_number };
+                let event = OrderEvent::ShippedAndDelivered(shipped, OrderDelivered { order_id: self.id });
+                Ok(self.moved(OrderStatus::Delivered, event, at))
+            }
+            _ => self.mark_delivered(at),
+        }
+    }
+
+    /// Delivery reports the parcel arrived, without saying how (a `v1` report); also accepted before
+    /// `shipped` arrives, when the order's history then lacks the shipping step.
     ///
     /// # Errors
     /// [`TransitionError::NotAllowed`] for an order that was never paid or ended otherwise.
@@ -588,6 +611,45 @@ mod tests {
         };
         let (c, t) = carrier();
         assert!(unchanged(delivered.mark_shipped(c, t, at(2))));
+    }
+
+    #[test]
+    fn a_delivered_report_that_overtakes_the_shipped_one_records_shipped_then_delivered() {
+        let (c, t) = carrier();
+        let (delivered, event) =
+            match in_status(OrderStatus::PendingShipment).mark_delivered_by(c.clone(), t.clone(), at(1)) {
+                Ok(Step::Applied { state, event }) => (state, event),
+                other => panic!("expected delivery, got {other:?}"),
+            };
+        assert_eq!(delivered.status, OrderStatus::Delivered);
+        let types: Vec<_> = event.outgoing(&delivered).into_iter().map(|o| (o.body.event_type, o.audit)).collect();
+        assert_eq!(types, [("orderflow.order.shipped.v1", true), ("orderflow.order.delivered.v1", true)]);
+        assert!(unchanged(delivered.mark_shipped(c, t, at(2))), "the late shipped report changes nothing");
+    }
+
+    #[test]
+    fn a_delivered_report_after_the_shipped_one_records_delivered_alone() {
+        let (c, t) = carrier();
+        let event = match in_status(OrderStatus::Shipped).mark_delivered_by(c, t, at(1)) {
+            Ok(Step::Applied { event, .. }) => event,
+            other => panic!("expected delivery, got {other:?}"),
+        };
+        assert!(matches!(event, OrderEvent::Delivered(_)), "{event:?}");
+    }
+
+    #[test]
+    fn a_delivered_report_with_its_carrier_is_only_accepted_after_payment() {
+        for status in OrderStatus::ALL {
+            let (c, t) = carrier();
+            let result = in_status(status).mark_delivered_by(c, t, at(1));
+            match status {
+                OrderStatus::PendingShipment | OrderStatus::CancellationRequested | OrderStatus::Shipped => {
+                    assert_eq!(applied_to(result), OrderStatus::Delivered);
+                }
+                OrderStatus::Delivered => assert!(unchanged(result)),
+                _ => assert!(result.is_err(), "{status:?}"),
+            }
+        }
     }
 
     #[test]

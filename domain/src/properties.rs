@@ -23,17 +23,21 @@ enum Sales {
     Cancel,
     ShipmentCancelled,
     Shipped,
+    /// The delivered report as Delivery sends it (`v2`, with the carrier).
     Delivered,
+    /// A delivered report of the first version, without the carrier.
+    DeliveredV1,
 }
 
 impl Sales {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::PaymentCompleted,
         Self::PaymentDeclined,
         Self::Cancel,
         Self::ShipmentCancelled,
         Self::Shipped,
         Self::Delivered,
+        Self::DeliveredV1,
     ];
 
     fn apply(self, order: Order, at: Timestamp) -> OrderResult {
@@ -46,7 +50,11 @@ impl Sales {
                 let (carrier, tracking_number) = details();
                 order.mark_shipped(carrier, tracking_number, at)
             }
-            Self::Delivered => order.mark_delivered(at),
+            Self::Delivered => {
+                let (carrier, tracking_number) = details();
+                order.mark_delivered_by(carrier, tracking_number, at)
+            }
+            Self::DeliveredV1 => order.mark_delivered(at),
         }
     }
 }
@@ -114,9 +122,20 @@ fn delivery_event() -> impl Strategy<Value = Delivery> {
 /// Applies one event and checks the per-step invariants. Returns the order afterwards (the old one when the
 /// event was refused) and the stock effect of the step (`None` when nothing moved), or the refusal.
 fn step_checked(order: Order, event: Sales, at: Timestamp) -> (Order, Result<StockEffect, TransitionError>) {
+    step_recorded(order, event, at, &mut Vec::new())
+}
+
+/// [`step_checked`], appending the audit records of an applied step to `trail`.
+fn step_recorded(
+    order: Order,
+    event: Sales,
+    at: Timestamp,
+    trail: &mut Vec<&'static str>,
+) -> (Order, Result<StockEffect, TransitionError>) {
     let before = order.clone();
     match event.apply(order, at) {
-        Ok(Step::Applied { state, .. }) => {
+        Ok(Step::Applied { state, event: happened }) => {
+            trail.extend(happened.outgoing(&state).into_iter().filter(|o| o.audit).map(|o| o.body.event_type));
             assert!(!before.status.is_final(), "{event:?} left the final status {:?}", before.status);
             assert_ne!(state.status, before.status, "{event:?} was applied but the status did not move");
             assert_eq!(state.version, before.version + 1, "{event:?} must bump the version once");
@@ -158,7 +177,7 @@ proptest! {
     }
 
     #[test]
-    fn any_order_of_duplicated_shipped_and_delivered_events_ends_delivered(
+    fn any_arrival_order_of_duplicated_shipped_and_delivered_reports_ends_delivered_with_a_complete_trail(
         start in prop_oneof![Just(OrderStatus::PendingShipment), Just(OrderStatus::CancellationRequested)],
         events in (1..=3_usize, 1..=3_usize).prop_flat_map(|(shipped, delivered)| {
             let mut events = vec![Sales::Shipped; shipped];
@@ -167,16 +186,17 @@ proptest! {
         }),
     ) {
         let mut order = in_status(start);
-        let mut commits = 0;
+        let (mut commits, mut trail) = (0, Vec::new());
         for (i, event) in (1..).zip(events) {
             let status = order.status;
-            let (next, effect) = step_checked(order, event, at(i));
+            let (next, effect) = step_recorded(order, event, at(i), &mut trail);
             prop_assert!(effect.is_ok(), "{:?} refused in {:?}: {:?}", event, status, effect);
             commits += usize::from(effect == Ok(StockEffect::Commit));
             order = next;
         }
         prop_assert_eq!(order.status, OrderStatus::Delivered);
         prop_assert_eq!(commits, 1, "stock must be committed exactly once");
+        prop_assert_eq!(trail, ["orderflow.order.shipped.v1", "orderflow.order.delivered.v1"]);
     }
 
     #[test]

@@ -124,14 +124,19 @@ impl Shipment {
     /// # Errors
     /// [`TransitionError::NotAllowed`] unless it has shipped.
     pub fn deliver(self, at: Timestamp) -> Result<Step<Self, ShipmentEvent>, TransitionError> {
-        match self.status {
-            ShipmentStatus::Shipped => {
-                let event =
-                    ShipmentEvent::Delivered(ShipmentDelivered { shipment_id: self.id, order_id: self.order.order_id });
+        match (self.status, self.carrier.clone(), self.tracking_number.clone()) {
+            // Shipping sets both, so a shipped shipment always has them.
+            (ShipmentStatus::Shipped, Some(carrier), Some(tracking_number)) => {
+                let event = ShipmentEvent::Delivered(ShipmentDelivered {
+                    shipment_id: self.id,
+                    order_id: self.order.order_id,
+                    carrier,
+                    tracking_number,
+                });
                 Ok(self.moved(ShipmentStatus::Delivered, event, at))
             }
-            ShipmentStatus::Delivered => Ok(Step::Unchanged(self)),
-            status => Err(TransitionError::NotAllowed { status: status.as_str(), action: "deliver" }),
+            (ShipmentStatus::Delivered, ..) => Ok(Step::Unchanged(self)),
+            (status, ..) => Err(TransitionError::NotAllowed { status: status.as_str(), action: "deliver" }),
         }
     }
 

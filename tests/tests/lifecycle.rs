@@ -261,7 +261,7 @@ async fn every_order_event_reaches_the_audit_stream() -> anyhow::Result<()> {
         .await?;
     }
     let expected =
-        ["orderflow.shipment.created.v1", "orderflow.shipment.shipped.v1", "orderflow.shipment.delivered.v1"];
+        ["orderflow.shipment.created.v1", "orderflow.shipment.shipped.v1", "orderflow.shipment.delivered.v2"];
     eventually("the shipment's events in the audit stream", || async {
         let shipment_events: Vec<String> = h
             .stack

@@ -6,7 +6,7 @@ mod support;
 use chrono::Utc;
 use orderflow::dev::DevOptions;
 use orderflow_adapters::memory::BusSettings;
-use orderflow_domain::events::{ShipmentDelivered, ShipmentShipped};
+use orderflow_domain::events::{ShipmentDelivered, ShipmentDeliveredV1, ShipmentShipped};
 use orderflow_domain::{
     Carrier, CloudEvent, EventBody, EventId, OrderId, RoutingKey, ShipmentId, Source, TrackingNumber,
 };
@@ -68,7 +68,23 @@ fn shipped_event(order: OrderId, shipment: ShipmentId) -> anyhow::Result<CloudEv
 }
 
 fn delivered_event(order: OrderId, shipment: ShipmentId) -> CloudEvent {
-    let payload = ShipmentDelivered { shipment_id: shipment, order_id: order };
+    let payload = ShipmentDelivered {
+        shipment_id: shipment,
+        order_id: order,
+        carrier: Carrier::parse("DHL").expect("carrier"),
+        tracking_number: TrackingNumber::parse("TRACK-0002").expect("tracking number"),
+    };
+    CloudEvent::wrap(
+        EventId::from_uuid(Uuid::now_v7()),
+        Source::Delivery,
+        EventBody::of(order, &payload),
+        Utc::now(),
+        None,
+    )
+}
+
+fn delivered_v1_event(order: OrderId, shipment: ShipmentId) -> CloudEvent {
+    let payload = ShipmentDeliveredV1 { shipment_id: shipment, order_id: order };
     CloudEvent::wrap(
         EventId::from_uuid(Uuid::now_v7()),
         Source::Delivery,
@@ -120,9 +136,9 @@ async fn a_message_of_an_unknown_type_is_dead_lettered_without_retries() -> anyh
     assert!(letter.error.contains("orderflow.shipment.teleported.v1"), "{}", letter.error);
 
     // A future version of a known type is unknown too.
-    let mut v2 = delivered_event(order, ShipmentId::from_uuid(Uuid::now_v7()));
-    v2.event_type = "orderflow.shipment.delivered.v2".to_owned();
-    send(&h, RoutingKey::OrdersDelivered, "unknown-version-1", &v2)?;
+    let mut future = delivered_event(order, ShipmentId::from_uuid(Uuid::now_v7()));
+    future.event_type = "orderflow.shipment.delivered.v3".to_owned();
+    send(&h, RoutingKey::OrdersDelivered, "unknown-version-1", &future)?;
     assert_eq!(dead_letter(&h, "unknown-version-1").await?.retries, 0);
     Ok(())
 }
@@ -184,7 +200,7 @@ async fn a_republished_shipped_report_with_a_new_message_id_is_a_no_op() -> anyh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_delivered_report_overtaking_the_shipped_one_ends_delivered() -> anyhow::Result<()> {
+async fn a_delivered_report_overtaking_the_shipped_one_records_both_steps_in_order() -> anyhow::Result<()> {
     let h = sequential_stack().await?;
     let (id, order, shipment) = paid_order(&h, "cust-overtaken").await?;
 
@@ -196,19 +212,47 @@ async fn a_delivered_report_overtaking_the_shipped_one_ends_delivered() -> anyho
     drain(&h, RoutingKey::OrdersShipped).await?;
     drain(&h, RoutingKey::OrdersDelivered).await?;
 
-    assert_eq!(h.order(&id).await?["status"], "delivered");
+    let order_json = h.order(&id).await?;
+    assert_eq!(order_json["status"], "delivered");
     let timeline = h.timeline(&id).await?;
+    let tail: Vec<&str> = timeline.iter().rev().take(2).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["orderflow.order.shipped.v1", "orderflow.order.delivered.v1"], "{timeline:?}");
+    assert_eq!(count(&timeline, "orderflow.order.shipped.v1"), 1, "{timeline:?}");
     assert_eq!(count(&timeline, "orderflow.order.delivered.v1"), 1, "{timeline:?}");
-    assert_eq!(count(&timeline, "orderflow.order.shipped.v1"), 0, "{timeline:?}");
     assert!(unexpected_dead_letters(&h).is_empty(), "the late report is a no-op: {:?}", unexpected_dead_letters(&h));
     assert_eq!(h.stock(SKU).await?, (8, 0), "delivered orders have taken their stock");
-    let delivered_audit = eventually("the delivered event in the audit stream", || async {
+    let audit = eventually("the delivered event in the audit stream", || async {
         let events = h.stack.audit.events();
         Ok(events.iter().any(|e| e.subject == id && e.event_type == "orderflow.order.delivered.v1").then_some(events))
     })
     .await?;
-    let shipped_audits =
-        delivered_audit.iter().filter(|e| e.subject == id && e.event_type == "orderflow.order.shipped.v1").count();
-    assert_eq!(shipped_audits, 0);
+    let trail: Vec<&CloudEvent> =
+        audit.iter().filter(|e| e.subject == id && e.event_type.starts_with("orderflow.order.s")).collect();
+    assert_eq!(trail.len(), 1, "one order.shipped in the audit stream: {trail:?}");
+    assert_eq!(trail[0].data["carrier"], "DHL", "the shipped step carries the delivered report's carrier");
+    assert_eq!(trail[0].data["tracking_number"], "TRACK-0002");
+    let position = |t: &str| audit.iter().position(|e| e.subject == id && e.event_type == t);
+    assert!(
+        position("orderflow.order.shipped.v1") < position("orderflow.order.delivered.v1"),
+        "shipped before delivered in the audit stream"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_version_delivered_report_without_its_shipped_one_still_ends_delivered() -> anyhow::Result<()> {
+    let h = sequential_stack().await?;
+    let (id, order, shipment) = paid_order(&h, "cust-overtaken-v1").await?;
+
+    let delivered = delivered_v1_event(order, shipment);
+    send(&h, RoutingKey::OrdersDelivered, &delivered.id.to_string(), &delivered)?;
+    h.wait_for_status(&id, "delivered").await?;
+    drain(&h, RoutingKey::OrdersDelivered).await?;
+
+    let timeline = h.timeline(&id).await?;
+    assert_eq!(count(&timeline, "orderflow.order.delivered.v1"), 1, "{timeline:?}");
+    assert_eq!(count(&timeline, "orderflow.order.shipped.v1"), 0, "a v1 report cannot say how it travelled");
+    assert!(unexpected_dead_letters(&h).is_empty(), "{:?}", unexpected_dead_letters(&h));
+    assert_eq!(h.stock(SKU).await?, (8, 0), "delivered orders have taken their stock");
     Ok(())
 }

@@ -28,7 +28,7 @@ const SALES_LIFECYCLE: [&str; 4] = [
 
 /// The audit events Delivery appends for the same order's shipment, in the order they happen.
 const DELIVERY_LIFECYCLE: [&str; 3] =
-    ["orderflow.shipment.created.v1", "orderflow.shipment.shipped.v1", "orderflow.shipment.delivered.v1"];
+    ["orderflow.shipment.created.v1", "orderflow.shipment.shipped.v1", "orderflow.shipment.delivered.v2"];
 
 /// The settings an analyst's client would use for the test's topic.
 fn kafka_settings(s: &Services) -> KafkaSettings {

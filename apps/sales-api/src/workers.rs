@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use orderflow_domain::events::{PaymentRequested, ShipmentCancelled, ShipmentDelivered, ShipmentShipped};
+use orderflow_domain::events::{
+    PaymentRequested, ShipmentCancelled, ShipmentDelivered, ShipmentDeliveredV1, ShipmentShipped,
+};
 use orderflow_domain::{CloudEvent, OrderStatus, Payload, PaymentOutcome, Step};
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 use orderflow_ports::sales::InboxEntry;
@@ -103,12 +105,25 @@ impl MessageHandler for DeliveryReports {
                 ),
                 Err(e) => HandlerOutcome::Permanent(e.to_string()),
             },
+            // The two reports travel on different queues, so `delivered` can overtake `shipped`. The current
+            // report carries the carrier, so the order records both steps at once and the late `shipped` is a
+            // no-op.
             ShipmentDelivered::TYPE => match event.payload::<ShipmentDelivered>() {
+                Ok(p) => outcome_of(
+                    service
+                        .transition(p.order_id, Some(inbox), trace, |o, at| {
+                            o.mark_delivered_by(p.carrier.clone(), p.tracking_number.clone(), at)
+                        })
+                        .await,
+                ),
+                Err(e) => HandlerOutcome::Permanent(e.to_string()),
+            },
+            ShipmentDeliveredV1::TYPE => match event.payload::<ShipmentDeliveredV1>() {
                 Ok(p) => {
-                    // The two reports travel on different queues, so `delivered` can overtake `shipped`;
-                    // applied at once it would make the late `shipped` a no-op and the audit trail would lack
-                    // `order.shipped`. On first arrival such a report waits one retry for its `shipped`; after
-                    // that it is applied whatever came, so the order still converges.
+                    // A first-version report (queued before an upgrade) cannot say how the parcel travelled:
+                    // applied before `shipped` it would leave the trail without `order.shipped`. On first
+                    // arrival it waits one retry for its `shipped`; after that it is applied whatever came,
+                    // so the order still converges.
                     let overtook = AtomicBool::new(false);
                     let applied = service
                         .transition(p.order_id, Some(inbox), trace, |o, at| {
