@@ -128,6 +128,36 @@ async fn a_published_command_is_delivered_with_its_message_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_many_frames_long_is_delivered_whole_and_dead_lettered_whole() {
+    let vhost = TestVhost::new();
+    let handler = Recorder::new(true, true);
+    let (broker, consumer) = start(&vhost, &[100], Arc::clone(&handler)).await;
+    let mut event = event();
+    // Ten times the frame size asked of the broker, so the body travels in many frames both ways.
+    event.data["note"] = serde_json::Value::String("x".repeat(10 * super::FRAME_MAX as usize));
+    broker.publish(RoutingKey::OrdersCancelRequested, &event).await.unwrap();
+    let seen = eventually("the delivery", async || handler.seen().first().cloned()).await.0;
+    assert_eq!(CloudEvent::decode(&seen.body).unwrap(), event);
+    let letters = eventually("the dead letter", async || {
+        let letters = broker.peek(RoutingKey::OrdersCancelRequested, 10).await.unwrap();
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(CloudEvent::decode(&letters[0].body).unwrap(), event);
+    consumer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_max_in_the_url_is_what_the_connection_negotiates() {
+    let vhost = TestVhost::new();
+    let url = format!("{}?frame_max=8192", vhost.settings(&[100]).url);
+    let (connection, _channel) = super::open_channel(&url).await.unwrap();
+    assert_eq!(connection.configuration().frame_max(), 8192);
+    let (connection, _channel) = super::open_channel(&vhost.settings(&[100]).url).await.unwrap();
+    assert_eq!(connection.configuration().frame_max(), super::FRAME_MAX, "the default keeps lapin's buffers small");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_to_a_key_no_queue_is_bound_to_is_an_error() {
     let vhost = TestVhost::new();
     let broker = RabbitBroker::connect(vhost.settings(&[100]), &[RoutingKey::OrdersCreated]).await.unwrap();
