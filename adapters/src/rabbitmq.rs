@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
@@ -284,19 +284,37 @@ impl RabbitBroker {
             .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         tracing::info!(queue = queue.as_str(), "consuming");
+        // Half the prefetch, so a second batch can be handled while the first commits.
+        let most = usize::from(self.settings.prefetch / 2).max(1);
         let mut running = tokio::task::JoinSet::new();
+        let mut failed = None;
         loop {
-            let delivery = tokio::select! {
+            let first = tokio::select! {
                 delivery = consumer.next() => match delivery {
                     Some(delivery) => delivery?,
                     None => break,
                 },
                 _ = stopping.wait_for(|stop| *stop) => break,
             };
+            // Whatever else has already arrived joins the batch; nothing waits for more.
+            let mut batch = vec![first];
+            while batch.len() < most {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(error))) => {
+                        failed = Some(error);
+                        break;
+                    }
+                    Some(None) | None => break,
+                }
+            }
             let handler = Arc::clone(handler);
             let channel = channel.clone();
             let delays = self.settings.retry_delays.len();
-            running.spawn(async move { settle(&channel, queue, delays, delivery, handler).await });
+            running.spawn(async move { settle_batch(&channel, queue, delays, batch, handler).await });
+            if failed.is_some() {
+                break;
+            }
             // Reap finished handlers so the set does not grow without bound.
             while let Some(done) = running.try_join_next() {
                 if let Ok(Err(error)) = done {
@@ -309,31 +327,56 @@ impl RabbitBroker {
         while running.join_next().await.is_some() {}
         let _ = channel.close(200, "stopping".into()).await;
         drop(connection);
-        Ok(())
+        failed.map_or(Ok(()), |error| Err(boxed(error)))
     }
 }
 
-/// Handles one delivery and acts on the outcome: ack; or republish to the next retry level (or the
-/// dead-letter queue) with a confirm, then ack. If the republish fails the delivery is nacked back to
-/// its queue, so nothing is lost either way.
+/// Hands a batch of deliveries to the handler, then settles each by its own outcome (see [`settle`]).
+async fn settle_batch(
+    channel: &Channel,
+    queue: RoutingKey,
+    retry_levels: usize,
+    deliveries: Vec<lapin::message::Delivery>,
+    handler: Arc<dyn MessageHandler>,
+) -> Result<(), BoxError> {
+    let messages: Vec<Delivery> = deliveries
+        .iter()
+        .map(|delivery| Delivery {
+            queue,
+            message_id: delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()),
+            body: delivery.data.clone(),
+            retries: header_count(delivery.properties.headers().as_ref()),
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut outcomes = handler.handle_batch(&messages).await.into_iter();
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut result = Ok(());
+    for (delivery, message) in deliveries.into_iter().zip(&messages) {
+        crate::metrics::HANDLER_SECONDS.with_label_values(&[queue.as_str()]).observe(elapsed);
+        let outcome = outcomes
+            .next()
+            .unwrap_or_else(|| HandlerOutcome::Transient("the handler gave no outcome for this delivery".into()));
+        let settled = settle(channel, queue, retry_levels, delivery, message.retries, outcome).await;
+        if let Err(error) = settled {
+            result = result.and(Err(error));
+        }
+    }
+    result
+}
+
+/// Acts on a delivery's outcome: ack; or republish to the next retry level (or the dead-letter queue)
+/// with a confirm, then ack. If the republish fails the delivery is nacked back to its queue, so nothing
+/// is lost either way.
 async fn settle(
     channel: &Channel,
     queue: RoutingKey,
     retry_levels: usize,
     delivery: lapin::message::Delivery,
-    handler: Arc<dyn MessageHandler>,
+    retries: u32,
+    outcome: HandlerOutcome,
 ) -> Result<(), BoxError> {
     let headers = delivery.properties.headers().as_ref();
-    let retries = header_count(headers);
-    let message = Delivery {
-        queue,
-        message_id: delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()),
-        body: delivery.data.clone(),
-        retries,
-    };
-    let started = std::time::Instant::now();
-    let outcome = handler.handle(&message).await;
-    crate::metrics::HANDLER_SECONDS.with_label_values(&[queue.as_str()]).observe(started.elapsed().as_secs_f64());
     let counted = |outcome: &str| crate::metrics::MESSAGES.with_label_values(&[queue.as_str(), outcome]).inc();
     let (target, error) = match outcome {
         HandlerOutcome::Done => {

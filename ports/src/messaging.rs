@@ -105,6 +105,15 @@ pub enum HandlerOutcome {
 pub trait MessageHandler: Send + Sync {
     /// Processes one delivery. Must be idempotent: deliveries are at-least-once.
     async fn handle(&self, delivery: &Delivery) -> HandlerOutcome;
+
+    /// Processes deliveries of one queue that arrived together, returning one outcome per delivery in
+    /// their order. A handler that commits several in one transaction overrides this, and must give each
+    /// the outcome it would have had alone: one that fails (a poison message) must not fail the others,
+    /// which is usually done by handling the batch one by one when the joint commit fails. The default
+    /// handles them concurrently, each on its own.
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<HandlerOutcome> {
+        futures::future::join_all(deliveries.iter().map(|delivery| self.handle(delivery))).await
+    }
 }
 
 /// Why a consumer stopped.

@@ -317,6 +317,84 @@ async fn messages_published_before_a_consumer_exists_are_kept() {
     consumer.abort();
 }
 
+/// Handles deliveries in batches, as a store committing several at once does, and records each batch.
+/// The second delivery of the first batch of several is poison: it fails, alone, every time.
+#[derive(Default)]
+struct Batches {
+    batches: Mutex<Vec<Vec<String>>>,
+    poison: Mutex<Option<String>>,
+}
+
+impl Batches {
+    fn handled(&self) -> Vec<String> {
+        self.batches.lock().unwrap().iter().flatten().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl MessageHandler for Batches {
+    async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
+        self.handle_batch(std::slice::from_ref(delivery)).await.remove(0)
+    }
+
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<HandlerOutcome> {
+        let ids: Vec<String> = deliveries.iter().map(|d| d.message_id.clone().unwrap_or_default()).collect();
+        self.batches.lock().unwrap().push(ids.clone());
+        let poison = {
+            let mut poison = self.poison.lock().unwrap();
+            if poison.is_none() && ids.len() > 1 {
+                *poison = Some(ids[1].clone());
+            }
+            poison.clone()
+        };
+        ids.iter()
+            .map(|id| match poison.as_ref() == Some(id) {
+                true => HandlerOutcome::Permanent("cannot be handled".into()),
+                false => HandlerOutcome::Done,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_inside_a_batch_is_dead_lettered_alone_and_the_rest_is_acknowledged() {
+    let vhost = TestVhost::new();
+    let queue = RoutingKey::OrdersCancelRequested;
+    let broker = Arc::new(RabbitBroker::connect(vhost.settings(&[100]), &[queue]).await.unwrap());
+    // Queued before the consumer starts, so they arrive together and are handed over in batches.
+    for _ in 0..25 {
+        broker.publish(queue, &event()).await.unwrap();
+    }
+    let handler = Arc::new(Batches::default());
+    let consumer = {
+        let (broker, handler) = (Arc::clone(&broker), Arc::clone(&handler));
+        tokio::spawn(async move {
+            let _ = broker.consume(queue, handler).await;
+        })
+    };
+    let letters = eventually("the dead letter", async || {
+        let letters = broker.peek(queue, 10).await.unwrap();
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    eventually("every delivery handled", async || (handler.handled().len() >= 25).then_some(())).await;
+    broker.shutdown().await;
+    consumer.await.unwrap();
+
+    let poison = handler.poison.lock().unwrap().clone().expect("a batch of several deliveries");
+    let batches = handler.batches.lock().unwrap().clone();
+    assert!(batches.iter().any(|b| b.len() > 1 && b.contains(&poison)), "{batches:?}");
+    assert_eq!(letters.len(), 1, "only the poison is dead-lettered");
+    assert_eq!(letters[0].message_id.as_deref(), Some(poison.as_str()));
+    assert_eq!(letters[0].retries, 0);
+    let mut handled = handler.handled();
+    handled.sort();
+    handled.dedup();
+    assert_eq!(handled.len(), 25, "each delivery handled once, none redelivered: {batches:?}");
+    assert_eq!(handler.handled().len(), 25, "each delivery handled once, none redelivered: {batches:?}");
+    assert_eq!(broker.queues(&[queue]).await.unwrap()[0].depth, 1, "only the dead letter is left");
+}
+
 /// Takes its time, so a shutdown can catch it mid-message.
 struct Slow {
     finished: AtomicBool,
