@@ -28,6 +28,7 @@ macro_rules! sales_store_contract {
             applying_a_change_twice_with_the_same_inbox_entry_is_already_processed,
             releasing_and_committing_stock_moves_reserved_and_stock,
             a_change_of_an_unknown_order_is_not_found,
+            a_batch_of_changes_gives_each_the_outcome_it_would_have_alone,
             the_timeline_lists_audit_events_oldest_first,
             orders_are_listed_newest_first_with_filters_and_keyset_pages,
             products_are_paged_in_sku_order,

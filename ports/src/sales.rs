@@ -187,11 +187,53 @@ pub trait SalesStore: OutboxStore {
     /// and nothing is written.
     async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError>;
 
+    /// Applies several changes, each with the outcome [`SalesStore::apply`] would give it alone, and
+    /// returns the outcomes in their order. A store may commit them in one transaction. A second change
+    /// of an order the batch already changes is reported as a [`ChangeError::Conflict`] (it was computed
+    /// from the version the first one replaces): the caller recomputes it. The default applies them one
+    /// after another.
+    ///
+    /// # Errors
+    /// [`ChangeError::Unexpected`] when the store fails. Some of the changes may then be committed (each
+    /// one whole, never a part of one); applying them again is safe, as the inbox entry or the version
+    /// check makes a repeat a no-op or a conflict.
+    async fn apply_all(
+        &self,
+        changes: Vec<OrderChange>,
+    ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
+        let mut outcomes = Vec::with_capacity(changes.len());
+        let mut changing = std::collections::HashSet::new();
+        for change in changes {
+            if !changing.insert(change.order.id) {
+                outcomes.push(Err(ChangeError::Conflict { expected: change.expected_version }));
+                continue;
+            }
+            match self.apply(change).await {
+                Err(ChangeError::Unexpected(error)) => return Err(ChangeError::Unexpected(error)),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// One order.
     ///
     /// # Errors
     /// [`ReadError::Unexpected`] when the store fails.
     async fn order(&self, id: OrderId) -> Result<Option<Order>, ReadError>;
+
+    /// The orders with these ids, in no particular order (missing ones are left out). The default reads
+    /// them one by one.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails.
+    async fn orders_by_id(&self, ids: &[OrderId]) -> Result<Vec<Order>, ReadError> {
+        let mut orders = Vec::with_capacity(ids.len());
+        for &id in ids {
+            orders.extend(self.order(id).await?);
+        }
+        Ok(orders)
+    }
 
     /// Orders newest first, filtered.
     ///

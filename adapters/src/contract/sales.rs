@@ -381,6 +381,76 @@ pub async fn a_change_of_an_unknown_order_is_not_found(store: Arc<dyn SalesStore
     assert!(matches!(again, ChangeError::NotFound), "expected NotFound again, got {again:?}");
 }
 
+/// A batch gives every change the outcome it would have alone: applied, already processed, conflict, not
+/// found, and a second change of an order in the same batch a conflict; what applies is written whole
+/// (stock summed over the batch, timeline, outbox, inbox) and the rest writes nothing.
+pub async fn a_batch_of_changes_gives_each_the_outcome_it_would_have_alone(store: Arc<dyn SalesStore>) {
+    let store = store.as_ref();
+    stock(store, "A-1", 10).await;
+    stock(store, "B-2", 10).await;
+    let now = super::fixtures::now();
+    let (carrier, tracking) = dhl();
+    let mut paid = Vec::new();
+    for (customer, quantity) in [("alice", 1), ("bob", 2), ("carol", 3), ("dave", 1)] {
+        let order = place(store, OrderDraft::new(customer).line("A-1", quantity).line("B-2", 1).placement()).await;
+        let pay = change_of(&order, order.clone().settle_payment(&PaymentOutcome::Completed, now), now);
+        paid.push(pay.order.clone());
+        store.apply(pay).await.expect("the payment is applied");
+    }
+    let [alice, bob, carol, dave] = paid.try_into().expect("four orders");
+    // dave's shipped report was processed before: its redelivery is recognised.
+    let mut dave_ship = change_of(&dave, dave.clone().mark_shipped(carrier.clone(), tracking.clone(), now), now);
+    dave_ship.inbox = Some(inbox("ship-dave", "orders.shipped"));
+    store.apply(dave_ship.clone()).await.expect("dave's shipping is applied");
+    owed(store).await;
+
+    let ship = |order: &Order, message: &str| {
+        let mut change = change_of(order, order.clone().mark_shipped(carrier.clone(), tracking.clone(), now), now);
+        change.inbox = Some(inbox(message, "orders.shipped"));
+        change
+    };
+    let mut stale = ship(&carol, "ship-carol");
+    stale.expected_version -= 1;
+    let never_placed = OrderDraft::new("erin").line("A-1", 1).placement().order;
+    let unknown = change_of(&never_placed, never_placed.clone().settle_payment(&PaymentOutcome::Completed, now), now);
+    let changes = vec![
+        ship(&alice, "ship-alice"),
+        dave_ship,
+        stale,
+        unknown,
+        ship(&bob, "ship-bob"),
+        ship(&alice, "ship-alice-again"),
+    ];
+
+    let outcomes = store.apply_all(changes).await.expect("the batch is applied");
+
+    assert!(matches!(outcomes[0], Ok(ChangeOutcome::Applied)), "alice: {:?}", outcomes[0]);
+    assert!(matches!(outcomes[1], Ok(ChangeOutcome::AlreadyProcessed)), "dave: {:?}", outcomes[1]);
+    assert!(matches!(outcomes[2], Err(ChangeError::Conflict { .. })), "carol: {:?}", outcomes[2]);
+    assert!(matches!(outcomes[3], Err(ChangeError::NotFound)), "erin: {:?}", outcomes[3]);
+    assert!(matches!(outcomes[4], Ok(ChangeOutcome::Applied)), "bob: {:?}", outcomes[4]);
+    assert!(matches!(outcomes[5], Err(ChangeError::Conflict { .. })), "alice again: {:?}", outcomes[5]);
+    let status = async |id| store.order(id).await.expect("order read").map(|o| o.status);
+    assert_eq!(status(alice.id).await, Some(OrderStatus::Shipped));
+    assert_eq!(status(bob.id).await, Some(OrderStatus::Shipped));
+    assert_eq!(status(carol.id).await, Some(OrderStatus::PendingShipment), "the stale change wrote nothing");
+    assert_eq!(levels(store, "A-1").await, (10 - 1 - 2 - 1, 3), "alice, bob and dave shipped; carol holds 3");
+    assert_eq!(levels(store, "B-2").await, (10 - 3, 1));
+    assert_eq!(owed(store).await.len(), 2, "one audit record each for alice and bob, nothing else");
+    let timeline = store.timeline(bob.id).await.expect("timeline read").expect("bob's timeline");
+    assert_eq!(timeline.last().map(|e| e.event_type.as_str()), Some("orderflow.order.shipped.v1"));
+    let again = store.apply(ship(&alice, "ship-alice")).await.expect("a redelivery is no error");
+    assert_eq!(again, ChangeOutcome::AlreadyProcessed, "the batch recorded alice's inbox entry");
+    let carol_again = store.apply(ship(&carol, "ship-carol")).await.expect("carol's report applies on its own");
+    assert_eq!(carol_again, ChangeOutcome::Applied, "the refused change left no inbox entry behind");
+
+    let mut read = store.orders_by_id(&[bob.id, never_placed.id, alice.id]).await.expect("orders read");
+    read.sort_by_key(|o| o.id);
+    let mut expected = vec![alice.id, bob.id];
+    expected.sort();
+    assert_eq!(ids(&read), expected, "the orders that exist");
+}
+
 /// The timeline holds an order's audit events (never its commands), oldest first; an unknown order has none.
 pub async fn the_timeline_lists_audit_events_oldest_first(store: Arc<dyn SalesStore>) {
     let store = store.as_ref();

@@ -93,6 +93,54 @@ impl CommandPublisher for InMemoryBus {
     }
 }
 
+/// What settling a delivery of one queue needs: its queue for retries, the dead letters, the delays.
+struct Settle {
+    queue: RoutingKey,
+    sender: mpsc::UnboundedSender<Delivery>,
+    dead_letters: Arc<Mutex<Vec<DeadLetter>>>,
+    delays: Vec<Duration>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Settle {
+    /// Acts on a delivery's outcome: done; retried after the delay of its level; or dead-lettered.
+    async fn settle(&self, delivery: Delivery, outcome: HandlerOutcome) {
+        let queue = self.queue;
+        let counted = |outcome: &str| crate::metrics::MESSAGES.with_label_values(&[queue.as_str(), outcome]).inc();
+        let error = match outcome {
+            HandlerOutcome::Done => {
+                counted("done");
+                return;
+            }
+            HandlerOutcome::Transient(error) => {
+                if let Some(delay) = usize::try_from(delivery.retries).ok().and_then(|i| self.delays.get(i)) {
+                    tracing::warn!(queue = queue.as_str(), retries = delivery.retries, %error, "retrying");
+                    counted("retried");
+                    let (sender, delay) = (self.sender.clone(), *delay);
+                    // The retry waits on its own, so the rest of the batch is settled meanwhile.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = sender.send(Delivery { retries: delivery.retries + 1, ..delivery });
+                    });
+                    return;
+                }
+                error
+            }
+            HandlerOutcome::Permanent(error) => error,
+        };
+        tracing::error!(queue = queue.as_str(), retries = delivery.retries, %error, "dead-lettered");
+        counted("dead_lettered");
+        lock(&self.dead_letters).push(DeadLetter {
+            message_id: delivery.message_id,
+            original_queue: queue,
+            error,
+            failed_at: self.clock.now(),
+            retries: delivery.retries,
+            body: delivery.body,
+        });
+    }
+}
+
 #[async_trait]
 impl CommandConsumer for InMemoryBus {
     async fn consume(&self, queue: RoutingKey, handler: Arc<dyn MessageHandler>) -> Result<(), ConsumeError> {
@@ -101,58 +149,48 @@ impl CommandConsumer for InMemoryBus {
             ConsumeError::Unexpected(inconsistent(format!("{} already has a consumer", queue.as_str())))
         })?;
         let prefetch = self.settings.prefetch.max(1);
+        // As the RabbitMQ consumer does: what has arrived together is one batch, up to half the prefetch.
+        let most = (prefetch / 2).max(1);
         let permits = Arc::new(Semaphore::new(prefetch));
         let mut running = self.shutdown.register();
         loop {
-            let delivery = tokio::select! {
+            let first = tokio::select! {
                 delivery = receiver.recv() => match delivery {
                     Some(delivery) => delivery,
                     None => break,
                 },
                 _ = running.stopping.wait_for(|stop| *stop) => break,
             };
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+            let mut batch = vec![first];
+            while batch.len() < most {
+                match receiver.try_recv() {
+                    Ok(delivery) => batch.push(delivery),
+                    Err(_) => break,
+                }
+            }
+            let size = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            let Ok(permit) = Arc::clone(&permits).acquire_many_owned(size).await else { break };
+            let settle = Settle {
+                queue,
+                sender: sender.clone(),
+                dead_letters: Arc::clone(&self.dead_letters),
+                delays: self.settings.retry_delays.clone(),
+                clock: Arc::clone(&self.clock),
+            };
             let handler = Arc::clone(&handler);
-            let sender = sender.clone();
-            let dead_letters = Arc::clone(&self.dead_letters);
-            let delays = self.settings.retry_delays.clone();
-            let clock = Arc::clone(&self.clock);
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
-                let outcome = handler.handle(&delivery).await;
+                let outcomes = handler.handle_batch(&batch).await;
                 drop(permit);
-                crate::metrics::HANDLER_SECONDS
-                    .with_label_values(&[queue.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
-                let counted =
-                    |outcome: &str| crate::metrics::MESSAGES.with_label_values(&[queue.as_str(), outcome]).inc();
-                let error = match outcome {
-                    HandlerOutcome::Done => {
-                        counted("done");
-                        return;
-                    }
-                    HandlerOutcome::Transient(error) => {
-                        if let Some(delay) = usize::try_from(delivery.retries).ok().and_then(|i| delays.get(i)) {
-                            tracing::warn!(queue = queue.as_str(), retries = delivery.retries, %error, "retrying");
-                            counted("retried");
-                            tokio::time::sleep(*delay).await;
-                            let _ = sender.send(Delivery { retries: delivery.retries + 1, ..delivery });
-                            return;
-                        }
-                        error
-                    }
-                    HandlerOutcome::Permanent(error) => error,
-                };
-                tracing::error!(queue = queue.as_str(), retries = delivery.retries, %error, "dead-lettered");
-                counted("dead_lettered");
-                lock(&dead_letters).push(DeadLetter {
-                    message_id: delivery.message_id,
-                    original_queue: queue,
-                    error,
-                    failed_at: clock.now(),
-                    retries: delivery.retries,
-                    body: delivery.body,
-                });
+                let elapsed = started.elapsed().as_secs_f64();
+                let mut outcomes = outcomes.into_iter();
+                for delivery in batch {
+                    crate::metrics::HANDLER_SECONDS.with_label_values(&[queue.as_str()]).observe(elapsed);
+                    let outcome = outcomes.next().unwrap_or_else(|| {
+                        HandlerOutcome::Transient("the handler gave no outcome for this delivery".into())
+                    });
+                    settle.settle(delivery, outcome).await;
+                }
             });
         }
         // Wait until every handler in flight has finished (each holds a permit while it runs).

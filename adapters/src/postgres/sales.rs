@@ -129,6 +129,170 @@ fn place_failed(error: impl Into<BoxError>) -> PlaceError {
     PlaceError::Unexpected(error.into())
 }
 
+/// Per SKU, in SKU order: the change of its reserved units and of its stock, as statement parameters.
+struct StockDeltas {
+    skus: Vec<String>,
+    reserved: Vec<i32>,
+    stock: Vec<i32>,
+}
+
+/// The stock effects of many changes summed per SKU.
+fn stock_deltas(changes: &[&OrderChange]) -> Result<StockDeltas, BoxError> {
+    let mut deltas: std::collections::BTreeMap<&str, (i32, i32)> = std::collections::BTreeMap::new();
+    for change in changes {
+        let (reserved, stock) = match change.stock {
+            StockEffect::None => continue,
+            StockEffect::Reserve => (1, 0),
+            StockEffect::Release => (-1, 0),
+            StockEffect::Commit => (-1, -1),
+        };
+        for line in &change.order.lines {
+            let quantity = i32::try_from(line.quantity.get())?;
+            let delta = deltas.entry(line.sku.as_str()).or_default();
+            delta.0 += reserved * quantity;
+            delta.1 += stock * quantity;
+        }
+    }
+    Ok(StockDeltas {
+        skus: deltas.keys().map(|sku| (*sku).to_owned()).collect(),
+        reserved: deltas.values().map(|d| d.0).collect(),
+        stock: deltas.values().map(|d| d.1).collect(),
+    })
+}
+
+/// Writes the changes of a batch that are neither redeliveries nor second changes of an order, inside
+/// `tx`, with one statement per kind of row; fills in their outcomes. `Err` leaves `tx` to roll back.
+async fn write_batch(
+    tx: &ClientWrapper,
+    changes: &[OrderChange],
+    outcomes: &mut [Option<Result<ChangeOutcome, ChangeError>>],
+) -> Result<bool, BoxError> {
+    // Redeliveries: their inbox entry is already there.
+    let (message_ids, consumers): (Vec<&str>, Vec<&str>) =
+        changes.iter().filter_map(|c| c.inbox.as_ref()).map(|e| (e.message_id.as_str(), e.consumer.as_str())).unzip();
+    let statement = tx
+        .prepare_cached(
+            "SELECT i.message_id, i.consumer FROM inbox i
+             JOIN unnest($1::text[], $2::text[]) AS m(message_id, consumer) USING (message_id, consumer)",
+        )
+        .await?;
+    let seen: std::collections::HashSet<(String, String)> =
+        tx.query(&statement, &[&message_ids, &consumers]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut changing = std::collections::HashSet::new();
+    let mut candidates = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        let redelivered =
+            change.inbox.as_ref().is_some_and(|e| seen.contains(&(e.message_id.clone(), e.consumer.clone())));
+        outcomes[i] = if redelivered {
+            Some(Ok(ChangeOutcome::AlreadyProcessed))
+        } else if !changing.insert(change.order.id) {
+            Some(Err(ChangeError::Conflict { expected: change.expected_version }))
+        } else {
+            candidates.push(i);
+            None
+        };
+    }
+    if candidates.is_empty() {
+        return Ok(false);
+    }
+    // The version checks, all at once; rows are locked in id order, as every batch locks them.
+    candidates.sort_by_key(|&i| changes[i].order.id);
+    let ids: Vec<uuid::Uuid> = candidates.iter().map(|&i| changes[i].order.id.as_uuid()).collect();
+    let statuses: Vec<&str> = candidates.iter().map(|&i| changes[i].order.status.as_str()).collect();
+    let versions: Vec<i32> =
+        candidates.iter().map(|&i| i32::try_from(changes[i].order.version)).collect::<Result<_, _>>()?;
+    let updated_at: Vec<_> = candidates.iter().map(|&i| changes[i].order.updated_at).collect();
+    let expected: Vec<i32> =
+        candidates.iter().map(|&i| i32::try_from(changes[i].expected_version)).collect::<Result<_, _>>()?;
+    let statement = tx
+        .prepare_cached(
+            "UPDATE orders o SET status = c.status, version = c.version, updated_at = c.updated_at
+             FROM unnest($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::int[])
+                 AS c(id, status, version, updated_at, expected)
+             WHERE o.id = c.id AND o.version = c.expected
+             RETURNING o.id",
+        )
+        .await?;
+    let rows = tx.query(&statement, &[&ids, &statuses, &versions, &updated_at, &expected]).await?;
+    let updated: std::collections::HashSet<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let (applied, refused): (Vec<usize>, Vec<usize>) =
+        candidates.into_iter().partition(|&i| updated.contains(&changes[i].order.id.as_uuid()));
+    if !refused.is_empty() {
+        let ids: Vec<uuid::Uuid> = refused.iter().map(|&i| changes[i].order.id.as_uuid()).collect();
+        let statement = tx.prepare_cached("SELECT id FROM orders WHERE id = ANY($1)").await?;
+        let existing: std::collections::HashSet<uuid::Uuid> =
+            tx.query(&statement, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
+        for i in refused {
+            let change = &changes[i];
+            outcomes[i] = Some(Err(match existing.contains(&change.order.id.as_uuid()) {
+                true => ChangeError::Conflict { expected: change.expected_version },
+                false => ChangeError::NotFound,
+            }));
+        }
+    }
+    if applied.is_empty() {
+        return Ok(false);
+    }
+    let applied_changes: Vec<&OrderChange> = applied.iter().map(|&i| &changes[i]).collect();
+    // Stock, summed per SKU and locked in SKU order like every other writer of products.
+    let StockDeltas { skus, reserved, stock } = stock_deltas(&applied_changes)?;
+    if !skus.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "WITH w AS (SELECT * FROM unnest($1::text[], $2::int[], $3::int[]) AS w(sku, reserved, stock)),
+                      l AS (SELECT p.sku FROM products p WHERE p.sku IN (SELECT sku FROM w) ORDER BY p.sku FOR UPDATE)
+                 UPDATE products p SET reserved = p.reserved + w.reserved, stock = p.stock + w.stock FROM w, l
+                 WHERE p.sku = w.sku AND l.sku = w.sku
+                 RETURNING p.sku",
+            )
+            .await?;
+        let moved = tx.query(&statement, &[&skus, &reserved, &stock]).await?;
+        if moved.len() != skus.len() {
+            return Err("stock out of balance: a product of the batch is gone".into());
+        }
+    }
+    // Timeline and outbox rows of every applied change, in the batch's order.
+    let messages: Vec<OutboxMessage> = applied_changes.iter().flat_map(|c| c.messages.iter().cloned()).collect();
+    let timeline_orders: Vec<uuid::Uuid> = applied_changes
+        .iter()
+        .flat_map(|c| c.messages.iter().filter(|m| m.audit).map(|_| c.order.id.as_uuid()))
+        .collect();
+    let events = timeline_events(&messages)?;
+    let columns = outbox::OutboxColumns::of(&messages)?;
+    let sql = format!(
+        "WITH e AS (INSERT INTO order_events (order_id, event)
+                    SELECT o, e FROM unnest($1::uuid[], $2::jsonb[]) WITH ORDINALITY AS t(o, e, n) ORDER BY n)
+         INSERT INTO outbox {} {}",
+        outbox::INSERT_COLUMNS,
+        outbox::select_columns(3)
+    );
+    let statement = tx.prepare_cached(&sql).await?;
+    let [a, b, c, d, e] = columns.params();
+    tx.execute(&statement, &[&timeline_orders, &events, a, b, c, d, e]).await?;
+    // The inbox entries; one another transaction recorded meanwhile means a concurrent redelivery.
+    let (message_ids, consumers): (Vec<&str>, Vec<&str>) = applied_changes
+        .iter()
+        .filter_map(|c| c.inbox.as_ref())
+        .map(|e| (e.message_id.as_str(), e.consumer.as_str()))
+        .unzip();
+    if !message_ids.is_empty() {
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO inbox (message_id, consumer) SELECT * FROM unnest($1::text[], $2::text[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let recorded = tx.execute(&statement, &[&message_ids, &consumers]).await?;
+        if usize::try_from(recorded)? != message_ids.len() {
+            return Err("a message of the batch was processed concurrently".into());
+        }
+    }
+    for i in applied {
+        outcomes[i] = Some(Ok(ChangeOutcome::Applied));
+    }
+    Ok(!messages.is_empty())
+}
+
 fn change_failed(error: impl Into<BoxError>) -> ChangeError {
     ChangeError::Unexpected(error.into())
 }
@@ -297,6 +461,34 @@ impl SalesStore for PgSalesStore {
             self.db.outbox_committed();
         }
         Ok(ChangeOutcome::Applied)
+    }
+
+    async fn apply_all(
+        &self,
+        changes: Vec<OrderChange>,
+    ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
+        let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
+        let mut outcomes: Vec<Option<Result<ChangeOutcome, ChangeError>>> = changes.iter().map(|_| None).collect();
+        let wrote_messages = write_batch(&tx, &changes, &mut outcomes).await.map_err(ChangeError::Unexpected)?;
+        tx.commit().await.map_err(change_failed)?;
+        if wrote_messages {
+            self.db.outbox_committed();
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.ok_or_else(|| ChangeError::Unexpected("a change of the batch was left out".into())))
+            .collect()
+    }
+
+    async fn orders_by_id(&self, ids: &[OrderId]) -> Result<Vec<Order>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let statement = client
+            .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = ANY($1)"))
+            .await
+            .map_err(read_failed)?;
+        let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        let rows = client.query(&statement, &[&ids]).await.map_err(read_failed)?;
+        rows.iter().map(order_from).collect::<Result<_, _>>().map_err(ReadError::Unexpected)
     }
 
     async fn order(&self, id: OrderId) -> Result<Option<Order>, ReadError> {

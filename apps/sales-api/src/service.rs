@@ -69,6 +69,22 @@ impl From<ReadError> for TransitionFailure {
     }
 }
 
+/// A transition of an existing order, for [`SalesService::transition_all`].
+pub type Transition<'a> =
+    Box<dyn Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError> + Send + Sync + 'a>;
+
+/// One transition of a batch: the order, the message that asks for it, and the change.
+pub struct BatchTransition<'a> {
+    /// The order to change.
+    pub id: OrderId,
+    /// The message that caused the change.
+    pub inbox: Option<InboxEntry>,
+    /// The trace the change continues.
+    pub traceparent: Option<String>,
+    /// The change.
+    pub transition: Transition<'a>,
+}
+
 /// The ports the Sales use cases run on.
 #[derive(Clone)]
 pub struct SalesService {
@@ -172,6 +188,64 @@ impl SalesService {
         transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
     ) -> Result<Order, TransitionFailure> {
         self.transition_from(order.id, Some(order), inbox, traceparent, transition).await
+    }
+
+    /// Applies each transition as [`SalesService::transition`] would, reading the orders in one query and
+    /// committing the changes together. A change that conflicts (another writer, or a second change of an
+    /// order in the same batch) is recomputed on its own; when the joint commit fails, every change is
+    /// made on its own, so one that cannot be committed fails alone. Results are in the batch's order.
+    pub async fn transition_all(&self, batch: Vec<BatchTransition<'_>>) -> Vec<Result<Order, TransitionFailure>> {
+        let mut results: Vec<Option<Result<Order, TransitionFailure>>> = batch.iter().map(|_| None).collect();
+        let ids: Vec<OrderId> = batch.iter().map(|t| t.id).collect();
+        if let Ok(read) = self.store.orders_by_id(&ids).await {
+            let read: HashMap<OrderId, Order> = read.into_iter().map(|o| (o.id, o)).collect();
+            let now = self.clock.now();
+            let mut changes = Vec::new();
+            let mut changed = Vec::new();
+            for (i, t) in batch.iter().enumerate() {
+                let Some(order) = read.get(&t.id).cloned() else {
+                    results[i] = Some(Err(TransitionFailure::NotFound));
+                    continue;
+                };
+                let (from, version) = (order.status, order.version);
+                match (t.transition)(order, now) {
+                    Err(refused) => results[i] = Some(Err(refused.into())),
+                    Ok(Step::Unchanged(order)) => results[i] = Some(Ok(order)),
+                    Ok(Step::Applied { state, event }) => {
+                        changes.push(OrderChange {
+                            stock: StockEffect::between(Some(from), state.status),
+                            messages: self.messages(event.outgoing(&state), now, t.traceparent.clone()),
+                            expected_version: version,
+                            inbox: t.inbox.clone(),
+                            order: state,
+                        });
+                        changed.push(i);
+                    }
+                }
+            }
+            let orders: Vec<Order> = changes.iter().map(|c| c.order.clone()).collect();
+            if let Ok(outcomes) = self.store.apply_all(changes).await {
+                for ((i, order), outcome) in changed.into_iter().zip(orders).zip(outcomes) {
+                    results[i] = match outcome {
+                        Ok(ChangeOutcome::Applied) => {
+                            self.cache_put(&order).await;
+                            Some(Ok(order))
+                        }
+                        Err(ChangeError::NotFound) => Some(Err(TransitionFailure::NotFound)),
+                        // Already processed, or conflicting: the single path reads the order anew.
+                        _ => None,
+                    };
+                }
+            }
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        for (t, result) in batch.iter().zip(results) {
+            done.push(match result {
+                Some(result) => result,
+                None => self.transition_from(t.id, None, t.inbox.clone(), t.traceparent.clone(), &*t.transition).await,
+            });
+        }
+        done
     }
 
     async fn transition_from(

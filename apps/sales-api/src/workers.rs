@@ -1,6 +1,7 @@
 //! The Sales consumers: the payment worker (`payments.requested`) and the handler of what Delivery
 //! reports (`orders.shipped`, `orders.delivered`, `shipments.cancelled`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use orderflow_domain::{CloudEvent, OrderStatus, Payload, PaymentOutcome, Step};
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 use orderflow_ports::sales::InboxEntry;
 
-use crate::service::{SalesService, TransitionFailure};
+use crate::service::{BatchTransition, SalesService, Transition, TransitionFailure};
 
 /// What every consumer does first: parse the envelope and name the inbox entry it will write.
 pub(crate) fn open(delivery: &Delivery) -> Result<(CloudEvent, InboxEntry), HandlerOutcome> {
@@ -36,46 +37,87 @@ pub struct PaymentWorker {
     pub service: SalesService,
 }
 
+/// A payment request as the worker reads it.
+struct Request {
+    event: CloudEvent,
+    inbox: InboxEntry,
+    request: PaymentRequested,
+}
+
 #[async_trait]
 impl MessageHandler for PaymentWorker {
     async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
-        let (event, inbox) = match open(delivery) {
-            Ok(opened) => opened,
-            Err(outcome) => return outcome,
-        };
-        let request: PaymentRequested = match event.payload() {
-            Ok(request) => request,
-            Err(e) => return HandlerOutcome::Permanent(e.to_string()),
-        };
-        let order = match self.service.store.order(request.order_id).await {
-            Ok(Some(order)) => order,
-            Ok(None) => return HandlerOutcome::Permanent(format!("no order {}", request.order_id)),
-            Err(e) => return HandlerOutcome::Transient(e.to_string()),
-        };
-        // Only an order still awaiting payment is charged: a redelivered request for a settled or
-        // cancelled order must not take money.
-        if order.status != OrderStatus::PendingPayment {
-            return HandlerOutcome::Done;
+        self.handle_batch(std::slice::from_ref(delivery)).await.remove(0)
+    }
+
+    /// Reads the batch's orders in one query, charges those still awaiting payment concurrently, and
+    /// records the verdicts together.
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<HandlerOutcome> {
+        let mut outcomes: Vec<Option<HandlerOutcome>> = deliveries.iter().map(|_| None).collect();
+        let mut requests = Vec::new();
+        for (i, delivery) in deliveries.iter().enumerate() {
+            let opened = open(delivery).and_then(|(event, inbox)| match event.payload::<PaymentRequested>() {
+                Ok(request) => Ok(Request { event, inbox, request }),
+                Err(e) => Err(HandlerOutcome::Permanent(e.to_string())),
+            });
+            match opened {
+                Ok(request) => requests.push((i, request)),
+                Err(outcome) => outcomes[i] = Some(outcome),
+            }
         }
-        let outcome = match self.service.payments.charge(order.id, request.amount).await {
-            Ok(outcome) => outcome,
-            Err(e) => return HandlerOutcome::Transient(e.to_string()),
+        let ids: Vec<_> = requests.iter().map(|(_, r)| r.request.order_id).collect();
+        let orders: HashMap<_, _> = match self.service.store.orders_by_id(&ids).await {
+            Ok(orders) => orders.into_iter().map(|o| (o.id, o)).collect(),
+            Err(e) => {
+                return outcomes.into_iter().map(|o| o.unwrap_or(HandlerOutcome::Transient(e.to_string()))).collect();
+            }
         };
-        let id = order.id;
-        let settled = self
-            .service
-            .transition_read(order, Some(inbox), event.traceparent.clone(), |o, at| o.settle_payment(&outcome, at))
-            .await;
-        match settled {
-            // The customer cancelled while the charge was running: give the money back.
-            Err(TransitionFailure::NotAllowed(_)) if outcome == PaymentOutcome::Completed => {
-                match self.service.payments.refund(id).await {
-                    Ok(()) => HandlerOutcome::Done,
-                    Err(e) => HandlerOutcome::Transient(e.to_string()),
+        let charges = requests.iter().map(|(_, r)| async {
+            match orders.get(&r.request.order_id) {
+                None => Err(HandlerOutcome::Permanent(format!("no order {}", r.request.order_id))),
+                // Only an order still awaiting payment is charged: a redelivered request for a settled or
+                // cancelled order must not take money.
+                Some(order) if order.status != OrderStatus::PendingPayment => Err(HandlerOutcome::Done),
+                Some(order) => self
+                    .service
+                    .payments
+                    .charge(order.id, r.request.amount)
+                    .await
+                    .map_err(|e| HandlerOutcome::Transient(e.to_string())),
+            }
+        });
+        let charged = futures::future::join_all(charges).await;
+        let mut settling = Vec::new();
+        let mut batch = Vec::new();
+        for ((i, r), charge) in requests.into_iter().zip(charged) {
+            match charge {
+                Err(outcome) => outcomes[i] = Some(outcome),
+                Ok(verdict) => {
+                    let settle = verdict.clone();
+                    batch.push(BatchTransition {
+                        id: r.request.order_id,
+                        inbox: Some(r.inbox),
+                        traceparent: r.event.traceparent,
+                        transition: Box::new(move |o, at| o.settle_payment(&settle, at)),
+                    });
+                    settling.push((i, r.request.order_id, verdict));
                 }
             }
-            other => outcome_of(other),
         }
+        let settled = self.service.transition_all(batch).await;
+        for ((i, id, verdict), result) in settling.into_iter().zip(settled) {
+            outcomes[i] = Some(match result {
+                // The customer cancelled while the charge was running: give the money back.
+                Err(TransitionFailure::NotAllowed(_)) if verdict == PaymentOutcome::Completed => {
+                    match self.service.payments.refund(id).await {
+                        Ok(()) => HandlerOutcome::Done,
+                        Err(e) => HandlerOutcome::Transient(e.to_string()),
+                    }
+                }
+                other => outcome_of(other),
+            });
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or_else(|| HandlerOutcome::Transient("not handled".into()))).collect()
     }
 }
 
@@ -85,39 +127,43 @@ pub struct DeliveryReports {
     pub service: SalesService,
 }
 
-#[async_trait]
-impl MessageHandler for DeliveryReports {
-    async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
-        let (event, inbox) = match open(delivery) {
-            Ok(opened) => opened,
-            Err(outcome) => return outcome,
-        };
-        let service = &self.service;
-        let trace = event.traceparent.clone();
-        match event.event_type.as_str() {
+impl DeliveryReports {
+    /// The transition a shipped or delivered report asks for, which a batch commits together; `None` for
+    /// the reports handled one by one.
+    fn transition_of(
+        event: &CloudEvent,
+        inbox: &InboxEntry,
+    ) -> Option<Result<BatchTransition<'static>, HandlerOutcome>> {
+        let permanent = |e: orderflow_domain::DecodeError| HandlerOutcome::Permanent(e.to_string());
+        let (id, transition): (_, Transition<'static>) = match event.event_type.as_str() {
             ShipmentShipped::TYPE => match event.payload::<ShipmentShipped>() {
-                Ok(p) => outcome_of(
-                    service
-                        .transition(p.order_id, Some(inbox), trace, |o, at| {
-                            o.mark_shipped(p.carrier.clone(), p.tracking_number.clone(), at)
-                        })
-                        .await,
+                Ok(p) => (
+                    p.order_id,
+                    Box::new(move |o, at| o.mark_shipped(p.carrier.clone(), p.tracking_number.clone(), at)),
                 ),
-                Err(e) => HandlerOutcome::Permanent(e.to_string()),
+                Err(e) => return Some(Err(permanent(e))),
             },
             // The two reports travel on different queues, so `delivered` can overtake `shipped`. The current
             // report carries the carrier, so the order records both steps at once and the late `shipped` is a
             // no-op.
             ShipmentDelivered::TYPE => match event.payload::<ShipmentDelivered>() {
-                Ok(p) => outcome_of(
-                    service
-                        .transition(p.order_id, Some(inbox), trace, |o, at| {
-                            o.mark_delivered_by(p.carrier.clone(), p.tracking_number.clone(), at)
-                        })
-                        .await,
+                Ok(p) => (
+                    p.order_id,
+                    Box::new(move |o, at| o.mark_delivered_by(p.carrier.clone(), p.tracking_number.clone(), at)),
                 ),
-                Err(e) => HandlerOutcome::Permanent(e.to_string()),
+                Err(e) => return Some(Err(permanent(e))),
             },
+            _ => return None,
+        };
+        Some(Ok(BatchTransition { id, inbox: Some(inbox.clone()), traceparent: event.traceparent.clone(), transition }))
+    }
+
+    /// The reports a batch does not commit together: first-version delivered reports, cancellations
+    /// (refunded after the commit) and anything unreadable.
+    async fn alone(&self, event: CloudEvent, inbox: InboxEntry, delivery: &Delivery) -> HandlerOutcome {
+        let service = &self.service;
+        let trace = event.traceparent.clone();
+        match event.event_type.as_str() {
             ShipmentDeliveredV1::TYPE => match event.payload::<ShipmentDeliveredV1>() {
                 Ok(p) => {
                     // A first-version report (queued before an upgrade) cannot say how the parcel travelled:
@@ -164,5 +210,39 @@ impl MessageHandler for DeliveryReports {
             },
             other => HandlerOutcome::Permanent(format!("unknown event type {other}")),
         }
+    }
+}
+
+#[async_trait]
+impl MessageHandler for DeliveryReports {
+    async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
+        self.handle_batch(std::slice::from_ref(delivery)).await.remove(0)
+    }
+
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<HandlerOutcome> {
+        let mut outcomes: Vec<Option<HandlerOutcome>> = deliveries.iter().map(|_| None).collect();
+        let mut batch = Vec::new();
+        let mut batched = Vec::new();
+        for (i, delivery) in deliveries.iter().enumerate() {
+            let (event, inbox) = match open(delivery) {
+                Ok(opened) => opened,
+                Err(outcome) => {
+                    outcomes[i] = Some(outcome);
+                    continue;
+                }
+            };
+            match Self::transition_of(&event, &inbox) {
+                Some(Ok(transition)) => {
+                    batch.push(transition);
+                    batched.push(i);
+                }
+                Some(Err(outcome)) => outcomes[i] = Some(outcome),
+                None => outcomes[i] = Some(self.alone(event, inbox, delivery).await),
+            }
+        }
+        for (i, result) in batched.into_iter().zip(self.service.transition_all(batch).await) {
+            outcomes[i] = Some(outcome_of(result));
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or_else(|| HandlerOutcome::Transient("not handled".into()))).collect()
     }
 }
