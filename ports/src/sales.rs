@@ -62,7 +62,7 @@ pub enum PlaceError {
 }
 
 /// The message that caused a change, recorded so a redelivery is recognised.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InboxEntry {
     /// The message id.
     pub message_id: String,

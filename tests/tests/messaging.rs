@@ -256,3 +256,33 @@ async fn a_first_version_delivered_report_without_its_shipped_one_still_ends_del
     assert_eq!(h.stock(SKU).await?, (8, 0), "delivered orders have taken their stock");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_report_inside_a_batch_is_dead_lettered_alone_and_the_rest_apply() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    h.put_product(SKU, 1999, 10).await?;
+    let mut orders = Vec::new();
+    for customer in ["cust-batch-1", "cust-batch-2", "cust-batch-3"] {
+        orders.push(paid_order(&h, customer).await?);
+    }
+    let unknown = shipped_event(OrderId::from_uuid(Uuid::now_v7()), ShipmentId::from_uuid(Uuid::now_v7()))?;
+
+    // Sent in one go, so the consumer takes them together: good reports around two poisoned ones.
+    send(&h, RoutingKey::OrdersShipped, "batch-good-1", &shipped_event(orders[0].1, orders[0].2)?)?;
+    h.stack.bus.send_raw(RoutingKey::OrdersShipped, Some("batch-poison".to_owned()), b"{ not json".to_vec());
+    send(&h, RoutingKey::OrdersShipped, "batch-good-2", &shipped_event(orders[1].1, orders[1].2)?)?;
+    send(&h, RoutingKey::OrdersShipped, "batch-unknown-order", &unknown)?;
+    send(&h, RoutingKey::OrdersShipped, "batch-good-3", &shipped_event(orders[2].1, orders[2].2)?)?;
+
+    assert_eq!(dead_letter(&h, "batch-poison").await?.retries, 0);
+    assert_eq!(dead_letter(&h, "batch-unknown-order").await?.retries, 0);
+    for (id, ..) in &orders {
+        h.wait_for_status(id, "shipped").await?;
+        assert_eq!(count(&h.timeline(id).await?, "orderflow.order.shipped.v1"), 1);
+    }
+    let mut dead = unexpected_dead_letters(&h);
+    dead.sort();
+    assert_eq!(dead, ["batch-poison", "batch-unknown-order"], "only the poisoned reports are dead-lettered");
+    assert_eq!(h.stock(SKU).await?, (4, 0), "each shipped order took its 2 units once");
+    Ok(())
+}

@@ -231,6 +231,52 @@ pub async fn a_batch_commits_what_applies_and_refuses_the_rest_alone(store: Arc<
     );
 }
 
+/// Creations in a batch: new shipments are created with their messages and inbox entries; one for an
+/// order that has its shipment, a second one for an order in the same batch, and a redelivery write nothing.
+pub async fn a_batch_of_creations_creates_each_new_shipment_once(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let now = super::fixtures::now;
+    let (fresh, other, taken) =
+        (OrderId::from_uuid(Uuid::now_v7()), OrderId::from_uuid(Uuid::now_v7()), OrderId::from_uuid(Uuid::now_v7()));
+    let existing = save(store, creation(taken, now())).await;
+    let mut processed = creation(OrderId::from_uuid(Uuid::now_v7()), now());
+    processed.inbox = Some(inbox("created-seen", "orders.created"));
+    let processed_order = processed.shipment.order.order_id;
+    store.save(processed).await.expect("the first delivery is applied");
+    owed(store).await;
+
+    let mut first = creation(fresh, now());
+    first.inbox = Some(inbox("created-fresh", "orders.created"));
+    let mut redelivered = creation(processed_order, now());
+    redelivered.inbox = Some(inbox("created-seen", "orders.created"));
+    let changes =
+        vec![first.clone(), creation(taken, now()), creation(fresh, now()), redelivered, creation(other, now())];
+    let expected_messages: Vec<EventId> =
+        [&changes[0], &changes[4]].iter().flat_map(|c| message_ids(&c.messages)).collect();
+
+    let outcomes = store.save_all(changes.clone()).await.expect("the batch is committed");
+
+    assert!(matches!(outcomes[0], Ok(ChangeOutcome::Applied)), "fresh: {:?}", outcomes[0]);
+    assert!(matches!(outcomes[1], Err(ChangeError::Conflict { .. })), "taken: {:?}", outcomes[1]);
+    assert!(matches!(outcomes[2], Err(ChangeError::Conflict { .. })), "fresh again: {:?}", outcomes[2]);
+    assert!(matches!(outcomes[3], Ok(ChangeOutcome::AlreadyProcessed)), "redelivered: {:?}", outcomes[3]);
+    assert!(matches!(outcomes[4], Ok(ChangeOutcome::Applied)), "other: {:?}", outcomes[4]);
+    assert_eq!(store.shipment_for_order(fresh).await.expect("read"), Some(first.shipment.clone()));
+    assert_eq!(store.shipment(changes[2].shipment.id).await.expect("read"), None, "one shipment per order");
+    assert_eq!(store.shipment_for_order(taken).await.expect("read"), Some(existing), "the first one stands");
+    assert_eq!(store.shipment(changes[4].shipment.id).await.expect("read"), Some(changes[4].shipment.clone()));
+    let mut owed_now = owed(store).await;
+    owed_now.sort();
+    let mut expected = expected_messages;
+    expected.sort();
+    assert_eq!(owed_now, expected, "the messages of the two new shipments, nothing else");
+    assert_eq!(
+        store.save(first).await.expect("a redelivery is no error"),
+        ChangeOutcome::AlreadyProcessed,
+        "the batch recorded the inbox entry"
+    );
+}
+
 async fn pages(store: &dyn DeliveryStore, query: ShipmentQuery) -> Vec<Vec<Shipment>> {
     let mut pages = Vec::new();
     let mut query = query;

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use orderflow_domain::{Carrier, OrderId, Shipment, ShipmentId, ShipmentStatus, TrackingNumber};
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
@@ -118,6 +119,133 @@ async fn write(tx: &Tx, change: &ShipmentChange) -> Result<ChangeOutcome, Change
     Ok(ChangeOutcome::Applied)
 }
 
+/// Writes a batch of changes inside `tx` with one statement per kind of row, whatever its size: the
+/// redeliveries found, the creations, the version-checked updates, then the outbox rows and inbox entries
+/// of what applied. Fills in every change's outcome; `Err` leaves `tx` to roll back.
+async fn write_batch(
+    tx: &Tx,
+    changes: &[ShipmentChange],
+    outcomes: &mut [Option<Result<ChangeOutcome, ChangeError>>],
+) -> Result<bool, BoxError> {
+    let seen = outbox::inbox_seen(tx, changes.iter().filter_map(|c| c.inbox.as_ref())).await?;
+    // A second change of a shipment (or a second creation for an order) was computed from what the first
+    // replaces: a conflict, recomputed by the caller.
+    let (mut shipments, mut orders) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    let (mut creations, mut updates) = (Vec::new(), Vec::new());
+    for (i, change) in changes.iter().enumerate() {
+        let s = &change.shipment;
+        outcomes[i] = if change.inbox.as_ref().is_some_and(|e| seen.contains(e)) {
+            Some(Ok(ChangeOutcome::AlreadyProcessed))
+        } else if !(shipments.insert(s.id) && (change.expected_version.is_some() || orders.insert(s.order.order_id))) {
+            Some(Err(ChangeError::Conflict { expected: change.expected_version.unwrap_or(0) }))
+        } else {
+            match change.expected_version {
+                None => creations.push(i),
+                Some(_) => updates.push(i),
+            }
+            None
+        };
+    }
+    let mut applied = Vec::new();
+    if !creations.is_empty() {
+        let column = |f: &dyn Fn(&ShipmentChange) -> Option<String>| -> Vec<Option<String>> {
+            creations.iter().map(|&i| f(&changes[i])).collect()
+        };
+        let ids: Vec<uuid::Uuid> = creations.iter().map(|&i| changes[i].shipment.id.as_uuid()).collect();
+        let order_ids: Vec<uuid::Uuid> =
+            creations.iter().map(|&i| changes[i].shipment.order.order_id.as_uuid()).collect();
+        let statuses = column(&|c| Some(c.shipment.status.as_str().to_owned()));
+        let carriers = column(&|c| c.shipment.carrier.as_ref().map(|v| v.as_str().to_owned()));
+        let tracking = column(&|c| c.shipment.tracking_number.as_ref().map(|v| v.as_str().to_owned()));
+        let orders: Vec<serde_json::Value> =
+            creations.iter().map(|&i| serde_json::to_value(&changes[i].shipment.order)).collect::<Result<_, _>>()?;
+        let versions: Vec<i32> =
+            creations.iter().map(|&i| i32::try_from(changes[i].shipment.version)).collect::<Result<_, _>>()?;
+        let created_at: Vec<_> = creations.iter().map(|&i| changes[i].shipment.created_at).collect();
+        let updated_at: Vec<_> = creations.iter().map(|&i| changes[i].shipment.updated_at).collect();
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO shipments (id, order_id, status, carrier, tracking_number, order_data, version,
+                                        created_at, updated_at)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+                                      $7::int[], $8::timestamptz[], $9::timestamptz[])
+                 ON CONFLICT (order_id) DO NOTHING
+                 RETURNING id",
+            )
+            .await?;
+        let rows = tx
+            .query(
+                &statement,
+                &[&ids, &order_ids, &statuses, &carriers, &tracking, &orders, &versions, &created_at, &updated_at],
+            )
+            .await?;
+        let created: std::collections::HashSet<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        for i in creations {
+            match created.contains(&changes[i].shipment.id.as_uuid()) {
+                true => applied.push(i),
+                // The order has its shipment already.
+                false => outcomes[i] = Some(Err(ChangeError::Conflict { expected: 0 })),
+            }
+        }
+    }
+    if !updates.is_empty() {
+        // Rows are locked in id order, as every batch locks them.
+        updates.sort_by_key(|&i| changes[i].shipment.id);
+        let ids: Vec<uuid::Uuid> = updates.iter().map(|&i| changes[i].shipment.id.as_uuid()).collect();
+        let statuses: Vec<&str> = updates.iter().map(|&i| changes[i].shipment.status.as_str()).collect();
+        let carriers: Vec<Option<&str>> =
+            updates.iter().map(|&i| changes[i].shipment.carrier.as_ref().map(Carrier::as_str)).collect();
+        let tracking: Vec<Option<&str>> =
+            updates.iter().map(|&i| changes[i].shipment.tracking_number.as_ref().map(TrackingNumber::as_str)).collect();
+        let versions: Vec<i32> =
+            updates.iter().map(|&i| i32::try_from(changes[i].shipment.version)).collect::<Result<_, _>>()?;
+        let updated_at: Vec<_> = updates.iter().map(|&i| changes[i].shipment.updated_at).collect();
+        let expected: Vec<i32> = updates
+            .iter()
+            .map(|&i| i32::try_from(changes[i].expected_version.unwrap_or(0)))
+            .collect::<Result<_, _>>()?;
+        let statement = tx
+            .prepare_cached(
+                // `= ANY` lets the planner use the primary key whatever the statistics say of unnest.
+                "UPDATE shipments s SET status = c.status, carrier = c.carrier, tracking_number = c.tracking,
+                     version = c.version, updated_at = c.updated_at
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[],
+                             $7::int[]) AS c(id, status, carrier, tracking, version, updated_at, expected)
+                 WHERE s.id = ANY($1) AND s.id = c.id AND s.version = c.expected
+                 RETURNING s.id",
+            )
+            .await?;
+        let rows =
+            tx.query(&statement, &[&ids, &statuses, &carriers, &tracking, &versions, &updated_at, &expected]).await?;
+        let updated: std::collections::HashSet<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        let (done, refused): (Vec<usize>, Vec<usize>) =
+            updates.into_iter().partition(|&i| updated.contains(&changes[i].shipment.id.as_uuid()));
+        applied.extend(done);
+        if !refused.is_empty() {
+            let ids: Vec<uuid::Uuid> = refused.iter().map(|&i| changes[i].shipment.id.as_uuid()).collect();
+            let statement = tx.prepare_cached("SELECT id FROM shipments WHERE id = ANY($1)").await?;
+            let existing: std::collections::HashSet<uuid::Uuid> =
+                tx.query(&statement, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
+            for i in refused {
+                let change = &changes[i];
+                outcomes[i] = Some(Err(match existing.contains(&change.shipment.id.as_uuid()) {
+                    true => ChangeError::Conflict { expected: change.expected_version.unwrap_or(0) },
+                    false => ChangeError::NotFound,
+                }));
+            }
+        }
+    }
+    // What applied, in the batch's order: its outbox rows and inbox entries.
+    applied.sort_unstable();
+    let messages: Vec<OutboxMessage> = applied.iter().flat_map(|&i| changes[i].messages.iter().cloned()).collect();
+    outbox::insert(tx, &messages).await?;
+    outbox::record_inbox(tx, applied.iter().filter_map(|&i| changes[i].inbox.as_ref())).await?;
+    for i in applied {
+        outcomes[i] = Some(Ok(ChangeOutcome::Applied));
+    }
+    Ok(!messages.is_empty())
+}
+
 #[async_trait]
 impl DeliveryStore for PgDeliveryStore {
     async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
@@ -137,31 +265,16 @@ impl DeliveryStore for PgDeliveryStore {
         changes: Vec<ShipmentChange>,
     ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
         let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
-        let mut outcomes = Vec::with_capacity(changes.len());
-        for change in &changes {
-            // Only an inbox entry can be written before a change turns out not to apply; a savepoint
-            // takes it back without losing the rest of the batch.
-            if change.inbox.is_some() {
-                tx.batch_execute("SAVEPOINT change").await.map_err(failed)?;
-            }
-            match write(&tx, change).await {
-                Err(ChangeError::Unexpected(error)) => return Err(ChangeError::Unexpected(error)),
-                Err(refused) if change.inbox.is_some() => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT change").await.map_err(failed)?;
-                    outcomes.push(Err(refused));
-                }
-                outcome => outcomes.push(outcome),
-            }
-        }
+        let mut outcomes: Vec<Option<Result<ChangeOutcome, ChangeError>>> = changes.iter().map(|_| None).collect();
+        let wrote_messages = write_batch(&tx, &changes, &mut outcomes).await.map_err(ChangeError::Unexpected)?;
         tx.commit().await.map_err(failed)?;
-        let wrote_messages = changes
-            .iter()
-            .zip(&outcomes)
-            .any(|(change, outcome)| !change.messages.is_empty() && matches!(outcome, Ok(ChangeOutcome::Applied)));
         if wrote_messages {
             self.db.outbox_committed();
         }
-        Ok(outcomes)
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.ok_or_else(|| failed("a change of the batch was left out")))
+            .collect()
     }
 
     async fn shipment(&self, id: ShipmentId) -> Result<Option<Shipment>, ReadError> {

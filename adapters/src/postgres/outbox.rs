@@ -86,6 +86,53 @@ pub(super) async fn claim_inbox(
     Ok(fresh.is_some())
 }
 
+/// The entries among `entries` the inbox already holds (redeliveries), in one statement.
+pub(super) async fn inbox_seen<'a>(
+    tx: &ClientWrapper,
+    entries: impl Iterator<Item = &'a orderflow_ports::sales::InboxEntry>,
+) -> Result<std::collections::HashSet<orderflow_ports::sales::InboxEntry>, tokio_postgres::Error> {
+    let (message_ids, consumers): (Vec<&str>, Vec<&str>) =
+        entries.map(|e| (e.message_id.as_str(), e.consumer.as_str())).unzip();
+    if message_ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let statement = tx
+        .prepare_cached(
+            // `= ANY` lets the planner look the ids up in the primary key; a join with `unnest` alone
+            // (estimated at 100 rows) scans the whole inbox while its statistics are young.
+            "SELECT i.message_id, i.consumer FROM inbox i
+             JOIN unnest($1::text[], $2::text[]) AS m(message_id, consumer) USING (message_id, consumer)
+             WHERE i.message_id = ANY($1)",
+        )
+        .await?;
+    let rows = tx.query(&statement, &[&message_ids, &consumers]).await?;
+    Ok(rows.iter().map(|r| orderflow_ports::sales::InboxEntry { message_id: r.get(0), consumer: r.get(1) }).collect())
+}
+
+/// Records `entries` in the inbox in one statement. One that another transaction recorded meanwhile
+/// means the same message was processed concurrently: an error, so the caller's transaction rolls back.
+pub(super) async fn record_inbox<'a>(
+    tx: &ClientWrapper,
+    entries: impl Iterator<Item = &'a orderflow_ports::sales::InboxEntry>,
+) -> Result<(), BoxError> {
+    let (message_ids, consumers): (Vec<&str>, Vec<&str>) =
+        entries.map(|e| (e.message_id.as_str(), e.consumer.as_str())).unzip();
+    if message_ids.is_empty() {
+        return Ok(());
+    }
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO inbox (message_id, consumer) SELECT * FROM unnest($1::text[], $2::text[])
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    let recorded = tx.execute(&statement, &[&message_ids, &consumers]).await?;
+    if usize::try_from(recorded)? != message_ids.len() {
+        return Err("a message of the batch was processed concurrently".into());
+    }
+    Ok(())
+}
+
 fn routing_key(raw: Option<String>) -> Result<Option<RoutingKey>, BoxError> {
     raw.map(|k| from_json::<RoutingKey>(serde_json::Value::String(k))).transpose()
 }

@@ -167,26 +167,11 @@ async fn write_batch(
     changes: &[OrderChange],
     outcomes: &mut [Option<Result<ChangeOutcome, ChangeError>>],
 ) -> Result<bool, BoxError> {
-    // Redeliveries: their inbox entry is already there.
-    let (message_ids, consumers): (Vec<&str>, Vec<&str>) =
-        changes.iter().filter_map(|c| c.inbox.as_ref()).map(|e| (e.message_id.as_str(), e.consumer.as_str())).unzip();
-    let statement = tx
-        .prepare_cached(
-            // `= ANY` lets the planner look the ids up in the primary key; a join with `unnest` alone
-            // (estimated at 100 rows) scans the whole inbox.
-            "SELECT i.message_id, i.consumer FROM inbox i
-             JOIN unnest($1::text[], $2::text[]) AS m(message_id, consumer) USING (message_id, consumer)
-             WHERE i.message_id = ANY($1)",
-        )
-        .await?;
-    let seen: std::collections::HashSet<(String, String)> =
-        tx.query(&statement, &[&message_ids, &consumers]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let seen = outbox::inbox_seen(tx, changes.iter().filter_map(|c| c.inbox.as_ref())).await?;
     let mut changing = std::collections::HashSet::new();
     let mut candidates = Vec::new();
     for (i, change) in changes.iter().enumerate() {
-        let redelivered =
-            change.inbox.as_ref().is_some_and(|e| seen.contains(&(e.message_id.clone(), e.consumer.clone())));
-        outcomes[i] = if redelivered {
+        outcomes[i] = if change.inbox.as_ref().is_some_and(|e| seen.contains(e)) {
             Some(Ok(ChangeOutcome::AlreadyProcessed))
         } else if !changing.insert(change.order.id) {
             Some(Err(ChangeError::Conflict { expected: change.expected_version }))
@@ -272,24 +257,7 @@ async fn write_batch(
     let statement = tx.prepare_cached(&sql).await?;
     let [a, b, c, d, e] = columns.params();
     tx.execute(&statement, &[&timeline_orders, &events, a, b, c, d, e]).await?;
-    // The inbox entries; one another transaction recorded meanwhile means a concurrent redelivery.
-    let (message_ids, consumers): (Vec<&str>, Vec<&str>) = applied_changes
-        .iter()
-        .filter_map(|c| c.inbox.as_ref())
-        .map(|e| (e.message_id.as_str(), e.consumer.as_str()))
-        .unzip();
-    if !message_ids.is_empty() {
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO inbox (message_id, consumer) SELECT * FROM unnest($1::text[], $2::text[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .await?;
-        let recorded = tx.execute(&statement, &[&message_ids, &consumers]).await?;
-        if usize::try_from(recorded)? != message_ids.len() {
-            return Err("a message of the batch was processed concurrently".into());
-        }
-    }
+    outbox::record_inbox(tx, applied_changes.iter().filter_map(|c| c.inbox.as_ref())).await?;
     for i in applied {
         outcomes[i] = Some(Ok(ChangeOutcome::Applied));
     }

@@ -62,6 +62,16 @@ pub struct DeliveryService {
     pub ids: Arc<dyn IdGenerator>,
 }
 
+/// A paid order to create the shipment of, with the message that asks for it.
+pub struct NewShipment {
+    /// What Sales asked to ship.
+    pub order: OrderCreated,
+    /// The message that asks for it.
+    pub inbox: Option<InboxEntry>,
+    /// The trace the creation continues.
+    pub traceparent: Option<String>,
+}
+
 impl DeliveryService {
     /// Creates the shipment of a paid order; a second request for the same order changes nothing.
     ///
@@ -91,6 +101,37 @@ impl DeliveryService {
             }
             Err(e) => Err(unexpected(e)),
         }
+    }
+
+    /// Creates the shipments of several paid orders, as [`DeliveryService::create`] would each, committed
+    /// together; when the joint commit fails, each is created on its own, so one that cannot be fails
+    /// alone. Results are in the batch's order.
+    pub async fn create_all(&self, orders: Vec<NewShipment>) -> Vec<Result<(), ShipmentFailure>> {
+        let now = self.clock.now();
+        let changes: Vec<ShipmentChange> = orders
+            .iter()
+            .map(|new| {
+                let (shipment, event) =
+                    Shipment::create(ShipmentId::from_uuid(self.ids.new_id()), new.order.clone(), now);
+                let messages = self.messages(event.outgoing(), now, new.traceparent.clone());
+                ShipmentChange { shipment, expected_version: None, messages, inbox: new.inbox.clone() }
+            })
+            .collect();
+        if let Ok(outcomes) = self.store.save_all(changes).await {
+            return outcomes
+                .into_iter()
+                .map(|outcome| match outcome {
+                    // Created before (by this message or another): that shipment stands.
+                    Ok(_) | Err(ChangeError::Conflict { .. }) => Ok(()),
+                    Err(e) => Err(unexpected(e)),
+                })
+                .collect();
+        }
+        let mut results = Vec::with_capacity(orders.len());
+        for new in orders {
+            results.push(self.create(new.order, new.inbox, new.traceparent).await.map(drop));
+        }
+        results
     }
 
     /// One shipment by id or by order.

@@ -8,7 +8,7 @@ use orderflow_domain::{Carrier, CloudEvent, Payload, ShipmentStatus, Step, Track
 use orderflow_ports::delivery::ShipmentQuery;
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 
-use crate::service::{DeliveryService, ShipmentFailure, Target};
+use crate::service::{DeliveryService, NewShipment, ShipmentFailure, Target};
 
 /// Handles `orders.created` and `orders.cancel_requested`.
 pub struct OrderCommands {
@@ -18,6 +18,29 @@ pub struct OrderCommands {
 
 #[async_trait]
 impl MessageHandler for OrderCommands {
+    /// Creates the shipments of the batch's paid orders in one transaction; cancel requests (and anything
+    /// unreadable) are handled one by one.
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<HandlerOutcome> {
+        let mut outcomes: Vec<Option<HandlerOutcome>> = deliveries.iter().map(|_| None).collect();
+        let mut created = Vec::new();
+        let mut batched = Vec::new();
+        for (i, delivery) in deliveries.iter().enumerate() {
+            let creation = CloudEvent::decode(&delivery.body).ok().filter(|e| e.event_type == OrderCreated::TYPE);
+            match creation.map(|event| (event.payload::<OrderCreated>(), event)) {
+                Some((Ok(order), event)) => {
+                    let inbox = Some(delivery.inbox_entry(&event));
+                    created.push(NewShipment { order, inbox, traceparent: event.traceparent });
+                    batched.push(i);
+                }
+                _ => outcomes[i] = Some(self.handle(delivery).await),
+            }
+        }
+        for (i, result) in batched.into_iter().zip(self.service.create_all(created).await) {
+            outcomes[i] = Some(outcome_of(result));
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or_else(|| HandlerOutcome::Transient("not handled".into()))).collect()
+    }
+
     async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
         let event = match CloudEvent::decode(&delivery.body) {
             Ok(event) => event,
@@ -42,11 +65,15 @@ impl MessageHandler for OrderCommands {
             },
             other => return HandlerOutcome::Permanent(format!("unknown event type {other}")),
         };
-        match result {
-            Ok(()) => HandlerOutcome::Done,
-            Err(e @ ShipmentFailure::NotAllowed(_)) => HandlerOutcome::Permanent(e.to_string()),
-            Err(e) => HandlerOutcome::Transient(e.to_string()),
-        }
+        outcome_of(result)
+    }
+}
+
+fn outcome_of(result: Result<(), ShipmentFailure>) -> HandlerOutcome {
+    match result {
+        Ok(()) => HandlerOutcome::Done,
+        Err(e @ ShipmentFailure::NotAllowed(_)) => HandlerOutcome::Permanent(e.to_string()),
+        Err(e) => HandlerOutcome::Transient(e.to_string()),
     }
 }
 
