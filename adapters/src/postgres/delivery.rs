@@ -264,7 +264,7 @@ impl DeliveryStore for PgDeliveryStore {
         &self,
         changes: Vec<ShipmentChange>,
     ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
-        let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
+        let tx = self.db.begin_batch().await.map_err(ChangeError::Unexpected)?;
         let mut outcomes: Vec<Option<Result<ChangeOutcome, ChangeError>>> = changes.iter().map(|_| None).collect();
         let wrote_messages = write_batch(&tx, &changes, &mut outcomes).await.map_err(ChangeError::Unexpected)?;
         tx.commit().await.map_err(failed)?;
