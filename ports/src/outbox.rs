@@ -56,7 +56,8 @@ pub trait OutboxStore: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<OutboxMessage>, ReadError>;
 
-    /// Records that `ids` reached `destination`, in one write. Marking twice is harmless.
+    /// Records that `ids` reached `destination`; a row then owed to no destination may be deleted. Marking
+    /// twice is harmless, and so is marking a row for both destinations at the same time.
     ///
     /// # Errors
     /// [`ReadError::Unexpected`] when the store fails; the rows stay owed and are published again later.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use orderflow_domain::{Carrier, CloudEvent, EventId, Order, PaymentOutcome, RoutingKey, TrackingNumber};
 use orderflow_ports::messaging::{AuditLog, CommandPublisher, PublishError};
-use orderflow_ports::outbox::{Destination, OutboxRelay, OutboxStore, RelaySettings};
+use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxRelay, OutboxStore, RelaySettings};
 use orderflow_ports::sales::{ChangeOutcome, PlaceOutcome, SalesStore};
 use tokio_postgres::NoTls;
 
@@ -315,7 +315,7 @@ async fn the_relay_wakes_on_notify_without_polling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn purge_deletes_published_rows_and_old_inbox_entries_only() {
+async fn published_rows_go_at_once_and_the_purge_takes_old_inbox_entries_and_leftover_rows_only() {
     let schema = TestSchema::new();
     let store = PgSalesStore::connect(&schema.settings()).await.expect("connect to PostgreSQL");
     stock(&store, "PURGE-1", 10).await;
@@ -346,6 +346,17 @@ async fn purge_deletes_published_rows_and_old_inbox_entries_only() {
             store.mark_published(destination, &[EventId::from_uuid(*id)]).await.expect("marked");
         }
     }
+    assert!(rows_of(&orders[0]).await.is_empty(), "a row every destination has is deleted at once");
+    assert!(rows_of(&orders[1]).await.is_empty(), "a row every destination has is deleted at once");
+    // A row published long ago and left behind (as versions that kept published rows did).
+    let leftover = message(Some(RoutingKey::OrdersCreated), true);
+    sql.execute(
+        "INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending, published_at)
+         VALUES ($1, $2, $3, false, false, now())",
+        &[&leftover.id().as_uuid(), &serde_json::to_value(&leftover.event).expect("event JSON"), &"orders.created"],
+    )
+    .await
+    .expect("row written");
     // A row published to one destination only, long ago.
     let half = message(Some(RoutingKey::OrdersCreated), true);
     sql.execute(
@@ -363,7 +374,7 @@ async fn purge_deletes_published_rows_and_old_inbox_entries_only() {
         store.apply(pay).await.expect("the payment is applied");
     }
     let old_rows: Vec<uuid::Uuid> =
-        old_published.iter().chain(&old_owed).copied().chain([half.id().as_uuid()]).collect();
+        old_owed.iter().copied().chain([half.id().as_uuid(), leftover.id().as_uuid()]).collect();
     sql.execute(
         "UPDATE outbox SET created_at = now() - interval '2 hours',
              published_at = CASE WHEN published_at IS NULL THEN NULL ELSE now() - interval '2 hours' END
@@ -382,8 +393,8 @@ async fn purge_deletes_published_rows_and_old_inbox_entries_only() {
 
     let after: HashSet<uuid::Uuid> =
         sql.query("SELECT id FROM outbox", &[]).await.expect("ids read").iter().map(|r| r.get(0)).collect();
-    let expected: HashSet<uuid::Uuid> = before.iter().filter(|id| !old_published.contains(id)).copied().collect();
-    assert_eq!(after, expected, "only the rows published before the retention went");
+    let expected: HashSet<uuid::Uuid> = before.iter().filter(|id| **id != leftover.id().as_uuid()).copied().collect();
+    assert_eq!(after, expected, "only the row published before the retention went");
     let inbox_left: Vec<String> = sql
         .query("SELECT message_id FROM inbox ORDER BY message_id", &[])
         .await
@@ -392,8 +403,48 @@ async fn purge_deletes_published_rows_and_old_inbox_entries_only() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(inbox_left, ["msg-new"], "only the inbox entry older than the retention went");
-    assert_eq!(deleted, u64::try_from(old_published.len()).expect("small") + 1, "purge counts what it deleted");
+    assert_eq!(deleted, 2, "purge counts what it deleted: the leftover row and the old inbox entry");
     assert_eq!(store.purge(Duration::from_secs(3600)).await.expect("purged"), 0, "a second purge finds nothing");
     let timeline = store.timeline(orders[0].id).await.expect("timeline read").expect("the order has a timeline");
     assert!(!timeline.is_empty(), "purging the outbox keeps the order's timeline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_both_relays_mark_at_the_same_time_are_all_deleted() {
+    let schema = TestSchema::new();
+    let store = PgSalesStore::connect(&schema.settings()).await.expect("connect to PostgreSQL");
+    let sql = connect_raw(&schema.name).await;
+    for round in 0..5 {
+        let rows: Vec<OutboxMessage> = (0..100).map(|_| message(Some(RoutingKey::OrdersCreated), true)).collect();
+        for row in &rows {
+            sql.execute(
+                "INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending)
+                 VALUES ($1, $2, $3, true, true)",
+                &[&row.id().as_uuid(), &serde_json::to_value(&row.event).expect("event JSON"), &"orders.created"],
+            )
+            .await
+            .expect("row written");
+        }
+        let ids: Vec<EventId> = rows.iter().map(OutboxMessage::id).collect();
+        // Each relay marks its own way through the rows, so they meet on every row in both orders.
+        let reversed: Vec<EventId> = ids.iter().rev().copied().collect();
+        let marks = ids.chunks(10).zip(reversed.chunks(10)).map(|(forward, backward)| {
+            let store = &store;
+            async move {
+                tokio::join!(
+                    store.mark_published(Destination::Command, forward),
+                    store.mark_published(Destination::Audit, backward)
+                )
+            }
+        });
+        for (command, audit) in futures::future::join_all(marks).await {
+            command.expect("command marked");
+            audit.expect("audit marked");
+        }
+        for destination in [Destination::Command, Destination::Audit] {
+            store.mark_published(destination, &reversed).await.expect("marked again");
+        }
+        let left: i64 = sql.query_one("SELECT count(*) FROM outbox", &[]).await.expect("counted").get(0);
+        assert_eq!(left, 0, "round {round}: a row both destinations have is gone");
+    }
 }
