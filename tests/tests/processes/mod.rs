@@ -254,6 +254,17 @@ impl Services {
         &self.schemas
     }
 
+    /// Kills Sales with SIGKILL, as a crash would.
+    pub fn kill_sales(&mut self) {
+        self.sales.kill();
+    }
+
+    /// Starts Sales again after [`Services::kill_sales`] and waits until it is ready.
+    pub async fn restart_sales(&mut self) -> anyhow::Result<()> {
+        self.sales.spawn()?;
+        self.wait_ready(true).await
+    }
+
     /// Kills Delivery with SIGKILL, as a crash would.
     pub fn kill_delivery(&mut self) {
         self.delivery.kill();
