@@ -210,7 +210,10 @@ impl SalesService {
                 let (from, version) = (order.status, order.version);
                 match (t.transition)(order, now) {
                     Err(refused) => results[i] = Some(Err(refused.into())),
-                    Ok(Step::Unchanged(order)) => results[i] = Some(Ok(order)),
+                    Ok(Step::Unchanged(order)) => {
+                        self.cache_put(&order).await;
+                        results[i] = Some(Ok(order));
+                    }
                     Ok(Step::Applied { state, event }) => {
                         changes.push(OrderChange {
                             stock: StockEffect::between(Some(from), state.status),
@@ -264,7 +267,11 @@ impl SalesService {
             let (from, version) = (order.status, order.version);
             let now = self.clock.now();
             let (order, event) = match transition(order, now)? {
-                Step::Unchanged(order) => return Ok(order),
+                Step::Unchanged(order) => {
+                    // Read from the store: it may repair a cache a crash left behind (see below).
+                    self.cache_put(&order).await;
+                    return Ok(order);
+                }
                 Step::Applied { state, event } => (state, event),
             };
             let change = OrderChange {
@@ -279,8 +286,12 @@ impl SalesService {
                     self.cache_put(&order).await;
                     return Ok(order);
                 }
+                // A redelivery: the first delivery committed, but the process may have died before writing
+                // the order through to the cache, which would then serve the old state until it expires.
                 Ok(ChangeOutcome::AlreadyProcessed) => {
-                    return self.store.order(id).await?.ok_or(TransitionFailure::NotFound);
+                    let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
+                    self.cache_put(&order).await;
+                    return Ok(order);
                 }
                 Err(ChangeError::Conflict { .. }) => {}
                 Err(ChangeError::NotFound) => return Err(TransitionFailure::NotFound),
