@@ -31,6 +31,8 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 
 /// How long metadata look-ups (readiness, topic layout) may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often, and how long each time, a relay waiting out a failure asks whether a broker answers.
+const REACHABLE_EVERY: Duration = Duration::from_millis(250);
 
 /// How to reach the cluster and lay out the topic.
 #[derive(Debug, Clone)]
@@ -45,20 +47,22 @@ pub struct KafkaSettings {
     pub replication: i32,
     /// How long an append may wait for the delivery report (librdkafka's `message.timeout.ms`, which
     /// includes retries): bounded, so the outbox relay gets an error and keeps the row when Kafka is down.
+    /// Short, because an append in flight when a broker comes back without its state (tansu in memory)
+    /// only fails when it runs out, and the audit stream resumes only after that.
     pub message_timeout: Duration,
     /// Extra librdkafka properties applied last to every client (e.g. `client.id`, `socket.timeout.ms`).
     pub client_config: BTreeMap<String, String>,
 }
 
 impl KafkaSettings {
-    /// The defaults of docs/design.md: topic `orders.audit`, 6 partitions, replication 1, 30 s message timeout.
+    /// The defaults of docs/design.md: topic `orders.audit`, 6 partitions, replication 1, 3 s message timeout.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             topic: DEFAULT_TOPIC.to_owned(),
             partitions: 6,
             replication: 1,
-            message_timeout: Duration::from_secs(30),
+            message_timeout: Duration::from_secs(3),
             client_config: BTreeMap::new(),
         }
     }
@@ -187,8 +191,12 @@ impl KafkaAuditLog {
 
     /// Whether a broker answers a metadata request within a few seconds (for `/health/ready`).
     pub async fn ping(&self) -> bool {
+        self.answers_within(METADATA_TIMEOUT).await
+    }
+
+    async fn answers_within(&self, timeout: Duration) -> bool {
         let (_, producer) = self.current();
-        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, METADATA_TIMEOUT).is_ok())
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).is_ok())
             .await
             .unwrap_or(false)
     }
@@ -247,6 +255,18 @@ impl AuditLog for KafkaAuditLog {
         self.topic_ready.store(false, Ordering::Release);
         self.replace(generation, producer);
         Err(PublishError::Unexpected(error))
+    }
+
+    async fn wait_until_reachable(&self, at_most: Duration) {
+        let deadline = tokio::time::Instant::now() + at_most;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || self.answers_within(REACHABLE_EVERY.min(left)).await {
+                return;
+            }
+            tokio::time::sleep(REACHABLE_EVERY.min(deadline.saturating_duration_since(tokio::time::Instant::now())))
+                .await;
+        }
     }
 }
 

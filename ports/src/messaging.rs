@@ -63,6 +63,13 @@ pub trait AuditLog: Send + Sync {
     /// # Errors
     /// [`PublishError::Unexpected`] when delivery was not acknowledged.
     async fn append(&self, event: &CloudEvent) -> Result<(), PublishError>;
+
+    /// Waits `at_most` after a failed append, returning early once the stream looks reachable again, so
+    /// appends resume soon after an outage ends rather than after a whole back-off. The default waits
+    /// `at_most`.
+    async fn wait_until_reachable(&self, at_most: std::time::Duration) {
+        tokio::time::sleep(at_most).await;
+    }
 }
 
 /// A command as a consumer receives it.

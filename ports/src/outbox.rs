@@ -179,7 +179,10 @@ impl OutboxRelay {
                 }
                 Err(error) => {
                     tracing::warn!(error = %error, ?destination, retry_in = ?backoff, "outbox relay round failed");
-                    tokio::time::sleep(backoff).await;
+                    match destination {
+                        Destination::Command => tokio::time::sleep(backoff).await,
+                        Destination::Audit => self.audit.wait_until_reachable(backoff).await,
+                    }
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                 }
             }
