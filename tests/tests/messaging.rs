@@ -8,7 +8,7 @@ use orderflow::dev::DevOptions;
 use orderflow_adapters::memory::BusSettings;
 use orderflow_domain::events::{ShipmentDelivered, ShipmentDeliveredV1, ShipmentShipped};
 use orderflow_domain::{
-    Carrier, CloudEvent, EventBody, EventId, OrderId, RoutingKey, ShipmentId, Source, TrackingNumber,
+    Carrier, CloudEvent, EventBody, EventId, OrderId, Payload, RoutingKey, ShipmentId, Source, TrackingNumber,
 };
 use orderflow_ports::messaging::DeadLetter;
 use support::{Harness, SKU, eventually};
@@ -51,47 +51,29 @@ fn unexpected_dead_letters(h: &Harness) -> Vec<String> {
         .collect()
 }
 
+/// A report of Delivery's about `order`, as it would send it.
+fn report(order: OrderId, payload: &impl Payload) -> CloudEvent {
+    let body = EventBody::of(order, payload);
+    CloudEvent::wrap(EventId::from_uuid(Uuid::now_v7()), Source::Delivery, body, Utc::now(), None)
+}
+
+/// The carrier and tracking number of the test's parcels.
+fn parcel() -> (Carrier, TrackingNumber) {
+    (Carrier::parse("DHL").expect("carrier"), TrackingNumber::parse("TRACK-0002").expect("tracking number"))
+}
+
 fn shipped_event(order: OrderId, shipment: ShipmentId) -> anyhow::Result<CloudEvent> {
-    let payload = ShipmentShipped {
-        shipment_id: shipment,
-        order_id: order,
-        carrier: Carrier::parse("DHL")?,
-        tracking_number: TrackingNumber::parse("TRACK-0002")?,
-    };
-    Ok(CloudEvent::wrap(
-        EventId::from_uuid(Uuid::now_v7()),
-        Source::Delivery,
-        EventBody::of(order, &payload),
-        Utc::now(),
-        None,
-    ))
+    let (carrier, tracking_number) = parcel();
+    Ok(report(order, &ShipmentShipped { shipment_id: shipment, order_id: order, carrier, tracking_number }))
 }
 
 fn delivered_event(order: OrderId, shipment: ShipmentId) -> CloudEvent {
-    let payload = ShipmentDelivered {
-        shipment_id: shipment,
-        order_id: order,
-        carrier: Carrier::parse("DHL").expect("carrier"),
-        tracking_number: TrackingNumber::parse("TRACK-0002").expect("tracking number"),
-    };
-    CloudEvent::wrap(
-        EventId::from_uuid(Uuid::now_v7()),
-        Source::Delivery,
-        EventBody::of(order, &payload),
-        Utc::now(),
-        None,
-    )
+    let (carrier, tracking_number) = parcel();
+    report(order, &ShipmentDelivered { shipment_id: shipment, order_id: order, carrier, tracking_number })
 }
 
 fn delivered_v1_event(order: OrderId, shipment: ShipmentId) -> CloudEvent {
-    let payload = ShipmentDeliveredV1 { shipment_id: shipment, order_id: order };
-    CloudEvent::wrap(
-        EventId::from_uuid(Uuid::now_v7()),
-        Source::Delivery,
-        EventBody::of(order, &payload),
-        Utc::now(),
-        None,
-    )
+    report(order, &ShipmentDeliveredV1 { shipment_id: shipment, order_id: order })
 }
 
 fn send(h: &Harness, queue: RoutingKey, message_id: &str, event: &CloudEvent) -> anyhow::Result<()> {

@@ -225,9 +225,12 @@ async fn audit_drained(db: &tokio_postgres::Client, s: &Services, within: Durati
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn orders_complete_while_kafka_is_down_and_the_audit_trail_completes_after_it_returns() -> anyhow::Result<()> {
-    // Declared first, so it is stopped after the services are killed.
+/// Both services on a tansu of the test's own, with `orders` orders placed, delivered and audited while it
+/// is up; returns the broker, the services, a database client and those orders.
+async fn on_private_kafka(
+    orders: usize,
+    customer: &str,
+) -> anyhow::Result<(PrivateKafka, Services, tokio_postgres::Client, Vec<String>)> {
     let kafka = PrivateKafka::start().await?;
     let s = Services::start(Options {
         autopilot: Some(("100ms", "100ms")),
@@ -238,10 +241,16 @@ async fn orders_complete_while_kafka_is_down_and_the_audit_trail_completes_after
     let (db, connection) = tokio_postgres::connect(&processes::database_url(), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     s.put_product(SKU, 100, 1_000).await?;
-
-    let before = s.place_many(10, "kafka-up", SKU).await?;
-    s.wait_all_delivered(&before, Duration::from_secs(30)).await?;
+    let placed = s.place_many(orders, customer, SKU).await?;
+    s.wait_all_delivered(&placed, Duration::from_secs(30)).await?;
     audit_drained(&db, &s, Duration::from_secs(30)).await.context("with Kafka up")?;
+    Ok((kafka, s, db, placed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_complete_while_kafka_is_down_and_the_audit_trail_completes_after_it_returns() -> anyhow::Result<()> {
+    // The broker comes first, so it is stopped after the services are killed.
+    let (kafka, s, db, before) = on_private_kafka(10, "kafka-up").await?;
 
     kafka.run("stop").await?;
     let during = s.place_many(20, "kafka-down", SKU).await?;
@@ -283,20 +292,8 @@ async fn orders_complete_while_kafka_is_down_and_the_audit_trail_completes_after
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_audit_stream_resumes_within_five_seconds_of_kafka_returning() -> anyhow::Result<()> {
-    // Declared first, so it is stopped after the services are killed.
-    let kafka = PrivateKafka::start().await?;
-    let s = Services::start(Options {
-        autopilot: Some(("100ms", "100ms")),
-        kafka_brokers: Some(kafka.brokers()),
-        ..Options::default()
-    })
-    .await?;
-    let (db, connection) = tokio_postgres::connect(&processes::database_url(), tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    s.put_product(SKU, 100, 1_000).await?;
-    let before = s.place_many(2, "resume-up", SKU).await?;
-    s.wait_all_delivered(&before, Duration::from_secs(30)).await?;
-    audit_drained(&db, &s, Duration::from_secs(30)).await.context("with Kafka up")?;
+    // The broker comes first, so it is stopped after the services are killed.
+    let (kafka, s, db, _) = on_private_kafka(2, "resume-up").await?;
 
     kafka.run("stop").await?;
     let during = s.place_many(10, "resume-down", SKU).await?;

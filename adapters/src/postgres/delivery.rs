@@ -221,17 +221,13 @@ async fn write_batch(
         let (done, refused): (Vec<usize>, Vec<usize>) =
             updates.into_iter().partition(|&i| updated.contains(&changes[i].shipment.id.as_uuid()));
         applied.extend(done);
-        if !refused.is_empty() {
-            let ids: Vec<uuid::Uuid> = refused.iter().map(|&i| changes[i].shipment.id.as_uuid()).collect();
-            let statement = tx.prepare_cached("SELECT id FROM shipments WHERE id = ANY($1)").await?;
-            let existing: std::collections::HashSet<uuid::Uuid> =
-                tx.query(&statement, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
-            for i in refused {
-                let change = &changes[i];
-                outcomes[i] = Some(Err(match existing.contains(&change.shipment.id.as_uuid()) {
-                    true => ChangeError::Conflict { expected: change.expected_version.unwrap_or(0) },
-                    false => ChangeError::NotFound,
-                }));
+        let keys: Vec<_> = refused
+            .iter()
+            .map(|&i| (changes[i].shipment.id.as_uuid(), changes[i].expected_version.unwrap_or(0)))
+            .collect();
+        if !keys.is_empty() {
+            for (i, refusal) in refused.into_iter().zip(super::refusals(tx, "shipments", &keys).await?) {
+                outcomes[i] = Some(Err(refusal));
             }
         }
     }
@@ -264,17 +260,7 @@ impl DeliveryStore for PgDeliveryStore {
         &self,
         changes: Vec<ShipmentChange>,
     ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
-        let tx = self.db.begin_batch().await.map_err(ChangeError::Unexpected)?;
-        let mut outcomes: Vec<Option<Result<ChangeOutcome, ChangeError>>> = changes.iter().map(|_| None).collect();
-        let wrote_messages = write_batch(&tx, &changes, &mut outcomes).await.map_err(ChangeError::Unexpected)?;
-        tx.commit().await.map_err(failed)?;
-        if wrote_messages {
-            self.db.outbox_committed();
-        }
-        outcomes
-            .into_iter()
-            .map(|outcome| outcome.ok_or_else(|| failed("a change of the batch was left out")))
-            .collect()
+        self.db.commit_batch(&changes, write_batch).await
     }
 
     async fn shipment(&self, id: ShipmentId) -> Result<Option<Shipment>, ReadError> {

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use orderflow_ports::BoxError;
+use orderflow_ports::sales::{ChangeError, ChangeOutcome};
+
+/// What became of one change of a batch.
+type Outcome = Result<ChangeOutcome, ChangeError>;
 use tokio::sync::Notify;
 use tokio_postgres::NoTls;
 
@@ -128,6 +132,27 @@ impl Database {
         self.announce.notify_one();
     }
 
+    /// Writes a batch of changes with `write` in one transaction planned for its arrays (see
+    /// `begin_batch`), commits it, wakes the relays when it wrote messages, and returns every change's
+    /// outcome in the batch's order. `write` fills in each outcome and says whether it wrote messages.
+    async fn commit_batch<C>(
+        &self,
+        changes: &[C],
+        write: impl AsyncFnOnce(&Tx, &[C], &mut [Option<Outcome>]) -> Result<bool, BoxError>,
+    ) -> Result<Vec<Outcome>, ChangeError> {
+        let tx = self.begin_batch().await.map_err(ChangeError::Unexpected)?;
+        let mut outcomes: Vec<Option<Outcome>> = changes.iter().map(|_| None).collect();
+        let wrote_messages = write(&tx, changes, &mut outcomes).await.map_err(ChangeError::Unexpected)?;
+        tx.commit().await.map_err(|e| ChangeError::Unexpected(e.into()))?;
+        if wrote_messages {
+            self.outbox_committed();
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.ok_or_else(|| ChangeError::Unexpected("a change of the batch was left out".into())))
+            .collect()
+    }
+
     /// A pooled connection that is still open. A connection the server closed (restart, failover,
     /// `pg_terminate_backend`) is discarded here rather than failing the caller's first statement.
     async fn client(&self) -> Result<deadpool_postgres::Object, BoxError> {
@@ -168,6 +193,26 @@ impl Database {
             }
         }
     }
+}
+
+/// Why a batch's version-checked update refused these rows of `table`, given as `(id, expected version)`:
+/// [`ChangeError::NotFound`] for an id the table does not hold, [`ChangeError::Conflict`] for the others.
+async fn refusals(
+    tx: &deadpool_postgres::ClientWrapper,
+    table: &str,
+    refused: &[(uuid::Uuid, u32)],
+) -> Result<Vec<ChangeError>, tokio_postgres::Error> {
+    let ids: Vec<uuid::Uuid> = refused.iter().map(|(id, _)| *id).collect();
+    let statement = tx.prepare_cached(&format!("SELECT id FROM {table} WHERE id = ANY($1)")).await?;
+    let existing: std::collections::HashSet<uuid::Uuid> =
+        tx.query(&statement, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
+    Ok(refused
+        .iter()
+        .map(|(id, expected)| match existing.contains(id) {
+            true => ChangeError::Conflict { expected: *expected },
+            false => ChangeError::NotFound,
+        })
+        .collect())
 }
 
 /// An open transaction on a pooled connection. Dropped without [`Tx::commit`] (an early return, an

@@ -14,7 +14,7 @@ use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
 
 use super::outbox::{self, pg_outbox_store};
-use super::{Database, PgSettings, PgSetupError, Service, from_json};
+use super::{Database, PgSettings, PgSetupError, Service, Tx, from_json};
 
 /// Sales persistence in PostgreSQL.
 #[derive(Clone)]
@@ -163,7 +163,7 @@ fn stock_deltas(changes: &[&OrderChange]) -> Result<StockDeltas, BoxError> {
 /// Writes the changes of a batch that are neither redeliveries nor second changes of an order, inside
 /// `tx`, with one statement per kind of row; fills in their outcomes. `Err` leaves `tx` to roll back.
 async fn write_batch(
-    tx: &ClientWrapper,
+    tx: &Tx,
     changes: &[OrderChange],
     outcomes: &mut [Option<Result<ChangeOutcome, ChangeError>>],
 ) -> Result<bool, BoxError> {
@@ -205,17 +205,10 @@ async fn write_batch(
     let updated: std::collections::HashSet<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
     let (applied, refused): (Vec<usize>, Vec<usize>) =
         candidates.into_iter().partition(|&i| updated.contains(&changes[i].order.id.as_uuid()));
-    if !refused.is_empty() {
-        let ids: Vec<uuid::Uuid> = refused.iter().map(|&i| changes[i].order.id.as_uuid()).collect();
-        let statement = tx.prepare_cached("SELECT id FROM orders WHERE id = ANY($1)").await?;
-        let existing: std::collections::HashSet<uuid::Uuid> =
-            tx.query(&statement, &[&ids]).await?.iter().map(|r| r.get(0)).collect();
-        for i in refused {
-            let change = &changes[i];
-            outcomes[i] = Some(Err(match existing.contains(&change.order.id.as_uuid()) {
-                true => ChangeError::Conflict { expected: change.expected_version },
-                false => ChangeError::NotFound,
-            }));
+    let keys: Vec<_> = refused.iter().map(|&i| (changes[i].order.id.as_uuid(), changes[i].expected_version)).collect();
+    if !keys.is_empty() {
+        for (i, refusal) in refused.into_iter().zip(super::refusals(tx, "orders", &keys).await?) {
+            outcomes[i] = Some(Err(refusal));
         }
     }
     if applied.is_empty() {
@@ -438,17 +431,7 @@ impl SalesStore for PgSalesStore {
         &self,
         changes: Vec<OrderChange>,
     ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
-        let tx = self.db.begin_batch().await.map_err(ChangeError::Unexpected)?;
-        let mut outcomes: Vec<Option<Result<ChangeOutcome, ChangeError>>> = changes.iter().map(|_| None).collect();
-        let wrote_messages = write_batch(&tx, &changes, &mut outcomes).await.map_err(ChangeError::Unexpected)?;
-        tx.commit().await.map_err(change_failed)?;
-        if wrote_messages {
-            self.db.outbox_committed();
-        }
-        outcomes
-            .into_iter()
-            .map(|outcome| outcome.ok_or_else(|| ChangeError::Unexpected("a change of the batch was left out".into())))
-            .collect()
+        self.db.commit_batch(&changes, write_batch).await
     }
 
     async fn orders_by_id(&self, ids: &[OrderId]) -> Result<Vec<Order>, ReadError> {
