@@ -77,6 +77,9 @@ pub type Transition<'a> =
 pub struct BatchTransition<'a> {
     /// The order to change.
     pub id: OrderId,
+    /// The order as the caller has just read it from the store, which saves reading it again; should it
+    /// have changed since, the change conflicts and is recomputed from a fresh read.
+    pub read: Option<Order>,
     /// The message that caused the change.
     pub inbox: Option<InboxEntry>,
     /// The trace the change continues.
@@ -172,22 +175,44 @@ impl SalesService {
         traceparent: Option<String>,
         transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
     ) -> Result<Order, TransitionFailure> {
-        self.transition_from(id, None, inbox, traceparent, transition).await
-    }
-
-    /// [`SalesService::transition`] of an order the caller has just read from the store, which saves
-    /// reading it again; should it have changed since, it is read anew.
-    ///
-    /// # Errors
-    /// See [`TransitionFailure`].
-    pub async fn transition_read(
-        &self,
-        order: Order,
-        inbox: Option<InboxEntry>,
-        traceparent: Option<String>,
-        transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
-    ) -> Result<Order, TransitionFailure> {
-        self.transition_from(order.id, Some(order), inbox, traceparent, transition).await
+        for _ in 0..MAX_ATTEMPTS {
+            let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
+            let (from, version) = (order.status, order.version);
+            let now = self.clock.now();
+            let (order, event) = match transition(order, now)? {
+                Step::Unchanged(order) => {
+                    // Read from the store: it may repair a cache a crash left behind (see below).
+                    self.cache_put(&order).await;
+                    return Ok(order);
+                }
+                Step::Applied { state, event } => (state, event),
+            };
+            let change = OrderChange {
+                stock: StockEffect::between(Some(from), order.status),
+                messages: self.messages(event.outgoing(&order), now, traceparent.clone()),
+                expected_version: version,
+                inbox: inbox.clone(),
+                order: order.clone(),
+            };
+            match self.store.apply(change).await {
+                Ok(ChangeOutcome::Applied) => {
+                    self.cache_put(&order).await;
+                    return Ok(order);
+                }
+                // A redelivery: the first delivery committed, but the process may have died before writing
+                // the order through to the cache, which would then serve the old state until it expires.
+                Ok(ChangeOutcome::AlreadyProcessed) => {
+                    let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
+                    self.cache_put(&order).await;
+                    return Ok(order);
+                }
+                Err(ChangeError::Conflict { .. }) => {}
+                Err(ChangeError::NotFound) => return Err(TransitionFailure::NotFound),
+                Err(ChangeError::Unexpected(e)) => return Err(TransitionFailure::Unexpected(e)),
+                Err(other) => return Err(TransitionFailure::Unexpected(Box::new(other))),
+            }
+        }
+        Err(TransitionFailure::Contended)
     }
 
     /// Applies each transition as [`SalesService::transition`] would, reading the orders in one query and
@@ -196,14 +221,18 @@ impl SalesService {
     /// made on its own, so one that cannot be committed fails alone. Results are in the batch's order.
     pub async fn transition_all(&self, batch: Vec<BatchTransition<'_>>) -> Vec<Result<Order, TransitionFailure>> {
         let mut results: Vec<Option<Result<Order, TransitionFailure>>> = batch.iter().map(|_| None).collect();
-        let ids: Vec<OrderId> = batch.iter().map(|t| t.id).collect();
-        if let Ok(read) = self.store.orders_by_id(&ids).await {
-            let read: HashMap<OrderId, Order> = read.into_iter().map(|o| (o.id, o)).collect();
+        let unread: Vec<OrderId> = batch.iter().filter(|t| t.read.is_none()).map(|t| t.id).collect();
+        let fetched = match unread.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.store.orders_by_id(&unread).await,
+        };
+        if let Ok(fetched) = fetched {
+            let read: HashMap<OrderId, Order> = fetched.into_iter().map(|o| (o.id, o)).collect();
             let now = self.clock.now();
             let mut changes = Vec::new();
             let mut changed = Vec::new();
             for (i, t) in batch.iter().enumerate() {
-                let Some(order) = read.get(&t.id).cloned() else {
+                let Some(order) = t.read.clone().or_else(|| read.get(&t.id).cloned()) else {
                     results[i] = Some(Err(TransitionFailure::NotFound));
                     continue;
                 };
@@ -245,61 +274,10 @@ impl SalesService {
         for (t, result) in batch.iter().zip(results) {
             done.push(match result {
                 Some(result) => result,
-                None => self.transition_from(t.id, None, t.inbox.clone(), t.traceparent.clone(), &*t.transition).await,
+                None => self.transition(t.id, t.inbox.clone(), t.traceparent.clone(), &*t.transition).await,
             });
         }
         done
-    }
-
-    async fn transition_from(
-        &self,
-        id: OrderId,
-        mut read: Option<Order>,
-        inbox: Option<InboxEntry>,
-        traceparent: Option<String>,
-        transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
-    ) -> Result<Order, TransitionFailure> {
-        for _ in 0..MAX_ATTEMPTS {
-            let order = match read.take() {
-                Some(order) => order,
-                None => self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?,
-            };
-            let (from, version) = (order.status, order.version);
-            let now = self.clock.now();
-            let (order, event) = match transition(order, now)? {
-                Step::Unchanged(order) => {
-                    // Read from the store: it may repair a cache a crash left behind (see below).
-                    self.cache_put(&order).await;
-                    return Ok(order);
-                }
-                Step::Applied { state, event } => (state, event),
-            };
-            let change = OrderChange {
-                stock: StockEffect::between(Some(from), order.status),
-                messages: self.messages(event.outgoing(&order), now, traceparent.clone()),
-                expected_version: version,
-                inbox: inbox.clone(),
-                order: order.clone(),
-            };
-            match self.store.apply(change).await {
-                Ok(ChangeOutcome::Applied) => {
-                    self.cache_put(&order).await;
-                    return Ok(order);
-                }
-                // A redelivery: the first delivery committed, but the process may have died before writing
-                // the order through to the cache, which would then serve the old state until it expires.
-                Ok(ChangeOutcome::AlreadyProcessed) => {
-                    let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
-                    self.cache_put(&order).await;
-                    return Ok(order);
-                }
-                Err(ChangeError::Conflict { .. }) => {}
-                Err(ChangeError::NotFound) => return Err(TransitionFailure::NotFound),
-                Err(ChangeError::Unexpected(e)) => return Err(TransitionFailure::Unexpected(e)),
-                Err(other) => return Err(TransitionFailure::Unexpected(Box::new(other))),
-            }
-        }
-        Err(TransitionFailure::Contended)
     }
 
     fn messages(&self, outgoing: Vec<Outgoing>, at: Timestamp, traceparent: Option<String>) -> Vec<OutboxMessage> {

@@ -96,6 +96,7 @@ impl MessageHandler for PaymentWorker {
                     let settle = verdict.clone();
                     batch.push(BatchTransition {
                         id: r.request.order_id,
+                        read: orders.get(&r.request.order_id).cloned(),
                         inbox: Some(r.inbox),
                         traceparent: r.event.traceparent,
                         transition: Box::new(move |o, at| o.settle_payment(&settle, at)),
@@ -155,7 +156,13 @@ impl DeliveryReports {
             },
             _ => return None,
         };
-        Some(Ok(BatchTransition { id, inbox: Some(inbox.clone()), traceparent: event.traceparent.clone(), transition }))
+        Some(Ok(BatchTransition {
+            id,
+            read: None,
+            inbox: Some(inbox.clone()),
+            traceparent: event.traceparent.clone(),
+            transition,
+        }))
     }
 
     /// The reports a batch does not commit together: first-version delivered reports, cancellations
