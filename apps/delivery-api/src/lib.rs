@@ -85,7 +85,12 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or the metrics cannot be registered.
     pub async fn build(settings: DeliverySettings, adapters: DeliveryAdapters) -> anyhow::Result<Self> {
-        let service = DeliveryService { store: adapters.store.clone(), clock: adapters.clock, ids: adapters.ids };
+        let service = DeliveryService {
+            store: adapters.store.clone(),
+            clock: adapters.clock,
+            ids: adapters.ids,
+            created: Arc::default(),
+        };
         let handler: Arc<dyn MessageHandler> = Arc::new(OrderCommands { service: service.clone() });
         let handlers = RoutingKey::DELIVERY.into_iter().map(|queue| (queue, handler.clone())).collect();
         let mut health = vec![Arc::new(Database(adapters.store.clone())) as Arc<dyn HealthCheck>];

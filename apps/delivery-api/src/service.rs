@@ -12,6 +12,7 @@ use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome, InboxEntry};
 use orderflow_ports::system::{Clock, IdGenerator};
 use orderflow_ports::{BoxError, ReadError};
+use tokio::sync::Notify;
 
 /// How often a change is recomputed when another writer got there first.
 const MAX_ATTEMPTS: usize = 8;
@@ -60,6 +61,9 @@ pub struct DeliveryService {
     pub clock: Arc<dyn Clock>,
     /// Fresh ids.
     pub ids: Arc<dyn IdGenerator>,
+    /// Signalled after new shipments were committed, so the autopilot can look when they fall due rather
+    /// than at its next poll.
+    pub created: Arc<Notify>,
 }
 
 /// A paid order to create the shipment of, with the message that asks for it.
@@ -94,7 +98,10 @@ impl DeliveryService {
             inbox,
         };
         match self.store.save(change).await {
-            Ok(ChangeOutcome::Applied) => Ok(shipment),
+            Ok(ChangeOutcome::Applied) => {
+                self.created.notify_one();
+                Ok(shipment)
+            }
             // Created before (by this message or another): that shipment stands.
             Ok(ChangeOutcome::AlreadyProcessed) | Err(ChangeError::Conflict { .. }) => {
                 self.store.shipment_for_order(shipment.order.order_id).await?.ok_or(ShipmentFailure::NotFound)
@@ -118,6 +125,9 @@ impl DeliveryService {
             })
             .collect();
         if let Ok(outcomes) = self.store.save_all(changes).await {
+            if outcomes.iter().any(|outcome| matches!(outcome, Ok(ChangeOutcome::Applied))) {
+                self.created.notify_one();
+            }
             return outcomes
                 .into_iter()
                 .map(|outcome| match outcome {

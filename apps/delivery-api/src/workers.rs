@@ -1,5 +1,6 @@
 //! The Delivery background work: the consumer of Sales' commands and the optional autopilot.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -7,6 +8,7 @@ use orderflow_domain::events::{CancelRequested, OrderCreated};
 use orderflow_domain::{Carrier, CloudEvent, Payload, ShipmentStatus, Step, TrackingNumber};
 use orderflow_ports::delivery::ShipmentQuery;
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
+use tokio::time::Instant;
 
 use crate::service::{DeliveryService, NewShipment, ShipmentFailure, Target};
 
@@ -90,31 +92,105 @@ pub struct AutopilotSettings {
 }
 
 /// Runs the autopilot until the task is dropped. It reads due shipments from the store rather than
-/// keeping timers, so nothing is forgotten across restarts.
+/// keeping timers, so nothing is forgotten across restarts. It looks when what it knows of falls due — a
+/// shipment this process created (the service signals it) or shipped — and polls besides, for shipments
+/// it cannot know of (created before a restart, by another replica, shipped by staff).
 pub async fn autopilot(service: DeliveryService, settings: AutopilotSettings) {
-    let tick = settings.ship_after.min(settings.deliver_after).clamp(Duration::from_millis(20), Duration::from_secs(1));
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shorter = settings.ship_after.min(settings.deliver_after);
+    let poll = shorter.clamp(Duration::from_millis(20), Duration::from_secs(1));
+    // Looks at one stage no more often than this, so that under load a look takes a batch.
+    let gap = (shorter / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut ship = Stage::new(ShipmentStatus::Pending, settings.ship_after);
+    let mut deliver = Stage::new(ShipmentStatus::Shipped, settings.deliver_after);
     loop {
-        interval.tick().await;
-        for (status, after) in
-            [(ShipmentStatus::Pending, settings.ship_after), (ShipmentStatus::Shipped, settings.deliver_after)]
+        let wake = ship.next_look(poll, gap).min(deliver.next_look(poll, gap));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = service.created.notified() => {
+                ship.falls_due_after_now();
+                continue;
+            }
+        }
+        if ship.next_look(poll, gap) <= Instant::now()
+            && let Some(shipped) = ship.look(&service).await
+            && shipped > 0
         {
-            if let Err(error) = advance(&service, status, after).await {
+            deliver.falls_due_after_now();
+        }
+        if deliver.next_look(poll, gap) <= Instant::now() {
+            deliver.look(&service).await;
+        }
+    }
+}
+
+/// One step of the autopilot: the shipments it advances, how long they wait, and when they fall due.
+struct Stage {
+    status: ShipmentStatus,
+    after: Duration,
+    /// When shipments known to this process fall due, earliest first.
+    due: VecDeque<Instant>,
+    last_look: Instant,
+}
+
+impl Stage {
+    fn new(status: ShipmentStatus, after: Duration) -> Self {
+        Self { status, after, due: VecDeque::new(), last_look: Instant::now() }
+    }
+
+    /// A shipment entered this stage now: it falls due `after` from now.
+    fn falls_due_after_now(&mut self) {
+        self.due.push_back(Instant::now() + self.after);
+    }
+
+    /// When to look next: when the earliest known shipment falls due, or at the next poll, but not
+    /// sooner than `gap` after the last look.
+    fn next_look(&self, poll: Duration, gap: Duration) -> Instant {
+        let polled = self.last_look + poll;
+        let known = self.due.front().map_or(polled, |due| (*due).min(polled));
+        known.max(self.last_look + gap)
+    }
+
+    /// Advances the stage's due shipments; how many changed, or `None` when the look failed.
+    async fn look(&mut self, service: &DeliveryService) -> Option<usize> {
+        self.last_look = Instant::now();
+        let now = self.last_look;
+        self.due.retain(|due| *due > now);
+        match advance(service, self.status, self.after).await {
+            Ok(Advanced { changed, more }) => {
+                if more {
+                    // A full page: the rest is due already.
+                    self.due.push_front(now);
+                }
+                Some(changed)
+            }
+            Err(error) => {
                 tracing::warn!(%error, "autopilot round failed");
+                None
             }
         }
     }
 }
 
-/// Advances every shipment that has been in `status` for `after`, a page at a time, each page in one
-/// transaction.
-async fn advance(service: &DeliveryService, status: ShipmentStatus, after: Duration) -> Result<(), ShipmentFailure> {
+/// What one look at a stage did.
+struct Advanced {
+    /// Shipments that changed.
+    changed: usize,
+    /// Whether a full page was due, so more may be.
+    more: bool,
+}
+
+/// Advances a page of the shipments that have been in `status` for `after`, in one transaction.
+async fn advance(
+    service: &DeliveryService,
+    status: ShipmentStatus,
+    after: Duration,
+) -> Result<Advanced, ShipmentFailure> {
     let cutoff = service.clock.now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
     let query = ShipmentQuery { status: Some(status), updated_before: Some(cutoff), limit: BATCH, after: None };
     let due = service.store.shipments(query).await?;
+    let more = due.items.len() == BATCH;
     let carrier = Carrier::parse("autopilot").map_err(|e| ShipmentFailure::Unexpected(Box::new(e)))?;
-    service
+    let changed = service
         .transition_all(due.items, |shipment, at| match status {
             ShipmentStatus::Pending => {
                 let tracking = format!("AUTO-{}", shipment.id.as_uuid().simple());
@@ -126,5 +202,5 @@ async fn advance(service: &DeliveryService, status: ShipmentStatus, after: Durat
             _ => shipment.deliver(at),
         })
         .await?;
-    Ok(())
+    Ok(Advanced { changed, more })
 }

@@ -123,7 +123,8 @@ pub async fn drain_orders_created(options: DrainOptions) -> anyhow::Result<Strin
     }
     let preloaded_in = preload_started.elapsed();
 
-    let service = DeliveryService { store, clock: Arc::new(SystemClock), ids: Arc::new(UuidV7Ids) };
+    let service =
+        DeliveryService { store, clock: Arc::new(SystemClock), ids: Arc::new(UuidV7Ids), created: Arc::default() };
     let handler = Arc::new(Timed {
         inner: OrderCommands { service },
         latencies: Mutex::new(Vec::with_capacity(options.count)),
