@@ -137,9 +137,10 @@ impl Stage {
         Self { status, after, due: VecDeque::new(), last_look: Instant::now() }
     }
 
-    /// A shipment entered this stage now: it falls due `after` from now.
+    /// A shipment entered this stage now: it falls due `after` from now. The store's filter is strict
+    /// ("changed before"), so the look comes a millisecond after.
     fn falls_due_after_now(&mut self) {
-        self.due.push_back(Instant::now() + self.after);
+        self.due.push_back(Instant::now() + self.after + Duration::from_millis(1));
     }
 
     /// When to look next: when the earliest known shipment falls due, or at the next poll, but not
@@ -203,4 +204,81 @@ async fn advance(
         })
         .await?;
     Ok(Advanced { changed, more })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use orderflow_adapters::memory::InMemoryDeliveryStore;
+    use orderflow_adapters::system::UuidV7Ids;
+    use orderflow_domain::events::{OrderCreated, ShipmentLine};
+    use orderflow_domain::{Address, CustomerId, OrderId, Quantity, RawAddress, Shipment, Sku, Timestamp};
+    use orderflow_ports::system::Clock;
+    use tokio::time::Instant;
+
+    use super::{AutopilotSettings, autopilot};
+    use crate::service::{DeliveryService, Target};
+
+    /// Wall-clock time that follows tokio's paused clock, so the test moves the autopilot's timers and its
+    /// notion of "due" together.
+    struct PausedClock {
+        wall: Timestamp,
+        start: Instant,
+    }
+
+    impl Clock for PausedClock {
+        fn now(&self) -> Timestamp {
+            self.wall + chrono::Duration::from_std(self.start.elapsed()).expect("a short test")
+        }
+    }
+
+    fn paid_order() -> OrderCreated {
+        OrderCreated {
+            order_id: OrderId::from_uuid(uuid::Uuid::now_v7()),
+            customer_id: CustomerId::parse("autopilot-test").expect("valid"),
+            lines: vec![ShipmentLine {
+                sku: Sku::parse("SKU-1").expect("valid"),
+                quantity: Quantity::new(1).expect("valid"),
+            }],
+            shipping_address: Address::parse(RawAddress {
+                name: "Ada",
+                line1: "1 Poll Street",
+                line2: None,
+                city: "Berlin",
+                postal_code: "10115",
+                country: "DE",
+            })
+            .expect("valid"),
+        }
+    }
+
+    async fn status_of(service: &DeliveryService, shipment: &Shipment) -> String {
+        let found = service.find(Target::Shipment(shipment.id)).await.expect("read").expect("exists");
+        found.status.as_str().to_owned()
+    }
+
+    /// With delays of one second the autopilot polls every second; a shipment created between two polls
+    /// is shipped when it falls due and delivered a second later, not at the polls after.
+    #[tokio::test(start_paused = true)]
+    async fn the_autopilot_advances_a_shipment_when_it_falls_due_not_at_the_next_poll() {
+        let service = DeliveryService {
+            store: Arc::new(InMemoryDeliveryStore::new()),
+            clock: Arc::new(PausedClock { wall: chrono::Utc::now(), start: Instant::now() }),
+            ids: Arc::new(UuidV7Ids),
+            created: Arc::default(),
+        };
+        let second = std::time::Duration::from_secs(1);
+        tokio::spawn(autopilot(service.clone(), AutopilotSettings { ship_after: second, deliver_after: second }));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+        let shipment = service.create(paid_order(), None, None).await.expect("created");
+        tokio::time::sleep(std::time::Duration::from_millis(1_050)).await;
+        let at_due = status_of(&service, &shipment).await;
+        tokio::time::sleep(second).await;
+        let a_second_later = status_of(&service, &shipment).await;
+
+        assert_eq!(at_due, "shipped", "shipped at 1.3 s, when due, not at the poll at 2 s");
+        assert_eq!(a_second_later, "delivered", "delivered at 2.3 s, when due, not at the poll at 3 s");
+    }
 }
