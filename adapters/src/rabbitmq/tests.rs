@@ -392,7 +392,11 @@ async fn a_poison_message_inside_a_batch_is_dead_lettered_alone_and_the_rest_is_
     handled.dedup();
     assert_eq!(handled.len(), 25, "each delivery handled once, none redelivered: {batches:?}");
     assert_eq!(handler.handled().len(), 25, "each delivery handled once, none redelivered: {batches:?}");
-    assert_eq!(broker.queues(&[queue]).await.unwrap()[0].depth, 1, "only the dead letter is left");
+    // A quorum queue's depth counts a peeked letter again only once the broker has taken it back.
+    eventually("only the dead letter left", async || {
+        broker.queues(&[queue]).await.unwrap().first().filter(|q| q.depth == 1).cloned()
+    })
+    .await;
 }
 
 /// Takes its time, so a shutdown can catch it mid-message.
