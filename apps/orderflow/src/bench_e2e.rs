@@ -10,7 +10,9 @@
 //! drain timeout passes), every 250 ms. Meanwhile, every second, the outbox backlog of both services and the RSS of the
 //! given processes are sampled. POST→delivered latencies come from the database: the order's `created_at`
 //! and its `updated_at` once `delivered` (the time Sales recorded the delivery; nothing changes a
-//! delivered order afterwards).
+//! delivered order afterwards). The same query splits that latency into the four hops of an order's way
+//! (see [`HOPS`]), from the time each step's writer recorded: the order's `order.paid` timeline event, and
+//! Delivery's shipment `created_at` and `updated_at` once `delivered`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -187,6 +189,8 @@ pub struct E2eReport {
     pub e2e_elapsed: Duration,
     /// POST→delivered latencies of the delivered orders (`created_at` → `updated_at`), sorted ascending.
     pub e2e_latencies: Vec<Duration>,
+    /// The same latencies split into [`HOPS`], each sorted ascending.
+    pub hop_latencies: [Vec<Duration>; 4],
     /// The largest outbox backlog sampled (rows with `command_pending OR audit_pending`): Sales, Delivery.
     pub max_backlog: [i64; 2],
     /// Outbox backlog samples taken.
@@ -293,6 +297,9 @@ impl fmt::Display for E2eReport {
             "POST→delivered:  {} (order created_at → updated_at when delivered, from the database)",
             quantiles(&self.e2e_latencies)
         )?;
+        for (hop, latencies) in HOPS.iter().zip(&self.hop_latencies) {
+            writeln!(f, "  {hop:<44} {}", quantiles(latencies))?;
+        }
         writeln!(
             f,
             "outbox backlog:  max {} rows (sales), {} rows (delivery) owed, {} samples every {} ms",
@@ -393,10 +400,16 @@ pub async fn e2e(options: E2eOptions) -> anyhow::Result<E2eReport> {
     let (drain_timed_out, by_status) = drain?;
     let samples = samples?;
 
+    let delivery_schema = quote_ident(&options.delivery_schema);
     let delivered_rows = db
         .query(
             &format!(
-                "SELECT created_at, updated_at FROM {sales_schema}.orders WHERE id = ANY($1) AND status = 'delivered'"
+                "SELECT o.created_at, o.updated_at,
+                        (SELECT (e.event->>'time')::timestamptz FROM {sales_schema}.order_events e
+                         WHERE e.order_id = o.id AND e.event->>'type' = 'orderflow.order.paid.v1' LIMIT 1),
+                        s.created_at, s.updated_at
+                 FROM {sales_schema}.orders o JOIN {delivery_schema}.shipments s ON s.order_id = o.id
+                 WHERE o.id = ANY($1) AND o.status = 'delivered'"
             ),
             &[&accepted],
         )
@@ -405,14 +418,25 @@ pub async fn e2e(options: E2eOptions) -> anyhow::Result<E2eReport> {
     drop(db);
     let _ = driver.await;
     let mut e2e_latencies = Vec::with_capacity(delivered_rows.len());
+    let mut hop_latencies: [Vec<Duration>; 4] = Default::default();
     let mut last_delivered = first_post;
     for row in &delivered_rows {
         let created: DateTime<Utc> = row.get(0);
         let delivered: DateTime<Utc> = row.get(1);
         e2e_latencies.push(since(created, delivered));
         last_delivered = last_delivered.max(delivered);
+        // Without an `order.paid.v1` event (another version of it) the order counts in the total only.
+        if let Some(paid) = row.get::<_, Option<DateTime<Utc>>>(2) {
+            let steps = [created, paid, row.get(3), row.get(4), delivered];
+            for (hop, pair) in hop_latencies.iter_mut().zip(steps.windows(2)) {
+                hop.push(since(pair[0], pair[1]));
+            }
+        }
     }
     e2e_latencies.sort_unstable();
+    for hop in &mut hop_latencies {
+        hop.sort_unstable();
+    }
     let delivered = e2e_latencies.len();
 
     Ok(E2eReport {
@@ -432,11 +456,20 @@ pub async fn e2e(options: E2eOptions) -> anyhow::Result<E2eReport> {
         drain_elapsed,
         e2e_elapsed: since(first_post, last_delivered),
         e2e_latencies,
+        hop_latencies,
         max_backlog: samples.max_backlog,
         backlog_samples: samples.backlog_samples,
         rss: samples.rss,
     })
 }
+
+/// The hops of an order's way, in the order [`E2eReport::hop_latencies`] holds them.
+pub const HOPS: [&str; 4] = [
+    "placed → paid (relay, RabbitMQ, payment)",
+    "paid → shipment (relay, RabbitMQ, Delivery)",
+    "shipment → delivered in Delivery (autopilot)",
+    "→ delivered in Sales (relay, RabbitMQ, Sales)",
+];
 
 /// What the load tasks share.
 struct Target {
