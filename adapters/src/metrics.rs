@@ -75,7 +75,7 @@ pub static RATE_LIMIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("orderflow_rate_limit_total", "Rate-limit decisions that were not a plain allow, by kind", &["kind"])
 });
 
-/// 1 while Sales refuses new orders because its command outbox is further behind than configured
-/// (`OUTBOX_BACKLOG_LIMIT`, `OUTBOX_MAX_AGE`), else 0.
+/// 1 while Sales refuses new orders because its command outbox or the queues it consumes are further
+/// behind than configured (`OUTBOX_BACKLOG_LIMIT`, `OUTBOX_MAX_AGE`, `QUEUE_BACKLOG_LIMIT`), else 0.
 pub static OVERLOADED: LazyLock<IntGaugeVec> =
     LazyLock::new(|| gauge("orderflow_overloaded", "1 while new orders are refused for back-pressure, else 0", &[]));

@@ -506,6 +506,22 @@ impl CommandConsumer for RabbitBroker {
     async fn shutdown(&self) {
         self.shutdown.shutdown().await;
     }
+
+    async fn waiting(&self, queue: RoutingKey) -> Result<u64, ConsumeError> {
+        self.with_channel(|channel| async move {
+            // A passive declare reports the messages ready for delivery, not those delivered and unacked.
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(u64::from(declared.message_count()))
+        })
+        .await
+        .map_err(ConsumeError::Unexpected)
+    }
 }
 
 fn dead_letter_of(queue: RoutingKey, delivery: &lapin::message::Delivery) -> DeadLetter {

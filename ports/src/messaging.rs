@@ -146,6 +146,13 @@ pub trait CommandConsumer: Send + Sync {
     /// Stops every `consume` of this consumer from taking new deliveries and returns once the deliveries
     /// already being handled are settled (acked, retried or dead-lettered); `consume` calls then return.
     async fn shutdown(&self);
+
+    /// How many messages wait in `queue` for a consumer: queued and not yet delivered. Deliveries being
+    /// handled, messages waiting out a retry delay and dead letters do not count.
+    ///
+    /// # Errors
+    /// [`ConsumeError::Unexpected`] when the broker cannot be asked.
+    async fn waiting(&self, queue: RoutingKey) -> Result<u64, ConsumeError>;
 }
 
 /// A dead-lettered message, as operators see it.

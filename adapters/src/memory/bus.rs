@@ -2,6 +2,7 @@
 //! delivery, ack only on success, retries at growing delays, a dead-letter list — without a broker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,8 +36,28 @@ impl Default for BusSettings {
 }
 
 struct Queue {
-    sender: mpsc::UnboundedSender<Delivery>,
+    sender: QueueSender,
     receiver: Option<mpsc::UnboundedReceiver<Delivery>>,
+}
+
+/// Puts deliveries on a queue and counts those waiting for its consumer, as a broker's queue depth does.
+#[derive(Clone)]
+struct QueueSender {
+    sender: mpsc::UnboundedSender<Delivery>,
+    waiting: Arc<AtomicU64>,
+}
+
+impl QueueSender {
+    /// Whether the queue took the delivery (it is gone only when the bus is).
+    fn send(&self, delivery: Delivery) -> bool {
+        // Counted first, so the consumer never takes it out before it is counted in.
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let sent = self.sender.send(delivery).is_ok();
+        if !sent {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
+    }
 }
 
 /// One bus shared by both services of `orderflow dev`: each queue has one consumer.
@@ -67,16 +88,16 @@ impl InMemoryBus {
 
     /// Puts raw bytes on a queue, as a misbehaving producer could.
     pub fn send_raw(&self, queue: RoutingKey, message_id: Option<String>, body: Vec<u8>) {
-        let _ = self.sender(queue).send(Delivery { queue, message_id, body, retries: 0 });
+        self.sender(queue).send(Delivery { queue, message_id, body, retries: 0 });
     }
 
-    fn sender(&self, queue: RoutingKey) -> mpsc::UnboundedSender<Delivery> {
+    fn sender(&self, queue: RoutingKey) -> QueueSender {
         let mut queues = lock(&self.queues);
         queues
             .entry(queue)
             .or_insert_with(|| {
                 let (sender, receiver) = mpsc::unbounded_channel();
-                Queue { sender, receiver: Some(receiver) }
+                Queue { sender: QueueSender { sender, waiting: Arc::default() }, receiver: Some(receiver) }
             })
             .sender
             .clone()
@@ -87,16 +108,19 @@ impl InMemoryBus {
 impl CommandPublisher for InMemoryBus {
     async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).map_err(|e| PublishError::Unexpected(Box::new(e)))?;
-        self.sender(key)
-            .send(Delivery { queue: key, message_id: Some(event.id.to_string()), body, retries: 0 })
-            .map_err(|_| PublishError::Unexpected(inconsistent("queue closed")))
+        let delivery = Delivery { queue: key, message_id: Some(event.id.to_string()), body, retries: 0 };
+        if self.sender(key).send(delivery) {
+            Ok(())
+        } else {
+            Err(PublishError::Unexpected(inconsistent("queue closed")))
+        }
     }
 }
 
 /// What settling a delivery of one queue needs: its queue for retries, the dead letters, the delays.
 struct Settle {
     queue: RoutingKey,
-    sender: mpsc::UnboundedSender<Delivery>,
+    sender: QueueSender,
     dead_letters: Arc<Mutex<Vec<DeadLetter>>>,
     delays: Vec<Duration>,
     clock: Arc<dyn Clock>,
@@ -120,7 +144,7 @@ impl Settle {
                     // The retry waits on its own, so the rest of the batch is settled meanwhile.
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        let _ = sender.send(Delivery { retries: delivery.retries + 1, ..delivery });
+                        sender.send(Delivery { retries: delivery.retries + 1, ..delivery });
                     });
                     return;
                 }
@@ -168,6 +192,7 @@ impl CommandConsumer for InMemoryBus {
                     Err(_) => break,
                 }
             }
+            sender.waiting.fetch_sub(batch.len() as u64, Ordering::Relaxed);
             let size = u32::try_from(batch.len()).unwrap_or(u32::MAX);
             let Ok(permit) = Arc::clone(&permits).acquire_many_owned(size).await else { break };
             let settle = Settle {
@@ -201,6 +226,10 @@ impl CommandConsumer for InMemoryBus {
     async fn shutdown(&self) {
         self.shutdown.shutdown().await;
     }
+
+    async fn waiting(&self, queue: RoutingKey) -> Result<u64, ConsumeError> {
+        Ok(self.sender(queue).waiting.load(Ordering::Relaxed))
+    }
 }
 
 #[async_trait]
@@ -229,7 +258,7 @@ impl DeadLetterAdmin for InMemoryBus {
             if letter.original_queue == queue && replayed < limit {
                 let delivery =
                     Delivery { queue, message_id: letter.message_id.clone(), body: letter.body.clone(), retries: 0 };
-                if sender.send(delivery).is_ok() {
+                if sender.send(delivery) {
                     replayed += 1;
                     continue;
                 }
@@ -341,5 +370,22 @@ mod tests {
         run(&bus, Arc::clone(&handler)).await;
         assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
         assert_eq!(bus.dead_letters()[0].retries, 0);
+    }
+
+    #[tokio::test]
+    async fn messages_wait_in_a_queue_until_its_consumer_takes_them() {
+        let bus = bus();
+        for i in 0..3 {
+            bus.send_raw(RoutingKey::OrdersCreated, Some(format!("m-{i}")), b"{}".to_vec());
+        }
+        let before = bus.waiting(RoutingKey::OrdersCreated).await.unwrap();
+        let elsewhere = bus.waiting(RoutingKey::OrdersShipped).await.unwrap();
+        let handler = Arc::new(FailTimes { calls: AtomicU32::new(0), transient_until: 0, permanent: false });
+        run(&bus, Arc::clone(&handler)).await;
+
+        assert_eq!(before, 3, "three sent, none taken");
+        assert_eq!(elsewhere, 0, "another queue holds none");
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 4, "the three and the one `run` sends");
+        assert_eq!(bus.waiting(RoutingKey::OrdersCreated).await.unwrap(), 0, "all taken");
     }
 }

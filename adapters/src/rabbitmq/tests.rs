@@ -114,6 +114,35 @@ async fn start(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_in_a_queue_until_its_consumer_takes_and_acks_them() {
+    let vhost = TestVhost::new();
+    let queue = RoutingKey::OrdersCancelRequested;
+    let broker = Arc::new(RabbitBroker::connect(vhost.settings(&[100]), &[queue]).await.unwrap());
+    for _ in 0..3 {
+        broker.publish(queue, &event()).await.unwrap();
+    }
+    let before = eventually("three waiting", async || {
+        let waiting = broker.waiting(queue).await.unwrap();
+        (waiting == 3).then_some(waiting)
+    })
+    .await;
+    let handler = Recorder::new(false, false);
+    let consumer = {
+        let (broker, handler) = (Arc::clone(&broker), Arc::clone(&handler));
+        tokio::spawn(async move {
+            let _ = broker.consume(queue, handler).await;
+        })
+    };
+    eventually("all three handled", async || (handler.seen().len() == 3).then_some(())).await;
+    eventually("none waiting", async || (broker.waiting(queue).await.unwrap() == 0).then_some(())).await;
+    broker.shutdown().await;
+    consumer.await.unwrap();
+
+    assert_eq!(before, 3);
+    assert_eq!(handler.seen().len(), 3, "each handled once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_command_is_delivered_with_its_message_id() {
     let vhost = TestVhost::new();
     let handler = Recorder::new(false, false);

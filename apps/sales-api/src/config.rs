@@ -25,7 +25,7 @@ pub struct SalesConfig {
     pub runtime: RuntimeConfig,
     /// `PAYMENT_DECLINE_ABOVE_MINOR`, `PAYMENT_LATENCY`, `PAYMENT_TRANSIENT_FAILURE_RATE`.
     pub payment: PaymentSettings,
-    /// `OUTBOX_BACKLOG_LIMIT`, `OUTBOX_MAX_AGE`: back-pressure, off unless set.
+    /// `OUTBOX_BACKLOG_LIMIT`, `OUTBOX_MAX_AGE`, `QUEUE_BACKLOG_LIMIT`: back-pressure, off unless set.
     pub pressure: PressureLimits,
 }
 
@@ -56,6 +56,10 @@ impl SalesConfig {
                     Some(_) => Some(env.parsed("OUTBOX_BACKLOG_LIMIT", 0)?),
                 },
                 max_age: env.duration("OUTBOX_MAX_AGE", None)?,
+                queued: match env.optional("QUEUE_BACKLOG_LIMIT") {
+                    None => None,
+                    Some(_) => Some(env.parsed("QUEUE_BACKLOG_LIMIT", 0)?),
+                },
             },
         })
     }

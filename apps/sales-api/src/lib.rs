@@ -118,7 +118,7 @@ impl Application {
         let watch = settings.pressure.any().then(|| {
             health.push(pressure.clone());
             let outbox: Arc<dyn OutboxStore> = adapters.store.clone();
-            Watch(tokio::spawn(pressure.watch(outbox)))
+            Watch(tokio::spawn(pressure.watch(outbox, adapters.consumer.clone(), RoutingKey::SALES.to_vec())))
         });
         let parts = ServiceParts {
             name: "orderflow Sales API",
