@@ -443,6 +443,28 @@ async fn health_metrics_and_docs_need_no_token() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The last page of a list carries `"next_cursor": null`, so each document says the field may be null:
+/// a client generated from it must accept the last page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_documents_say_a_lists_next_cursor_may_be_null() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    for base in [h.sales_url(""), h.delivery_url("")] {
+        let spec = h.http.get(format!("{base}/openapi.json")).send().await?.json::<Value>().await?;
+        let schemas = spec["components"]["schemas"].as_object().context("the document's schemas")?;
+        let lists: Vec<(&String, &Value)> =
+            schemas.iter().filter(|(_, schema)| schema["properties"].get("next_cursor").is_some()).collect();
+        assert!(!lists.is_empty(), "{base}: no list schema");
+        for (name, schema) in lists {
+            let cursor = &schema["properties"]["next_cursor"];
+            assert_eq!(cursor["nullable"], Value::Bool(true), "{base}: {name}.next_cursor is {cursor}");
+        }
+    }
+    let products = h.http.get(h.sales_url("/products?limit=100")).bearer_auth(&h.admin_token).send().await?;
+    let page: Value = products.json().await?;
+    assert_eq!(page["next_cursor"], Value::Null, "the last page: {page}");
+    Ok(())
+}
+
 /// Sends a request of `head` and a `body` of its announced length over a fresh connection, writing all of
 /// it before reading anything (as Python's urllib does), and returns the status line of the answer.
 async fn status_after_writing_everything(

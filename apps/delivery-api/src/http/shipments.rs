@@ -75,6 +75,7 @@ pub struct ShipmentList {
     /// Newest first.
     pub items: Vec<ShipmentDto>,
     /// Pass as `cursor` for the next page; `null` on the last.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

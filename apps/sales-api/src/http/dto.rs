@@ -213,6 +213,7 @@ pub struct OrderList {
     /// The orders, newest first.
     pub items: Vec<OrderDto>,
     /// Pass as `cursor` to get the next page; `null` on the last.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -280,5 +281,6 @@ pub struct ProductList {
     /// The products in SKU order.
     pub items: Vec<ProductDto>,
     /// Pass as `cursor` to get the next page; `null` on the last.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
