@@ -444,9 +444,10 @@ async fn health_metrics_and_docs_need_no_token() -> anyhow::Result<()> {
 }
 
 /// The last page of a list carries `"next_cursor": null`, so each document says the field may be null:
-/// a client generated from it must accept the last page.
+/// a client generated from it must accept the last page. And every `limit` states its range, so a
+/// generated client or fuzzer does not send a page size the server refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_documents_say_a_lists_next_cursor_may_be_null() -> anyhow::Result<()> {
+async fn the_documents_say_a_lists_next_cursor_may_be_null_and_what_limit_accepts() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     for base in [h.sales_url(""), h.delivery_url("")] {
         let spec = h.http.get(format!("{base}/openapi.json")).send().await?.json::<Value>().await?;
@@ -457,6 +458,21 @@ async fn the_documents_say_a_lists_next_cursor_may_be_null() -> anyhow::Result<(
         for (name, schema) in lists {
             let cursor = &schema["properties"]["next_cursor"];
             assert_eq!(cursor["nullable"], Value::Bool(true), "{base}: {name}.next_cursor is {cursor}");
+        }
+        let operations = spec["paths"]
+            .as_object()
+            .context("the document's paths")?
+            .values()
+            .flat_map(|path| path.as_object().into_iter().flat_map(|methods| methods.values()));
+        let limits: Vec<&Value> = operations
+            .flat_map(|operation| operation["parameters"].as_array().into_iter().flatten())
+            .filter(|parameter| parameter["name"] == "limit")
+            .collect();
+        assert!(!limits.is_empty(), "{base}: no limit parameter");
+        for limit in limits {
+            let schema = &limit["schema"];
+            assert_eq!(schema["minimum"].as_f64(), Some(1.0), "{base}: limit {schema}");
+            assert!(schema["maximum"].as_f64().is_some_and(|max| max >= 100.0), "{base}: limit {schema}");
         }
     }
     let products = h.http.get(h.sales_url("/products?limit=100")).bearer_auth(&h.admin_token).send().await?;

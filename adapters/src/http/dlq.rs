@@ -134,7 +134,7 @@ impl DlqApi {
         &self,
         auth: BearerAuth,
         queue: Path<String>,
-        limit: Query<Option<i64>>,
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] limit: Query<Option<i64>>,
     ) -> poem::Result<Json<DlqEntries>> {
         auth.require("admin")?;
         let queue = self.queue(&queue.0)?;
@@ -148,7 +148,7 @@ impl DlqApi {
         &self,
         auth: BearerAuth,
         queue: Path<String>,
-        limit: Query<Option<i64>>,
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] limit: Query<Option<i64>>,
     ) -> poem::Result<Json<DlqOutcome>> {
         auth.require("admin")?;
         let queue = self.queue(&queue.0)?;

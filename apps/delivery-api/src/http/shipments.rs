@@ -121,6 +121,7 @@ impl ShipmentsApi {
         /// One of the shipment statuses.
         status: Query<Option<String>>,
         /// Page size, 1-100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,

@@ -93,6 +93,7 @@ impl OrdersApi {
         /// One of the order statuses.
         status: Query<Option<String>>,
         /// Page size, 1-100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,

@@ -33,6 +33,7 @@ impl ProductsApi {
         &self,
         auth: BearerAuth,
         /// Page size, 1-100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
