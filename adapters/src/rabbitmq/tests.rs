@@ -106,33 +106,43 @@ async fn start(
 ) -> (Arc<RabbitBroker>, tokio::task::JoinHandle<()>) {
     let broker =
         Arc::new(RabbitBroker::connect(vhost.settings(delays), &[RoutingKey::OrdersCancelRequested]).await.unwrap());
-    let consumer = Arc::clone(&broker);
-    let task = tokio::spawn(async move {
-        let _ = consumer.consume(RoutingKey::OrdersCancelRequested, handler).await;
-    });
+    let task = consume_in_background(&broker, RoutingKey::OrdersCancelRequested, handler);
     (broker, task)
+}
+
+/// Consumes `queue` with `handler` on a task of its own until the broker shuts down.
+fn consume_in_background(
+    broker: &Arc<RabbitBroker>,
+    queue: RoutingKey,
+    handler: Arc<dyn MessageHandler>,
+) -> tokio::task::JoinHandle<()> {
+    let broker = Arc::clone(broker);
+    tokio::spawn(async move {
+        let _ = broker.consume(queue, handler).await;
+    })
+}
+
+/// A broker on `vhost` with `count` commands already waiting in `queue`, no consumer yet.
+async fn broker_with_queued(vhost: &TestVhost, queue: RoutingKey, count: usize) -> Arc<RabbitBroker> {
+    let broker = Arc::new(RabbitBroker::connect(vhost.settings(&[100]), &[queue]).await.unwrap());
+    for _ in 0..count {
+        broker.publish(queue, &event()).await.unwrap();
+    }
+    broker
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_wait_in_a_queue_until_its_consumer_takes_and_acks_them() {
     let vhost = TestVhost::new();
     let queue = RoutingKey::OrdersCancelRequested;
-    let broker = Arc::new(RabbitBroker::connect(vhost.settings(&[100]), &[queue]).await.unwrap());
-    for _ in 0..3 {
-        broker.publish(queue, &event()).await.unwrap();
-    }
+    let broker = broker_with_queued(&vhost, queue, 3).await;
     let before = eventually("three waiting", async || {
         let waiting = broker.waiting(queue).await.unwrap();
         (waiting == 3).then_some(waiting)
     })
     .await;
     let handler = Recorder::new(false, false);
-    let consumer = {
-        let (broker, handler) = (Arc::clone(&broker), Arc::clone(&handler));
-        tokio::spawn(async move {
-            let _ = broker.consume(queue, handler).await;
-        })
-    };
+    let consumer = consume_in_background(&broker, queue, handler.clone());
     eventually("all three handled", async || (handler.seen().len() == 3).then_some(())).await;
     eventually("none waiting", async || (broker.waiting(queue).await.unwrap() == 0).then_some(())).await;
     broker.shutdown().await;
@@ -389,18 +399,10 @@ impl MessageHandler for Batches {
 async fn a_poison_message_inside_a_batch_is_dead_lettered_alone_and_the_rest_is_acknowledged() {
     let vhost = TestVhost::new();
     let queue = RoutingKey::OrdersCancelRequested;
-    let broker = Arc::new(RabbitBroker::connect(vhost.settings(&[100]), &[queue]).await.unwrap());
     // Queued before the consumer starts, so they arrive together and are handed over in batches.
-    for _ in 0..25 {
-        broker.publish(queue, &event()).await.unwrap();
-    }
+    let broker = broker_with_queued(&vhost, queue, 25).await;
     let handler = Arc::new(Batches::default());
-    let consumer = {
-        let (broker, handler) = (Arc::clone(&broker), Arc::clone(&handler));
-        tokio::spawn(async move {
-            let _ = broker.consume(queue, handler).await;
-        })
-    };
+    let consumer = consume_in_background(&broker, queue, handler.clone());
     let letters = eventually("the dead letter", async || {
         let letters = broker.peek(queue, 10).await.unwrap();
         (!letters.is_empty()).then_some(letters)

@@ -97,13 +97,14 @@ pub struct AutopilotSettings {
 /// it cannot know of (created before a restart, by another replica, shipped by staff).
 pub async fn autopilot(service: DeliveryService, settings: AutopilotSettings) {
     let shorter = settings.ship_after.min(settings.deliver_after);
-    let poll = shorter.clamp(Duration::from_millis(20), Duration::from_secs(1));
-    // Looks at one stage no more often than this, so that under load a look takes a batch.
-    let gap = (shorter / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-    let mut ship = Stage::new(ShipmentStatus::Pending, settings.ship_after);
-    let mut deliver = Stage::new(ShipmentStatus::Shipped, settings.deliver_after);
+    let looks = Looks {
+        poll: shorter.clamp(Duration::from_millis(20), Duration::from_secs(1)),
+        gap: (shorter / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)),
+    };
+    let mut ship = Stage::new(ShipmentStatus::Pending, settings.ship_after, looks);
+    let mut deliver = Stage::new(ShipmentStatus::Shipped, settings.deliver_after, looks);
     loop {
-        let wake = ship.next_look(poll, gap).min(deliver.next_look(poll, gap));
+        let wake = ship.next_look().min(deliver.next_look());
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             () = service.created.notified() => {
@@ -111,30 +112,40 @@ pub async fn autopilot(service: DeliveryService, settings: AutopilotSettings) {
                 continue;
             }
         }
-        if ship.next_look(poll, gap) <= Instant::now()
+        if ship.next_look() <= Instant::now()
             && let Some(shipped) = ship.look(&service).await
             && shipped > 0
         {
             deliver.falls_due_after_now();
         }
-        if deliver.next_look(poll, gap) <= Instant::now() {
+        if deliver.next_look() <= Instant::now() {
             deliver.look(&service).await;
         }
     }
+}
+
+/// How often a stage looks for due shipments.
+#[derive(Debug, Clone, Copy)]
+struct Looks {
+    /// At least this often, for shipments this process cannot know of.
+    poll: Duration,
+    /// At most this often, so that under load a look takes a batch.
+    gap: Duration,
 }
 
 /// One step of the autopilot: the shipments it advances, how long they wait, and when they fall due.
 struct Stage {
     status: ShipmentStatus,
     after: Duration,
+    looks: Looks,
     /// When shipments known to this process fall due, earliest first.
     due: VecDeque<Instant>,
     last_look: Instant,
 }
 
 impl Stage {
-    fn new(status: ShipmentStatus, after: Duration) -> Self {
-        Self { status, after, due: VecDeque::new(), last_look: Instant::now() }
+    fn new(status: ShipmentStatus, after: Duration, looks: Looks) -> Self {
+        Self { status, after, looks, due: VecDeque::new(), last_look: Instant::now() }
     }
 
     /// A shipment entered this stage now: it falls due `after` from now. The store's filter is strict
@@ -144,11 +155,11 @@ impl Stage {
     }
 
     /// When to look next: when the earliest known shipment falls due, or at the next poll, but not
-    /// sooner than `gap` after the last look.
-    fn next_look(&self, poll: Duration, gap: Duration) -> Instant {
-        let polled = self.last_look + poll;
+    /// sooner than the gap after the last look.
+    fn next_look(&self) -> Instant {
+        let polled = self.last_look + self.looks.poll;
         let known = self.due.front().map_or(polled, |due| (*due).min(polled));
-        known.max(self.last_look + gap)
+        known.max(self.last_look + self.looks.gap)
     }
 
     /// Advances the stage's due shipments; how many changed, or `None` when the look failed.
