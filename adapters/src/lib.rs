@@ -4,8 +4,6 @@
 pub mod auth;
 #[cfg(any(all(test, feature = "memory"), feature = "contract"))]
 pub mod contract;
-#[cfg(feature = "http")]
-pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "memory")]
@@ -17,7 +15,5 @@ pub mod postgres;
 pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(feature = "runtime")]
-pub mod runtime;
 pub mod simulated;
 pub mod system;

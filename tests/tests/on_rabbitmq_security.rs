@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use orderflow_adapters::auth::{DevClient, DevIssuer};
+use orderflow_runtime::dev_issuer::{DevClient, DevIssuer};
 use processes::{Options, Services};
 use reqwest::header::{HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};

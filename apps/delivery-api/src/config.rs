@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use orderflow_adapters::postgres::PgDeliveryStore;
-use orderflow_adapters::runtime::{ConfigError, Connections, Env, RuntimeConfig, Service};
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_ports::outbox::RelaySettings;
+use orderflow_runtime::config::{ConfigError, Connections, Env, RuntimeConfig, Service};
 
 use crate::workers::AutopilotSettings;
 use crate::{Application, DeliveryAdapters, DeliverySettings};

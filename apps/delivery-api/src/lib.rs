@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use orderflow_adapters::http::{AuthContext, RateLimitPolicy, RouteLimit, RunningService, ServiceParts};
 use orderflow_domain::RoutingKey;
 use orderflow_ports::auth::TokenVerifier;
 use orderflow_ports::delivery::{DeliveryStore, ShipmentQuery};
@@ -17,6 +16,7 @@ use orderflow_ports::messaging::{AuditLog, CommandConsumer, CommandPublisher, De
 use orderflow_ports::outbox::{OutboxRelay, RelaySettings};
 use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::system::{Clock, HealthCheck, IdGenerator};
+use orderflow_runtime::http::{AuthContext, RateLimitPolicy, RouteLimit, RunningService, ServiceParts};
 
 use crate::service::DeliveryService;
 use crate::workers::{AutopilotSettings, OrderCommands};

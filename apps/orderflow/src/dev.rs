@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use delivery_api::workers::AutopilotSettings;
 use delivery_api::{DeliveryAdapters, DeliverySettings};
-use orderflow_adapters::auth::{DevClient, DevIssuer, JwksVerifier, RunningIssuer, VerifierSettings};
+use orderflow_adapters::auth::{JwksVerifier, VerifierSettings};
 use orderflow_adapters::memory::{
     BusSettings, InMemoryAuditLog, InMemoryBus, InMemoryDeliveryStore, InMemoryOrderCache, InMemoryRateLimiter,
     InMemorySalesStore,
@@ -24,6 +24,7 @@ use orderflow_ports::outbox::RelaySettings;
 use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::sales::SalesStore;
 use orderflow_ports::system::Clock;
+use orderflow_runtime::dev_issuer::{DevClient, DevIssuer, RunningIssuer};
 use sales_api::pressure::PressureLimits;
 use sales_api::{SalesAdapters, SalesSettings};
 

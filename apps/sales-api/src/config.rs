@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use orderflow_adapters::postgres::PgSalesStore;
 use orderflow_adapters::redis::RedisOrderCache;
-use orderflow_adapters::runtime::{ConfigError, Connections, Env, RuntimeConfig, Service};
 use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_ports::outbox::RelaySettings;
+use orderflow_runtime::config::{ConfigError, Connections, Env, RuntimeConfig, Service};
 
 use crate::pressure::PressureLimits;
 use crate::{Application, SalesAdapters, SalesSettings};

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use orderflow_adapters::http::{AuthContext, RateLimitPolicy, RouteLimit, RunningService, ServiceParts};
 use orderflow_domain::RoutingKey;
 use orderflow_ports::auth::TokenVerifier;
 use orderflow_ports::cache::OrderCache;
@@ -20,6 +19,7 @@ use orderflow_ports::payment::PaymentGateway;
 use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::sales::SalesStore;
 use orderflow_ports::system::{Clock, HealthCheck, IdGenerator};
+use orderflow_runtime::http::{AuthContext, RateLimitPolicy, RouteLimit, RunningService, ServiceParts};
 
 use crate::pressure::{BackPressure, PressureLimits};
 use crate::service::SalesService;

@@ -1,7 +1,7 @@
 //! The sales-api service: reads its configuration from the environment, connects its real
 //! dependencies and serves until SIGTERM or Ctrl-C.
 
-use orderflow_adapters::runtime::{Env, init_tracing};
+use orderflow_runtime::config::{Env, init_tracing};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

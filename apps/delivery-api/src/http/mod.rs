@@ -4,9 +4,9 @@ mod shipments;
 
 use std::sync::Arc;
 
-use orderflow_adapters::http::DlqApi;
 use orderflow_domain::RoutingKey;
 use orderflow_ports::messaging::DeadLetterAdmin;
+use orderflow_runtime::http::DlqApi;
 use poem_openapi::OpenApi;
 
 use crate::service::DeliveryService;

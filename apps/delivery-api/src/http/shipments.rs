@@ -1,9 +1,9 @@
 //! `/shipments`: what delivery staff see and do.
 
 use chrono::{DateTime, Utc};
-use orderflow_adapters::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
 use orderflow_domain::{Carrier, InvalidValue, OrderId, Shipment, ShipmentId, ShipmentStatus, TrackingNumber};
 use orderflow_ports::delivery::ShipmentQuery;
+use orderflow_runtime::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
 use poem::http::StatusCode;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;

@@ -1,11 +1,11 @@
 //! The JSON shapes of the Sales API (docs/design.md "Request and response shapes"), with their conversions.
 
 use chrono::{DateTime, Utc};
-use orderflow_adapters::http::Problem;
 use orderflow_domain::{
     Address, Currency, CustomerId, InvalidValue, Money, Order, OrderRequest, OrderStatus, Quantity, RawAddress, Sku,
 };
 use orderflow_ports::sales::Product;
+use orderflow_runtime::http::Problem;
 use poem_openapi::{Enum, Object};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

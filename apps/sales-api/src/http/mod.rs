@@ -6,10 +6,10 @@ mod products;
 
 use std::sync::Arc;
 
-use orderflow_adapters::http::{DlqApi, Problem};
 use orderflow_domain::RoutingKey;
 use orderflow_ports::ReadError;
 use orderflow_ports::messaging::DeadLetterAdmin;
+use orderflow_runtime::http::{DlqApi, Problem};
 use poem_openapi::{OpenApi, Tags};
 
 use crate::service::{SalesService, TransitionFailure};

@@ -1,8 +1,8 @@
 //! `/orders`: place, read, list, follow and cancel orders.
 
-use orderflow_adapters::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
 use orderflow_domain::{OrderId, OrderStatus};
 use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome};
+use orderflow_runtime::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
 use poem::http::{StatusCode, header};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;

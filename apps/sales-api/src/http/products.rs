@@ -1,8 +1,8 @@
 //! `/products`: the catalogue and its stock.
 
-use orderflow_adapters::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit};
 use orderflow_domain::{InvalidValue, ProductName, Sku};
 use orderflow_ports::sales::PutProductError;
+use orderflow_runtime::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit};
 use poem::http::StatusCode;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Path, Query};

@@ -11,7 +11,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use orderflow_ports::auth::{AuthError, TokenVerifier};
 use serde_json::{Value, json};
 
-use super::{DevClient, DevIssuer, JwksVerifier, RunningIssuer, VerifierSettings};
+use orderflow_adapters::auth::{JwksVerifier, VerifierSettings};
+
+use super::{DevClient, DevIssuer, RunningIssuer};
 
 const AUDIENCE: &str = "orderflow-api";
 

@@ -125,15 +125,15 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Principal> 
         match limiter.check(&principal.client_id).await {
             Ok(RateDecision::Allowed { .. }) => {}
             Ok(RateDecision::Limited { retry_after }) => {
-                crate::metrics::RATE_LIMIT.with_label_values(&["limited"]).inc();
+                orderflow_adapters::metrics::RATE_LIMIT.with_label_values(&["limited"]).inc();
                 return Err(rate_limited(&principal.client_id, retry_after, burst).into());
             }
             Err(error) if context.policy == RateLimitPolicy::Deny => {
-                crate::metrics::RATE_LIMIT.with_label_values(&["unavailable_denied"]).inc();
+                orderflow_adapters::metrics::RATE_LIMIT.with_label_values(&["unavailable_denied"]).inc();
                 return Err(Problem::unavailable(&error).into());
             }
             Err(error) => {
-                crate::metrics::RATE_LIMIT.with_label_values(&["unavailable_allowed"]).inc();
+                orderflow_adapters::metrics::RATE_LIMIT.with_label_values(&["unavailable_allowed"]).inc();
                 tracing::warn!(error = %error, "rate limiter unavailable; allowing the request");
             }
         }
@@ -208,7 +208,7 @@ mod tests {
         let limit = |method: &str, path: &str| RouteLimit {
             method: method.to_owned(),
             path: path.to_owned(),
-            limiter: Arc::new(crate::memory::InMemoryRateLimiter::new(60, 1)),
+            limiter: Arc::new(orderflow_adapters::memory::InMemoryRateLimiter::new(60, 1)),
             burst: 1,
         };
         let cancel = limit("POST", "/orders/*/cancel");

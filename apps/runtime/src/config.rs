@@ -14,12 +14,12 @@ use orderflow_ports::auth::TokenVerifier;
 use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::system::HealthCheck;
 
-use crate::auth::{JwksVerifier, VerifierSettings};
 use crate::http::{RateLimitPolicy, RouteLimit};
-use crate::kafka::{KafkaAuditLog, KafkaSettings};
-use crate::postgres::PgSettings;
-use crate::rabbitmq::{RabbitBroker, RabbitSettings};
-use crate::redis::{ConnectionManager, RedisRateLimiter};
+use orderflow_adapters::auth::{JwksVerifier, VerifierSettings};
+use orderflow_adapters::kafka::{KafkaAuditLog, KafkaSettings};
+use orderflow_adapters::postgres::PgSettings;
+use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
+use orderflow_adapters::redis::{ConnectionManager, RedisRateLimiter};
 
 /// A configuration variable that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -311,7 +311,7 @@ impl Connections {
     pub async fn open(config: &RuntimeConfig) -> Result<Self, BoxError> {
         let broker = Arc::new(RabbitBroker::connect(config.amqp.clone(), &config.service.queues()).await?);
         let audit = Arc::new(KafkaAuditLog::connect(config.kafka.clone()).await?);
-        let redis = crate::redis::connect_lazy(&config.redis_url)?;
+        let redis = orderflow_adapters::redis::connect_lazy(&config.redis_url)?;
         let verifier: Arc<dyn TokenVerifier> =
             Arc::new(JwksVerifier::new(&config.oauth_issuer, &config.oauth_audience, VerifierSettings::default())?);
         let limiter = config.rate_limit.map(|(per_minute, burst)| {
@@ -378,7 +378,7 @@ impl HealthCheck for RedisHealth {
     }
 
     async fn check(&self) -> bool {
-        crate::redis::ping(&self.0).await.is_ok()
+        orderflow_adapters::redis::ping(&self.0).await.is_ok()
     }
 }
 

@@ -563,3 +563,6 @@ fn token(req: &Request, body: Vec<u8>, Data(state): Data<&Arc<IssuerState>>) -> 
         Err(error) => error.into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests;

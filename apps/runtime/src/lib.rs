@@ -1,0 +1,6 @@
+#![doc = include_str!("../README.md")]
+
+pub mod config;
+#[cfg(feature = "dev-issuer")]
+pub mod dev_issuer;
+pub mod http;
