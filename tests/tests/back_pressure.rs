@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use async_trait::async_trait;
 use orderflow::dev::AUDIENCE;
-use orderflow_adapters::auth::{JwksVerifier, VerifierSettings};
 use orderflow_adapters::memory::{BusSettings, InMemoryAuditLog, InMemoryBus, InMemoryOrderCache, InMemorySalesStore};
 use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
@@ -24,6 +23,7 @@ use orderflow_ports::payment::{PaymentError, PaymentGateway};
 use orderflow_ports::sales::SalesStore;
 use orderflow_ports::system::Clock;
 use orderflow_runtime::dev_issuer::{DevClient, DevIssuer, RunningIssuer};
+use orderflow_runtime::wiring::Wiring;
 use reqwest::StatusCode;
 use sales_api::pressure::PressureLimits;
 use sales_api::{SalesAdapters, SalesSettings};
@@ -87,33 +87,32 @@ impl Sales {
         payments: Arc<dyn PaymentGateway>,
     ) -> anyhow::Result<Self> {
         let issuer = DevIssuer::start("127.0.0.1:0".parse()?, AUDIENCE, DevClient::defaults()).await?;
-        let verifier = Arc::new(JwksVerifier::new(issuer.issuer_url(), AUDIENCE, VerifierSettings::default())?);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let bus = Arc::new(InMemoryBus::new(BusSettings::default(), clock.clone()));
+        let wiring = Wiring::in_memory(
+            bus.clone(),
+            Arc::new(InMemoryAuditLog::new()),
+            issuer.issuer_url().into(),
+            AUDIENCE.into(),
+        );
+        let mut shared = wiring.connect("sales", &RoutingKey::ALL).await.map_err(|e| anyhow::anyhow!(e))?;
+        shared.publisher = publisher(bus);
         let store = Arc::new(InMemorySalesStore::new());
         let eur = Currency::parse("EUR")?;
         store
             .put_product(Sku::parse("SKU-BP")?, ProductName::parse("Pressure")?, Money::new(100, eur)?, 10_000)
             .await?;
-        let app = sales_api::Application::build(
+        let app = sales_api::Application::assemble(
             SalesSettings {
                 http_addr: "127.0.0.1:0".parse()?,
                 relay: RelaySettings { idle_poll: Duration::from_millis(50), ..RelaySettings::default() },
                 pressure,
-                ..SalesSettings::default()
             },
             SalesAdapters {
                 store: store.clone(),
                 cache: Arc::new(InMemoryOrderCache::new()),
                 payments,
-                publisher: publisher(bus.clone()),
-                consumer: bus.clone(),
-                audit: Arc::new(InMemoryAuditLog::new()),
-                dead_letters: bus,
-                health: Vec::new(),
-                verifier,
-                limiter: None,
-                route_limits: Vec::new(),
+                shared,
                 clock,
                 ids: Arc::new(UuidV7Ids),
             },

@@ -1,83 +1,86 @@
-//! The Delivery service's configuration, read from the environment: the shared variables plus the
-//! autopilot's.
+//! The `delivery-api` binary's configuration, from the environment or the same-named flags: the
+//! variables both services share plus the autopilot's.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use orderflow_adapters::postgres::PgDeliveryStore;
-use orderflow_adapters::system::{SystemClock, UuidV7Ids};
-use orderflow_ports::outbox::RelaySettings;
-use orderflow_runtime::config::{ConfigError, Connections, Env, RuntimeConfig, Service};
+use clap::Parser;
+use orderflow_runtime::config::{SharedConfig, duration};
 
+use crate::startup::{DeliverySettings, DeliverySetup};
 use crate::workers::AutopilotSettings;
-use crate::{Application, DeliveryAdapters, DeliverySettings};
 
 /// Everything the `delivery-api` binary reads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Parser)]
+#[command(name = "delivery-api", version, about = "orderflow's Delivery API: shipments")]
 pub struct DeliveryConfig {
-    /// The variables both services share.
-    pub runtime: RuntimeConfig,
-    /// `AUTOPILOT_SHIP_AFTER` and `AUTOPILOT_DELIVER_AFTER`; off unless both are set.
-    pub autopilot: Option<AutopilotSettings>,
+    /// The variables both services read.
+    #[command(flatten)]
+    pub shared: SharedConfig,
+    /// Where to listen.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8081")]
+    pub http_addr: SocketAddr,
+    /// The service's schema.
+    #[arg(long, env = "DATABASE_SCHEMA", default_value = "delivery")]
+    pub database_schema: String,
+    /// Autopilot: ship pending shipments after this long (with AUTOPILOT_DELIVER_AFTER; off when unset).
+    #[arg(long, env = "AUTOPILOT_SHIP_AFTER", value_parser = duration, requires = "autopilot_deliver_after")]
+    pub autopilot_ship_after: Option<Duration>,
+    /// Autopilot: deliver shipped shipments after this long (with AUTOPILOT_SHIP_AFTER).
+    #[arg(long, env = "AUTOPILOT_DELIVER_AFTER", value_parser = duration, requires = "autopilot_ship_after")]
+    pub autopilot_deliver_after: Option<Duration>,
 }
 
 impl DeliveryConfig {
-    /// Reads the configuration.
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the first variable that is missing or malformed.
-    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
-        let ship_after = env.duration("AUTOPILOT_SHIP_AFTER", None)?;
-        let deliver_after = env.duration("AUTOPILOT_DELIVER_AFTER", None)?;
-        let autopilot = match (ship_after, deliver_after) {
-            (Some(ship_after), Some(deliver_after)) => Some(AutopilotSettings { ship_after, deliver_after }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError {
-                    variable: "AUTOPILOT_DELIVER_AFTER",
-                    reason: "must be set when AUTOPILOT_SHIP_AFTER is".to_owned(),
-                });
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError {
-                    variable: "AUTOPILOT_SHIP_AFTER",
-                    reason: "must be set when AUTOPILOT_DELIVER_AFTER is".to_owned(),
-                });
-            }
-        };
-        Ok(Self { runtime: RuntimeConfig::from_env(Service::Delivery, env)?, autopilot })
+    /// The service these variables describe: every port on its real server.
+    pub fn setup(&self) -> DeliverySetup {
+        let autopilot = self
+            .autopilot_ship_after
+            .zip(self.autopilot_deliver_after)
+            .map(|(ship_after, deliver_after)| AutopilotSettings { ship_after, deliver_after });
+        DeliverySetup {
+            settings: DeliverySettings { http_addr: self.http_addr, autopilot, ..DeliverySettings::default() },
+            wiring: self.shared.wiring(&self.database_schema),
+        }
     }
 }
 
-impl Application {
-    /// Connects the real adapters (PostgreSQL, RabbitMQ, Kafka, Redis, the issuer's JWKS) and starts the
-    /// service. Nothing falls back to memory: a dependency that cannot be reached stops the start.
-    ///
-    /// # Errors
-    /// When a dependency cannot be reached or the address cannot be bound.
-    pub async fn connect(config: DeliveryConfig) -> anyhow::Result<Self> {
-        let runtime = &config.runtime;
-        let store = Arc::new(PgDeliveryStore::connect(&runtime.database).await?);
-        let connections = Connections::open(runtime).await.map_err(|e| anyhow::anyhow!(e))?;
-        let settings = DeliverySettings {
-            http_addr: runtime.http_addr,
-            relay: RelaySettings::default(),
-            rate_limit_policy: runtime.rate_limit_policy,
-            rate_limit_burst: runtime.rate_limit.map(|(_, burst)| burst),
-            autopilot: config.autopilot,
-        };
-        let adapters = DeliveryAdapters {
-            store,
-            publisher: connections.broker.clone(),
-            consumer: connections.broker.clone(),
-            audit: connections.audit,
-            dead_letters: connections.broker,
-            health: connections.health,
-            verifier: connections.verifier,
-            limiter: connections.limiter,
-            route_limits: connections.routes,
-            clock: Arc::new(SystemClock),
-            ids: Arc::new(UuidV7Ids),
-        };
-        Self::build(settings, adapters).await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: [&str; 6] = [
+        "delivery-api",
+        "--database-url=postgres://postgres@127.0.0.1/orderflow",
+        "--amqp-url=amqp://guest:guest@127.0.0.1:5672/%2f",
+        "--kafka-brokers=127.0.0.1:9092",
+        "--redis-url=redis://127.0.0.1:6379",
+        "--oauth-issuer=http://127.0.0.1:9000",
+    ];
+
+    #[test]
+    fn delivery_listens_on_8081_in_its_own_schema_with_the_autopilot_off() {
+        let config = DeliveryConfig::try_parse_from(MINIMAL).unwrap();
+        assert_eq!(config.http_addr, SocketAddr::from(([127, 0, 0, 1], 8081)));
+        assert_eq!(config.database_schema, "delivery");
+        assert!(config.setup().settings.autopilot.is_none());
+    }
+
+    #[test]
+    fn the_autopilot_needs_both_delays() {
+        for (given, missing) in [
+            ("--autopilot-ship-after=1s", "AUTOPILOT_DELIVER_AFTER"),
+            ("--autopilot-deliver-after=1s", "AUTOPILOT_SHIP_AFTER"),
+        ] {
+            let error = DeliveryConfig::try_parse_from(MINIMAL.into_iter().chain([given])).err().unwrap();
+            assert!(error.to_string().contains(missing), "{error}");
+        }
+        let both = ["--autopilot-ship-after=50ms", "--autopilot-deliver-after=2s"];
+        let config = DeliveryConfig::try_parse_from(MINIMAL.into_iter().chain(both)).unwrap();
+        let autopilot = config.setup().settings.autopilot.unwrap();
+        assert_eq!(
+            (autopilot.ship_after, autopilot.deliver_after),
+            (Duration::from_millis(50), Duration::from_secs(2))
+        );
     }
 }

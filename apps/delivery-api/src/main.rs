@@ -1,12 +1,9 @@
-//! The delivery-api service: reads its configuration from the environment, connects its real
-//! dependencies and serves until SIGTERM or Ctrl-C.
-
-use orderflow_runtime::config::{Env, init_tracing};
+//! The delivery-api service: reads its configuration from the environment (or flags), connects its
+//! real dependencies and serves until SIGTERM or Ctrl-C.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let lookup = |name: &str| std::env::var(name).ok();
-    let config = delivery_api::config::DeliveryConfig::from_env(&Env::new(&lookup))?;
-    init_tracing(config.runtime.log_format);
-    delivery_api::Application::connect(config).await?.run_until_stopped().await
+    let config: delivery_api::config::DeliveryConfig = orderflow_runtime::config::parse();
+    orderflow_runtime::telemetry::init(config.shared.log_format);
+    delivery_api::Application::build(config.setup()).await?.run_until_stopped().await
 }

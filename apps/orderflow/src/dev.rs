@@ -8,25 +8,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use delivery_api::workers::AutopilotSettings;
-use delivery_api::{DeliveryAdapters, DeliverySettings};
-use orderflow_adapters::auth::{JwksVerifier, VerifierSettings};
-use orderflow_adapters::memory::{
-    BusSettings, InMemoryAuditLog, InMemoryBus, InMemoryDeliveryStore, InMemoryOrderCache, InMemoryRateLimiter,
-    InMemorySalesStore,
-};
-use orderflow_adapters::postgres::{PgDeliveryStore, PgSalesStore, PgSettings};
+use delivery_api::{DeliverySettings, DeliverySetup};
+use orderflow_adapters::memory::{BusSettings, InMemoryAuditLog, InMemoryBus};
+use orderflow_adapters::postgres::PgSettings;
 use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
-use orderflow_adapters::system::{SystemClock, UuidV7Ids};
+use orderflow_adapters::system::SystemClock;
 use orderflow_domain::{Currency, Money, ProductName, Sku};
-use orderflow_ports::auth::TokenVerifier;
-use orderflow_ports::delivery::DeliveryStore;
-use orderflow_ports::outbox::RelaySettings;
-use orderflow_ports::rate_limit::RateLimiter;
 use orderflow_ports::sales::SalesStore;
-use orderflow_ports::system::Clock;
 use orderflow_runtime::dev_issuer::{DevClient, DevIssuer, RunningIssuer};
+use orderflow_runtime::wiring::{Limits, Store, Wiring};
 use sales_api::pressure::PressureLimits;
-use sales_api::{SalesAdapters, SalesSettings};
+use sales_api::{SalesSettings, SalesSetup};
 
 /// The audience the dev issuer mints tokens for and the services expect.
 pub const AUDIENCE: &str = "orderflow";
@@ -46,8 +38,8 @@ pub struct DevOptions {
     pub payment: PaymentSettings,
     /// Retry delays and prefetch of the in-process bus.
     pub bus: BusSettings,
-    /// Requests per minute and burst per client; `None` = off.
-    pub rate_limit: Option<(u32, u32)>,
+    /// Per-client rate limits, counted by each service on its own (off by default).
+    pub limits: Limits,
     /// Put a few sample products in the catalogue.
     pub seed_catalogue: bool,
     /// Keep the services' state in PostgreSQL instead of memory.
@@ -79,7 +71,7 @@ impl Default for DevOptions {
             }),
             payment: PaymentSettings::default(),
             bus: BusSettings::default(),
-            rate_limit: None,
+            limits: Limits::default(),
             seed_catalogue: true,
             postgres: None,
             pressure: PressureLimits::default(),
@@ -113,10 +105,6 @@ pub struct DevStack {
     pub delivery: delivery_api::Application,
     /// The bus between them (its dead letters are inspectable).
     pub bus: Arc<InMemoryBus>,
-    /// Sales' store.
-    pub sales_store: Arc<dyn SalesStore>,
-    /// Delivery's store.
-    pub delivery_store: Arc<dyn DeliveryStore>,
     /// The audit stream.
     pub audit: Arc<InMemoryAuditLog>,
     /// The payment gateway.
@@ -124,7 +112,8 @@ pub struct DevStack {
 }
 
 impl DevStack {
-    /// Starts the issuer, then both services.
+    /// Starts the issuer, then both services, through the same builders as the service binaries: only
+    /// the adapters differ.
     ///
     /// # Errors
     /// When an address cannot be bound.
@@ -132,83 +121,50 @@ impl DevStack {
         let issuer = DevIssuer::start(options.issuer_addr, AUDIENCE, DevClient::defaults())
             .await
             .with_context(|| format!("starting the dev token issuer on {}", options.issuer_addr))?;
-        let verifier: Arc<dyn TokenVerifier> =
-            Arc::new(JwksVerifier::new(issuer.issuer_url(), AUDIENCE, VerifierSettings::default())?);
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let bus = Arc::new(InMemoryBus::new(options.bus.clone(), clock.clone()));
+        let bus = Arc::new(InMemoryBus::new(options.bus.clone(), Arc::new(SystemClock)));
         let audit = Arc::new(InMemoryAuditLog::new());
-        let (sales_store, delivery_store): (Arc<dyn SalesStore>, Arc<dyn DeliveryStore>) = match &options.postgres {
-            None => (Arc::new(InMemorySalesStore::new()), Arc::new(InMemoryDeliveryStore::new())),
-            Some(pg) => (
-                Arc::new(
-                    PgSalesStore::connect(&PgSettings::new(&pg.url, &pg.sales_schema))
-                        .await
-                        .context("connecting the Sales store to PostgreSQL")?,
-                ),
-                Arc::new(
-                    PgDeliveryStore::connect(&PgSettings::new(&pg.url, &pg.delivery_schema))
-                        .await
-                        .context("connecting the Delivery store to PostgreSQL")?,
-                ),
-            ),
+        let wiring = Wiring::in_memory(bus.clone(), audit.clone(), issuer.issuer_url().to_owned(), AUDIENCE.to_owned())
+            .with_limits(options.limits.clone());
+        let store = |schema: fn(&DevPostgres) -> &str| match &options.postgres {
+            None => Store::Memory,
+            Some(pg) => Store::Postgres(PgSettings::new(&pg.url, schema(pg))),
         };
         let payments = Arc::new(SimulatedPaymentGateway::new(options.payment.clone()));
-        let limiter = options
-            .rate_limit
-            .map(|(per_minute, burst)| Arc::new(InMemoryRateLimiter::new(per_minute, burst)) as Arc<dyn RateLimiter>);
-        if options.seed_catalogue {
-            seed(sales_store.as_ref()).await?;
-        }
-        let relay = RelaySettings { idle_poll: Duration::from_millis(200), ..RelaySettings::default() };
-        let sales = sales_api::Application::build(
-            SalesSettings {
+        let sales = sales_api::Application::build(SalesSetup {
+            settings: SalesSettings {
                 http_addr: options.sales_addr,
-                relay: relay.clone(),
-                rate_limit_burst: options.rate_limit.map(|(_, burst)| burst),
                 pressure: options.pressure,
                 ..SalesSettings::default()
             },
-            SalesAdapters {
-                store: sales_store.clone(),
-                cache: Arc::new(InMemoryOrderCache::new()),
-                payments: payments.clone(),
-                publisher: bus.clone(),
-                consumer: bus.clone(),
-                audit: audit.clone(),
-                dead_letters: bus.clone(),
-                health: Vec::new(),
-                verifier: verifier.clone(),
-                limiter: limiter.clone(),
-                route_limits: Vec::new(),
-                clock: clock.clone(),
-                ids: Arc::new(UuidV7Ids),
-            },
-        )
+            wiring: Wiring { store: store(|pg| &pg.sales_schema), ..wiring.clone() },
+            payments: payments.clone(),
+        })
         .await?;
-        let delivery = delivery_api::Application::build(
-            DeliverySettings {
+        if options.seed_catalogue {
+            seed(sales.store().as_ref()).await?;
+        }
+        let delivery = delivery_api::Application::build(DeliverySetup {
+            settings: DeliverySettings {
                 http_addr: options.delivery_addr,
-                relay,
                 autopilot: options.autopilot,
-                rate_limit_burst: options.rate_limit.map(|(_, burst)| burst),
                 ..DeliverySettings::default()
             },
-            DeliveryAdapters {
-                store: delivery_store.clone(),
-                publisher: bus.clone(),
-                consumer: bus.clone(),
-                audit: audit.clone(),
-                dead_letters: bus.clone(),
-                health: Vec::new(),
-                verifier,
-                limiter,
-                route_limits: Vec::new(),
-                clock,
-                ids: Arc::new(UuidV7Ids),
-            },
-        )
+            wiring: Wiring { store: store(|pg| &pg.delivery_schema), ..wiring },
+        })
         .await?;
-        Ok(Self { issuer, sales, delivery, bus, sales_store, delivery_store, audit, payments })
+        Ok(Self { issuer, sales, delivery, bus, audit, payments })
+    }
+
+    /// Runs both services until SIGTERM or Ctrl-C, then lets each settle its messages in flight, as the
+    /// binaries do.
+    ///
+    /// # Errors
+    /// When a signal handler cannot be installed or a server panicked.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self { issuer, sales, delivery, .. } = self;
+        let (sales, delivery) = tokio::join!(sales.run_until_stopped(), delivery.run_until_stopped());
+        drop(issuer);
+        sales.and(delivery)
     }
 }
 

@@ -133,8 +133,8 @@ async fn main() -> anyhow::Result<()> {
             };
             let stack = DevStack::start(options).await?;
             print_welcome(&stack);
-            tokio::signal::ctrl_c().await?;
-            println!("stopping");
+            stack.run_until_stopped().await?;
+            println!("stopped");
         }
         Command::Token { issuer, client_id, client_secret, scopes } => {
             println!("{}", orderflow::token::fetch(&issuer, &client_id, &client_secret, &scopes).await?);

@@ -4,3 +4,6 @@ pub mod config;
 #[cfg(feature = "dev-issuer")]
 pub mod dev_issuer;
 pub mod http;
+pub mod service;
+pub mod telemetry;
+pub mod wiring;

@@ -1,102 +1,114 @@
-//! The Sales service's configuration, read from the environment: the shared variables plus the
-//! simulated payment gateway's.
+//! The `sales-api` binary's configuration, from the environment or the same-named flags: the variables
+//! both services share plus the simulated payment gateway's and back-pressure's.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orderflow_adapters::postgres::PgSalesStore;
-use orderflow_adapters::redis::RedisOrderCache;
+use clap::Parser;
 use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
-use orderflow_adapters::system::{SystemClock, UuidV7Ids};
-use orderflow_ports::outbox::RelaySettings;
-use orderflow_runtime::config::{ConfigError, Connections, Env, RuntimeConfig, Service};
+use orderflow_runtime::config::{SharedConfig, duration};
 
 use crate::pressure::PressureLimits;
-use crate::{Application, SalesAdapters, SalesSettings};
-
-/// How long a cached order lives without being written again; writes keep it fresh, this only bounds
-/// what a lost write-through could leave behind.
-const CACHE_TTL: Duration = Duration::from_secs(300);
+use crate::startup::{SalesSettings, SalesSetup};
 
 /// Everything the `sales-api` binary reads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sales-api", version, about = "orderflow's Sales API: orders, products, payments")]
 pub struct SalesConfig {
-    /// The variables both services share.
-    pub runtime: RuntimeConfig,
-    /// `PAYMENT_DECLINE_ABOVE_MINOR`, `PAYMENT_LATENCY`, `PAYMENT_TRANSIENT_FAILURE_RATE`.
-    pub payment: PaymentSettings,
-    /// `OUTBOX_BACKLOG_LIMIT`, `OUTBOX_MAX_AGE`, `QUEUE_BACKLOG_LIMIT`: back-pressure, off unless set.
-    pub pressure: PressureLimits,
+    /// The variables both services read.
+    #[command(flatten)]
+    pub shared: SharedConfig,
+    /// Where to listen.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// The service's schema.
+    #[arg(long, env = "DATABASE_SCHEMA", default_value = "sales")]
+    pub database_schema: String,
+    /// The simulated gateway declines totals above this many minor units.
+    #[arg(long, env = "PAYMENT_DECLINE_ABOVE_MINOR", default_value_t = 1_000_000)]
+    pub payment_decline_above_minor: i64,
+    /// How long each gateway call takes.
+    #[arg(long, env = "PAYMENT_LATENCY", default_value = "0ms", value_parser = duration)]
+    pub payment_latency: Duration,
+    /// Fraction (0–1) of gateway calls that fail transiently.
+    #[arg(long, env = "PAYMENT_TRANSIENT_FAILURE_RATE", default_value_t = 0.0, value_parser = fraction)]
+    pub payment_transient_failure_rate: f64,
+    /// Back-pressure: refuse new orders while more commands than this are owed to the broker.
+    #[arg(long, env = "OUTBOX_BACKLOG_LIMIT")]
+    pub outbox_backlog_limit: Option<u64>,
+    /// Back-pressure: refuse new orders while the oldest owed command has waited longer than this.
+    #[arg(long, env = "OUTBOX_MAX_AGE", value_parser = duration)]
+    pub outbox_max_age: Option<Duration>,
+    /// Back-pressure: refuse new orders while more messages than this wait in the queues Sales consumes.
+    #[arg(long, env = "QUEUE_BACKLOG_LIMIT")]
+    pub queue_backlog_limit: Option<u64>,
 }
 
-impl SalesConfig {
-    /// Reads the configuration.
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the first variable that is missing or malformed.
-    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
-        let defaults = PaymentSettings::default();
-        let rate: f64 = env.parsed("PAYMENT_TRANSIENT_FAILURE_RATE", defaults.transient_failure_rate)?;
-        if !(0.0..=1.0).contains(&rate) {
-            return Err(ConfigError {
-                variable: "PAYMENT_TRANSIENT_FAILURE_RATE",
-                reason: format!("{rate} is not between 0 and 1"),
-            });
-        }
-        Ok(Self {
-            runtime: RuntimeConfig::from_env(Service::Sales, env)?,
-            payment: PaymentSettings {
-                decline_above_minor: env.parsed("PAYMENT_DECLINE_ABOVE_MINOR", defaults.decline_above_minor)?,
-                latency: env.duration("PAYMENT_LATENCY", Some(defaults.latency))?.unwrap_or_default(),
-                transient_failure_rate: rate,
-            },
-            pressure: PressureLimits {
-                backlog: match env.optional("OUTBOX_BACKLOG_LIMIT") {
-                    None => None,
-                    Some(_) => Some(env.parsed("OUTBOX_BACKLOG_LIMIT", 0)?),
-                },
-                max_age: env.duration("OUTBOX_MAX_AGE", None)?,
-                queued: match env.optional("QUEUE_BACKLOG_LIMIT") {
-                    None => None,
-                    Some(_) => Some(env.parsed("QUEUE_BACKLOG_LIMIT", 0)?),
-                },
-            },
-        })
+fn fraction(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        Ok(rate) => Err(format!("{rate} is not between 0 and 1")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
-impl Application {
-    /// Connects the real adapters (PostgreSQL, RabbitMQ, Kafka, Redis, the issuer's JWKS) and starts the
-    /// service. Nothing falls back to memory: a dependency that cannot be reached stops the start.
-    ///
-    /// # Errors
-    /// When a dependency cannot be reached or the address cannot be bound.
-    pub async fn connect(config: SalesConfig) -> anyhow::Result<Self> {
-        let runtime = &config.runtime;
-        let store = Arc::new(PgSalesStore::connect(&runtime.database).await?);
-        let connections = Connections::open(runtime).await.map_err(|e| anyhow::anyhow!(e))?;
-        let settings = SalesSettings {
-            http_addr: runtime.http_addr,
-            relay: RelaySettings::default(),
-            rate_limit_policy: runtime.rate_limit_policy,
-            rate_limit_burst: runtime.rate_limit.map(|(_, burst)| burst),
-            pressure: config.pressure,
-        };
-        let adapters = SalesAdapters {
-            store,
-            cache: Arc::new(RedisOrderCache::new(connections.redis.clone(), CACHE_TTL, "orderflow")),
-            payments: Arc::new(SimulatedPaymentGateway::new(config.payment)),
-            publisher: connections.broker.clone(),
-            consumer: connections.broker.clone(),
-            audit: connections.audit,
-            dead_letters: connections.broker,
-            health: connections.health,
-            verifier: connections.verifier,
-            limiter: connections.limiter,
-            route_limits: connections.routes,
-            clock: Arc::new(SystemClock),
-            ids: Arc::new(UuidV7Ids),
-        };
-        Self::build(settings, adapters).await
+impl SalesConfig {
+    /// The service these variables describe: every port on its real server.
+    pub fn setup(&self) -> SalesSetup {
+        SalesSetup {
+            settings: SalesSettings {
+                http_addr: self.http_addr,
+                pressure: PressureLimits {
+                    backlog: self.outbox_backlog_limit,
+                    max_age: self.outbox_max_age,
+                    queued: self.queue_backlog_limit,
+                },
+                ..SalesSettings::default()
+            },
+            wiring: self.shared.wiring(&self.database_schema),
+            payments: Arc::new(SimulatedPaymentGateway::new(PaymentSettings {
+                decline_above_minor: self.payment_decline_above_minor,
+                latency: self.payment_latency,
+                transient_failure_rate: self.payment_transient_failure_rate,
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: [&str; 6] = [
+        "sales-api",
+        "--database-url=postgres://postgres@127.0.0.1/orderflow",
+        "--amqp-url=amqp://guest:guest@127.0.0.1:5672/%2f",
+        "--kafka-brokers=127.0.0.1:9092",
+        "--redis-url=redis://127.0.0.1:6379",
+        "--oauth-issuer=http://127.0.0.1:9000",
+    ];
+
+    #[test]
+    fn sales_listens_on_8080_in_its_own_schema_with_back_pressure_off() {
+        let config = SalesConfig::try_parse_from(MINIMAL).unwrap();
+        assert_eq!(config.http_addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(config.database_schema, "sales");
+        assert!(!config.setup().settings.pressure.any());
+    }
+
+    #[test]
+    fn a_failure_rate_outside_zero_to_one_is_refused_by_name() {
+        for rate in ["1.5", "-0.1", "often"] {
+            let flag = format!("--payment-transient-failure-rate={rate}");
+            let error = SalesConfig::try_parse_from(MINIMAL.into_iter().chain([flag.as_str()])).err().unwrap();
+            assert!(error.to_string().contains("PAYMENT_TRANSIENT_FAILURE_RATE"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_address_is_refused_by_name() {
+        let error = SalesConfig::try_parse_from(MINIMAL.into_iter().chain(["--http-addr=localhost"])).err().unwrap();
+        assert!(error.to_string().contains("HTTP_ADDR"), "{error}");
     }
 }

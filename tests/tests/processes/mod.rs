@@ -276,6 +276,22 @@ impl Services {
         self.wait_ready(false).await
     }
 
+    /// `http://{sales}{path}`.
+    pub fn sales_url(&self, path: &str) -> String {
+        self.sales.url(path)
+    }
+
+    /// `http://{delivery}{path}`.
+    pub fn delivery_url(&self, path: &str) -> String {
+        self.delivery.url(path)
+    }
+
+    /// Everything Sales and Delivery have logged, in that order.
+    pub fn logs(&self) -> (String, String) {
+        let read = |service: &Service| std::fs::read_to_string(&service.log).unwrap_or_default();
+        (read(&self.sales), read(&self.delivery))
+    }
+
     /// A request to Sales with the sales client's token.
     pub fn sales(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.sales.url(path)).bearer_auth(&self.sales_token)

@@ -11,7 +11,6 @@ mod limit;
 mod observe;
 mod problem;
 mod ready;
-mod service;
 
 pub use auth::{AuthContext, BearerAuth, RateLimitPolicy, RateLimitQuota, RouteLimit};
 pub use cursor::{decode_cursor, encode_cursor, page_limit, parse_id};
@@ -22,4 +21,3 @@ pub use limit::BodyLimit;
 pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, into_problem};
 pub use problem::Problem;
 pub use ready::readiness;
-pub use service::{RunningService, SHUTDOWN_GRACE, ServiceParts};

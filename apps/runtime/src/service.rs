@@ -6,17 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use orderflow_domain::RoutingKey;
 use orderflow_ports::BoxError;
 use orderflow_ports::messaging::{CommandConsumer, MessageHandler};
-use orderflow_ports::outbox::OutboxRelay;
+use orderflow_ports::outbox::{OutboxRelay, OutboxStore, RelaySettings};
 use orderflow_ports::system::HealthCheck;
 use poem::web::Data;
 use poem::{EndpointExt, IntoResponse, Route, handler};
 use poem_openapi::{OpenApi, OpenApiService};
 use tokio::task::JoinHandle;
 
-use super::{AuthContext, BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, readiness};
+use crate::http::{BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, readiness};
+use crate::wiring::Connected;
 
 /// How long a stopping service waits for the messages it is handling.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -33,23 +35,24 @@ pub struct ServiceParts<A> {
     pub body_limit: usize,
     /// The service's operations.
     pub api: A,
-    /// Token verification and rate limiting.
-    pub auth: AuthContext,
-    /// The rate limiter's burst, for the `RateLimit-Limit` header; `None` when rate limiting is off.
-    pub rate_limit_burst: Option<u32>,
-    /// What `/health/ready` checks.
+    /// The ports it shares with the other service: broker, audit stream, token verification, rate limits.
+    pub shared: Connected,
+    /// What `/health/ready` checks besides the shared ports: the service's own store.
     pub health: Vec<Arc<dyn HealthCheck>>,
-    /// Publishes the service's outbox.
-    pub relay: OutboxRelay,
-    /// Where its commands come from.
-    pub consumer: Arc<dyn CommandConsumer>,
+    /// The outbox the relay publishes.
+    pub outbox: Arc<dyn OutboxStore>,
+    /// The relay's tuning.
+    pub relay: RelaySettings,
     /// The handler of each queue it consumes.
     pub handlers: Vec<(RoutingKey, Arc<dyn MessageHandler>)>,
+    /// Other tasks to run for as long as the service runs, by name (e.g. Delivery's autopilot).
+    pub tasks: Vec<(&'static str, BoxFuture<'static, ()>)>,
 }
 
 /// A running service. Dropping it stops its tasks.
 pub struct RunningService {
     addr: SocketAddr,
+    workers: Vec<String>,
     server: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     consumer: Arc<dyn CommandConsumer>,
@@ -61,6 +64,9 @@ impl RunningService {
     /// # Errors
     /// When the address cannot be bound or the metrics cannot be registered.
     pub async fn start<A: OpenApi + Send + Sync + 'static>(parts: ServiceParts<A>) -> Result<Self, BoxError> {
+        let shared = parts.shared;
+        let mut health = parts.health;
+        health.extend(shared.health);
         let registry = prometheus::Registry::new();
         let metrics = HttpMetrics::register(&registry)?;
         let listener = tokio::net::TcpListener::bind(parts.http_addr).await?;
@@ -73,11 +79,11 @@ impl RunningService {
             .at("/openapi.json", spec)
             .nest("/docs", docs)
             .at("/health/live", live)
-            .at("/health/ready", ready.data(Arc::new(parts.health)))
+            .at("/health/ready", ready.data(Arc::new(health)))
             .at("/metrics", metrics_text.data(Arc::new(registry)))
-            .data(parts.auth)
+            .data(shared.auth)
             .boxed();
-        if let Some(burst) = parts.rate_limit_burst {
+        if let Some(burst) = shared.rate_limit_burst {
             routes = routes.data(RateLimitQuota { burst }).boxed();
         }
         // Observe turns every error into a problem first; the headers then go on whatever answer it made.
@@ -94,22 +100,29 @@ impl RunningService {
                 Err(error) => tracing::error!(%error, service = name, "HTTP listener unusable"),
             }
         });
-        let mut tasks = vec![tokio::spawn(parts.relay.run())];
+        let relay = OutboxRelay::new(parts.outbox, shared.publisher, shared.audit, parts.relay);
+        let mut tasks = vec![tokio::spawn(relay.run())];
+        let mut workers = vec!["outbox relay".to_owned()];
         for (queue, handler) in parts.handlers {
-            let consumer = Arc::clone(&parts.consumer);
+            workers.push(format!("consumer of {}", queue.as_str()));
+            let consumer = Arc::clone(&shared.consumer);
             tasks.push(tokio::spawn(async move {
                 if let Err(error) = consumer.consume(queue, handler).await {
                     tracing::error!(%error, queue = queue.as_str(), service = name, "consumer stopped");
                 }
             }));
         }
-        tracing::info!(%addr, service = name, "listening");
-        Ok(Self { addr, server: Some(server), tasks, consumer: parts.consumer })
+        for (worker, task) in parts.tasks {
+            workers.push(worker.to_owned());
+            tasks.push(tokio::spawn(task));
+        }
+        tracing::info!(%addr, service = name, workers = ?workers, "listening");
+        Ok(Self { addr, workers, server: Some(server), tasks, consumer: shared.consumer })
     }
 
-    /// Runs another task for as long as the service runs (e.g. Delivery's autopilot).
-    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.push(tokio::spawn(task));
+    /// What runs besides the HTTP server, by name: the relay, one consumer per queue, and the other tasks.
+    pub fn workers(&self) -> &[String] {
+        &self.workers
     }
 
     /// The address the server listens on.

@@ -1,0 +1,139 @@
+//! How a Delivery service is assembled and run: [`Application::build`] takes a [`DeliverySetup`] naming
+//! memory or a real server per port, opens them and starts the service. The binary, `orderflow dev` and
+//! the tests all come through here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use futures::FutureExt;
+use orderflow_adapters::memory::InMemoryDeliveryStore;
+use orderflow_adapters::postgres::PgDeliveryStore;
+use orderflow_adapters::system::{SystemClock, UuidV7Ids};
+use orderflow_domain::RoutingKey;
+use orderflow_ports::delivery::{DeliveryStore, ShipmentQuery};
+use orderflow_ports::messaging::MessageHandler;
+use orderflow_ports::outbox::RelaySettings;
+use orderflow_ports::system::HealthCheck;
+use orderflow_runtime::service::{RunningService, ServiceParts};
+use orderflow_runtime::wiring::{Store, Wiring};
+
+use crate::http;
+use crate::service::DeliveryService;
+use crate::workers::{self, AutopilotSettings, OrderCommands};
+
+/// What to build: the settings, and per port memory or a real server.
+pub struct DeliverySetup {
+    /// Settings that are not adapters.
+    pub settings: DeliverySettings,
+    /// The store, broker, audit stream, counters and issuer.
+    pub wiring: Wiring,
+}
+
+/// Settings that are not adapters.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Where to listen (port 0 picks a free one).
+    pub http_addr: SocketAddr,
+    /// Outbox relay tuning.
+    pub relay: RelaySettings,
+    /// Ships and delivers by itself when set.
+    pub autopilot: Option<AutopilotSettings>,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self { http_addr: SocketAddr::from(([127, 0, 0, 1], 8081)), relay: RelaySettings::default(), autopilot: None }
+    }
+}
+
+/// A running Delivery service: HTTP server, consumers, outbox relay and autopilot. Dropping it stops
+/// them all.
+pub struct Application(RunningService);
+
+impl Application {
+    /// Opens the ports `setup` names and starts the server, the consumers, the relay and (when set) the
+    /// autopilot. Nothing falls back to memory: a real server that cannot be reached stops the start.
+    ///
+    /// # Errors
+    /// When a server cannot be reached or the address cannot be bound.
+    pub async fn build(setup: DeliverySetup) -> anyhow::Result<Self> {
+        let DeliverySetup { settings, wiring } = setup;
+        let store: Arc<dyn DeliveryStore> = match &wiring.store {
+            Store::Memory => Arc::new(InMemoryDeliveryStore::new()),
+            Store::Postgres(database) => {
+                Arc::new(PgDeliveryStore::connect(database).await.context("connecting the Delivery store")?)
+            }
+        };
+        // Delivery declares the queues it consumes and those it sends to, not Sales' payment queue.
+        let queues: Vec<RoutingKey> =
+            RoutingKey::ALL.into_iter().filter(|k| *k != RoutingKey::PaymentsRequested).collect();
+        let shared = wiring.connect("delivery", &queues).await.map_err(|e| anyhow::anyhow!(e))?;
+        let service = DeliveryService {
+            store: store.clone(),
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(UuidV7Ids),
+            created: Arc::default(),
+        };
+        let handler: Arc<dyn MessageHandler> = Arc::new(OrderCommands { service: service.clone() });
+        let parts = ServiceParts {
+            name: "orderflow Delivery API",
+            version: env!("CARGO_PKG_VERSION"),
+            http_addr: settings.http_addr,
+            body_limit: http::BODY_LIMIT,
+            api: http::api(&service, shared.dead_letters.clone()),
+            shared,
+            health: vec![Arc::new(Database(store.clone()))],
+            outbox: store,
+            relay: settings.relay,
+            handlers: RoutingKey::DELIVERY.into_iter().map(|queue| (queue, handler.clone())).collect(),
+            tasks: settings
+                .autopilot
+                .map(|autopilot| ("autopilot", workers::autopilot(service, autopilot).boxed()))
+                .into_iter()
+                .collect(),
+        };
+        let running = RunningService::start(parts)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("starting the Delivery API on {}", settings.http_addr))?;
+        Ok(Self(running))
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr()
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.0.addr().port()
+    }
+
+    /// What runs besides the HTTP server (see [`RunningService::workers`]).
+    pub fn workers(&self) -> &[String] {
+        self.0.workers()
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then settles the messages in flight (see [`RunningService`]).
+    ///
+    /// # Errors
+    /// When the signal handler cannot be installed or the server panicked.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.0.run_until_stopped().await.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// Readiness of the store: it answers a cheap read.
+struct Database(Arc<dyn DeliveryStore>);
+
+#[async_trait::async_trait]
+impl HealthCheck for Database {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn check(&self) -> bool {
+        self.0.shipments(ShipmentQuery { limit: 1, ..ShipmentQuery::default() }).await.is_ok()
+    }
+}

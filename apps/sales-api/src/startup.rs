@@ -1,0 +1,207 @@
+//! How a Sales service is assembled and run: [`Application::build`] takes a [`SalesSetup`] naming memory
+//! or a real server per port, opens them and starts the service. The binary, `orderflow dev` and the
+//! tests all come through here; tests that need a double for one port call [`Application::assemble`],
+//! which `build` ends in.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::FutureExt;
+use orderflow_adapters::memory::InMemorySalesStore;
+use orderflow_adapters::postgres::PgSalesStore;
+use orderflow_adapters::system::{SystemClock, UuidV7Ids};
+use orderflow_domain::RoutingKey;
+use orderflow_ports::cache::OrderCache;
+use orderflow_ports::messaging::MessageHandler;
+use orderflow_ports::outbox::{OutboxStore, RelaySettings};
+use orderflow_ports::payment::PaymentGateway;
+use orderflow_ports::sales::SalesStore;
+use orderflow_ports::system::{Clock, HealthCheck, IdGenerator};
+use orderflow_runtime::service::{RunningService, ServiceParts};
+use orderflow_runtime::wiring::{Connected, Store, Wiring};
+
+use crate::http;
+use crate::pressure::{BackPressure, PressureLimits};
+use crate::service::SalesService;
+use crate::workers::{DeliveryReports, PaymentWorker};
+
+/// How long a cached order lives without being written again; writes keep it fresh, this only bounds
+/// what a lost write-through could leave behind.
+const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// What to build: the settings, and per port memory or a real server.
+pub struct SalesSetup {
+    /// Settings that are not adapters.
+    pub settings: SalesSettings,
+    /// The store, broker, audit stream, counters and issuer.
+    pub wiring: Wiring,
+    /// The payment gateway.
+    pub payments: Arc<dyn PaymentGateway>,
+}
+
+/// Settings that are not adapters.
+#[derive(Debug, Clone)]
+pub struct SalesSettings {
+    /// Where to listen (port 0 picks a free one).
+    pub http_addr: SocketAddr,
+    /// Outbox relay tuning.
+    pub relay: RelaySettings,
+    /// When to refuse new orders for back-pressure (off by default).
+    pub pressure: PressureLimits,
+}
+
+impl Default for SalesSettings {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            relay: RelaySettings::default(),
+            pressure: PressureLimits::default(),
+        }
+    }
+}
+
+/// The ports the service runs on, open.
+pub struct SalesAdapters {
+    /// Orders, catalogue, outbox.
+    pub store: Arc<dyn SalesStore>,
+    /// Single-order read cache.
+    pub cache: Arc<dyn OrderCache>,
+    /// The payment gateway.
+    pub payments: Arc<dyn PaymentGateway>,
+    /// Broker, audit stream, token verification and rate limits.
+    pub shared: Connected,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// Fresh ids.
+    pub ids: Arc<dyn IdGenerator>,
+}
+
+/// A running Sales service: HTTP server, consumers, outbox relay and back-pressure. Dropping it stops
+/// them all.
+pub struct Application {
+    running: RunningService,
+    store: Arc<dyn SalesStore>,
+}
+
+impl Application {
+    /// Opens the ports `setup` names and starts the service. Nothing falls back to memory: a real
+    /// server that cannot be reached stops the start.
+    ///
+    /// # Errors
+    /// When a server cannot be reached or the address cannot be bound.
+    pub async fn build(setup: SalesSetup) -> anyhow::Result<Self> {
+        let SalesSetup { settings, wiring, payments } = setup;
+        let store: Arc<dyn SalesStore> = match &wiring.store {
+            Store::Memory => Arc::new(InMemorySalesStore::new()),
+            Store::Postgres(database) => {
+                Arc::new(PgSalesStore::connect(database).await.context("connecting the Sales store")?)
+            }
+        };
+        let shared = wiring.connect("sales", &RoutingKey::ALL).await.map_err(|e| anyhow::anyhow!(e))?;
+        let adapters = SalesAdapters {
+            store,
+            cache: shared.order_cache(CACHE_TTL),
+            payments,
+            shared,
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(UuidV7Ids),
+        };
+        Self::assemble(settings, adapters).await
+    }
+
+    /// Starts the service on ports already open.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the metrics cannot be registered.
+    pub async fn assemble(settings: SalesSettings, adapters: SalesAdapters) -> anyhow::Result<Self> {
+        let pressure = Arc::new(BackPressure::new(settings.pressure));
+        let service = SalesService {
+            store: adapters.store.clone(),
+            cache: adapters.cache,
+            payments: adapters.payments,
+            clock: adapters.clock,
+            ids: adapters.ids,
+            pressure: pressure.clone(),
+        };
+        let payment: Arc<dyn MessageHandler> = Arc::new(PaymentWorker { service: service.clone() });
+        let reports: Arc<dyn MessageHandler> = Arc::new(DeliveryReports { service: service.clone() });
+        let handlers = RoutingKey::SALES
+            .into_iter()
+            .map(|queue| {
+                (queue, if queue == RoutingKey::PaymentsRequested { payment.clone() } else { reports.clone() })
+            })
+            .collect();
+        let mut health = vec![Arc::new(Database(adapters.store.clone())) as Arc<dyn HealthCheck>];
+        if settings.pressure.any() {
+            health.push(pressure.clone());
+        }
+        let outbox: Arc<dyn OutboxStore> = adapters.store.clone();
+        let mut tasks = Vec::new();
+        if settings.pressure.any() {
+            let watch = pressure.watch(outbox.clone(), adapters.shared.consumer.clone(), RoutingKey::SALES.to_vec());
+            tasks.push(("back-pressure", watch.boxed()));
+        }
+        let parts = ServiceParts {
+            name: "orderflow Sales API",
+            version: env!("CARGO_PKG_VERSION"),
+            http_addr: settings.http_addr,
+            body_limit: http::BODY_LIMIT,
+            api: http::api(&service, adapters.shared.dead_letters.clone()),
+            shared: adapters.shared,
+            health,
+            outbox,
+            relay: settings.relay,
+            handlers,
+            tasks,
+        };
+        let running = RunningService::start(parts)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("starting the Sales API on {}", settings.http_addr))?;
+        Ok(Self { running, store: adapters.store })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr()
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.running.addr().port()
+    }
+
+    /// What runs besides the HTTP server (see [`RunningService::workers`]).
+    pub fn workers(&self) -> &[String] {
+        self.running.workers()
+    }
+
+    /// The store, for seeding a catalogue before the first request.
+    pub fn store(&self) -> Arc<dyn SalesStore> {
+        self.store.clone()
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then settles the messages in flight (see [`RunningService`]).
+    ///
+    /// # Errors
+    /// When the signal handler cannot be installed or the server panicked.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.running.run_until_stopped().await.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// Readiness of the store: it answers a cheap read.
+struct Database(Arc<dyn SalesStore>);
+
+#[async_trait::async_trait]
+impl HealthCheck for Database {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn check(&self) -> bool {
+        self.0.products(1, None).await.is_ok()
+    }
+}
