@@ -47,20 +47,17 @@ impl DeliveryConfig {
 
 #[cfg(test)]
 mod tests {
+    use orderflow_runtime::config::LOCAL_REQUIRED;
+
     use super::*;
 
-    const MINIMAL: [&str; 6] = [
-        "delivery-api",
-        "--database-url=postgres://postgres@127.0.0.1/orderflow",
-        "--amqp-url=amqp://guest:guest@127.0.0.1:5672/%2f",
-        "--kafka-brokers=127.0.0.1:9092",
-        "--redis-url=redis://127.0.0.1:6379",
-        "--oauth-issuer=http://127.0.0.1:9000",
-    ];
+    fn parse(extra: &[&str]) -> Result<DeliveryConfig, clap::Error> {
+        DeliveryConfig::try_parse_from(["delivery-api"].into_iter().chain(LOCAL_REQUIRED).chain(extra.iter().copied()))
+    }
 
     #[test]
     fn delivery_listens_on_8081_in_its_own_schema_with_the_autopilot_off() {
-        let config = DeliveryConfig::try_parse_from(MINIMAL).unwrap();
+        let config = parse(&[]).unwrap();
         assert_eq!(config.http_addr, SocketAddr::from(([127, 0, 0, 1], 8081)));
         assert_eq!(config.database_schema, "delivery");
         assert!(config.setup().settings.autopilot.is_none());
@@ -72,11 +69,11 @@ mod tests {
             ("--autopilot-ship-after=1s", "AUTOPILOT_DELIVER_AFTER"),
             ("--autopilot-deliver-after=1s", "AUTOPILOT_SHIP_AFTER"),
         ] {
-            let error = DeliveryConfig::try_parse_from(MINIMAL.into_iter().chain([given])).err().unwrap();
+            let error = parse(&[given]).err().unwrap();
             assert!(error.to_string().contains(missing), "{error}");
         }
         let both = ["--autopilot-ship-after=50ms", "--autopilot-deliver-after=2s"];
-        let config = DeliveryConfig::try_parse_from(MINIMAL.into_iter().chain(both)).unwrap();
+        let config = parse(&both).unwrap();
         let autopilot = config.setup().settings.autopilot.unwrap();
         assert_eq!(
             (autopilot.ship_after, autopilot.deliver_after),

@@ -11,10 +11,9 @@ use orderflow_adapters::memory::InMemoryDeliveryStore;
 use orderflow_adapters::postgres::PgDeliveryStore;
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_domain::RoutingKey;
-use orderflow_ports::delivery::{DeliveryStore, ShipmentQuery};
+use orderflow_ports::delivery::DeliveryStore;
 use orderflow_ports::messaging::MessageHandler;
 use orderflow_ports::outbox::RelaySettings;
-use orderflow_ports::system::HealthCheck;
 use orderflow_runtime::service::{RunningService, ServiceParts};
 use orderflow_runtime::wiring::{Store, Wiring};
 
@@ -83,7 +82,7 @@ impl Application {
             body_limit: http::BODY_LIMIT,
             api: http::api(&service, shared.dead_letters.clone()),
             shared,
-            health: vec![Arc::new(Database(store.clone()))],
+            health: Vec::new(),
             outbox: store,
             relay: settings.relay,
             handlers: RoutingKey::DELIVERY.into_iter().map(|queue| (queue, handler.clone())).collect(),
@@ -121,19 +120,5 @@ impl Application {
     /// When the signal handler cannot be installed or the server panicked.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.0.run_until_stopped().await.map_err(|e| anyhow::anyhow!(e))
-    }
-}
-
-/// Readiness of the store: it answers a cheap read.
-struct Database(Arc<dyn DeliveryStore>);
-
-#[async_trait::async_trait]
-impl HealthCheck for Database {
-    fn name(&self) -> &'static str {
-        "database"
-    }
-
-    async fn check(&self) -> bool {
-        self.0.shipments(ShipmentQuery { limit: 1, ..ShipmentQuery::default() }).await.is_ok()
     }
 }

@@ -23,6 +23,16 @@ pub fn parse<T: Parser>() -> T {
     T::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit())
 }
 
+/// The required variables as flags, with the local services' addresses (as `.env.example` has them): for
+/// tests of a configuration, which cannot set the process environment.
+pub const LOCAL_REQUIRED: [&str; 5] = [
+    "--database-url=postgres://postgres@127.0.0.1:5432/orderflow",
+    "--amqp-url=amqp://guest:guest@127.0.0.1:5672/%2f",
+    "--kafka-brokers=127.0.0.1:9092",
+    "--redis-url=redis://127.0.0.1:6379",
+    "--oauth-issuer=http://127.0.0.1:9000",
+];
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -197,27 +207,14 @@ mod tests {
         shared: SharedConfig,
     }
 
-    const MINIMAL: [&str; 10] = [
-        "--database-url=postgres://postgres@127.0.0.1/orderflow",
-        "--amqp-url=amqp://guest:guest@127.0.0.1:5672/%2f",
-        "--kafka-brokers=127.0.0.1:9092",
-        "--redis-url=redis://127.0.0.1:6379",
-        "--oauth-issuer=http://127.0.0.1:9000",
-        "--audit-topic=orders.audit",
-        "--oauth-audience=orderflow",
-        "--log-format=json",
-        "--rate-limit-policy=allow",
-        "--amqp-prefetch=32",
-    ];
-
     fn parse(extra: &[&str]) -> Result<SharedConfig, clap::Error> {
-        let args = std::iter::once("service").chain(MINIMAL.iter().copied()).chain(extra.iter().copied());
+        let args = std::iter::once("service").chain(LOCAL_REQUIRED).chain(extra.iter().copied());
         Cli::try_parse_from(args).map(|cli| cli.shared)
     }
 
     #[test]
     fn the_minimal_configuration_gets_the_documented_defaults() {
-        let config = Cli::try_parse_from(["service"].into_iter().chain(MINIMAL[..5].iter().copied())).unwrap().shared;
+        let config = parse(&[]).unwrap();
         assert_eq!(config.oauth_audience, "orderflow");
         assert_eq!(config.amqp_retry_delays, [1, 5, 25].map(Duration::from_secs));
         assert_eq!((config.rate_limit_per_minute, config.rate_limit_burst), (600, 50));
@@ -231,7 +228,7 @@ mod tests {
         for (i, variable) in
             ["DATABASE_URL", "AMQP_URL", "KAFKA_BROKERS", "REDIS_URL", "OAUTH_ISSUER"].iter().enumerate()
         {
-            let args: Vec<&str> = MINIMAL.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect();
+            let args: Vec<&str> = LOCAL_REQUIRED.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect();
             let error = Cli::try_parse_from(std::iter::once("service").chain(args)).err().unwrap().to_string();
             assert!(error.contains(variable), "{variable}: {error}");
         }

@@ -37,7 +37,7 @@ pub struct ServiceParts<A> {
     pub api: A,
     /// The ports it shares with the other service: broker, audit stream, token verification, rate limits.
     pub shared: Connected,
-    /// What `/health/ready` checks besides the shared ports: the service's own store.
+    /// What `/health/ready` checks besides the database (through the outbox) and the shared ports.
     pub health: Vec<Arc<dyn HealthCheck>>,
     /// The outbox the relay publishes.
     pub outbox: Arc<dyn OutboxStore>,
@@ -65,7 +65,8 @@ impl RunningService {
     /// When the address cannot be bound or the metrics cannot be registered.
     pub async fn start<A: OpenApi + Send + Sync + 'static>(parts: ServiceParts<A>) -> Result<Self, BoxError> {
         let shared = parts.shared;
-        let mut health = parts.health;
+        let mut health: Vec<Arc<dyn HealthCheck>> = vec![Arc::new(Database(parts.outbox.clone()))];
+        health.extend(parts.health);
         health.extend(shared.health);
         let registry = prometheus::Registry::new();
         let metrics = HttpMetrics::register(&registry)?;
@@ -173,6 +174,20 @@ async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await
+    }
+}
+
+/// Readiness of the service's database: it answers a cheap read of the outbox every service has.
+struct Database(Arc<dyn OutboxStore>);
+
+#[async_trait::async_trait]
+impl HealthCheck for Database {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn check(&self) -> bool {
+        self.0.command_backlog().await.is_ok()
     }
 }
 

@@ -78,20 +78,17 @@ impl SalesConfig {
 
 #[cfg(test)]
 mod tests {
+    use orderflow_runtime::config::LOCAL_REQUIRED;
+
     use super::*;
 
-    const MINIMAL: [&str; 6] = [
-        "sales-api",
-        "--database-url=postgres://postgres@127.0.0.1/orderflow",
-        "--amqp-url=amqp://guest:guest@127.0.0.1:5672/%2f",
-        "--kafka-brokers=127.0.0.1:9092",
-        "--redis-url=redis://127.0.0.1:6379",
-        "--oauth-issuer=http://127.0.0.1:9000",
-    ];
+    fn parse(extra: &[&str]) -> Result<SalesConfig, clap::Error> {
+        SalesConfig::try_parse_from(["sales-api"].into_iter().chain(LOCAL_REQUIRED).chain(extra.iter().copied()))
+    }
 
     #[test]
     fn sales_listens_on_8080_in_its_own_schema_with_back_pressure_off() {
-        let config = SalesConfig::try_parse_from(MINIMAL).unwrap();
+        let config = parse(&[]).unwrap();
         assert_eq!(config.http_addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(config.database_schema, "sales");
         assert!(!config.setup().settings.pressure.any());
@@ -101,14 +98,14 @@ mod tests {
     fn a_failure_rate_outside_zero_to_one_is_refused_by_name() {
         for rate in ["1.5", "-0.1", "often"] {
             let flag = format!("--payment-transient-failure-rate={rate}");
-            let error = SalesConfig::try_parse_from(MINIMAL.into_iter().chain([flag.as_str()])).err().unwrap();
+            let error = parse(&[&flag]).err().unwrap();
             assert!(error.to_string().contains("PAYMENT_TRANSIENT_FAILURE_RATE"), "{error}");
         }
     }
 
     #[test]
     fn a_malformed_address_is_refused_by_name() {
-        let error = SalesConfig::try_parse_from(MINIMAL.into_iter().chain(["--http-addr=localhost"])).err().unwrap();
+        let error = parse(&["--http-addr=localhost"]).err().unwrap();
         assert!(error.to_string().contains("HTTP_ADDR"), "{error}");
     }
 }

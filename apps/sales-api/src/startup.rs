@@ -133,7 +133,7 @@ impl Application {
                 (queue, if queue == RoutingKey::PaymentsRequested { payment.clone() } else { reports.clone() })
             })
             .collect();
-        let mut health = vec![Arc::new(Database(adapters.store.clone())) as Arc<dyn HealthCheck>];
+        let mut health: Vec<Arc<dyn HealthCheck>> = Vec::new();
         if settings.pressure.any() {
             health.push(pressure.clone());
         }
@@ -189,19 +189,5 @@ impl Application {
     /// When the signal handler cannot be installed or the server panicked.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.running.run_until_stopped().await.map_err(|e| anyhow::anyhow!(e))
-    }
-}
-
-/// Readiness of the store: it answers a cheap read.
-struct Database(Arc<dyn SalesStore>);
-
-#[async_trait::async_trait]
-impl HealthCheck for Database {
-    fn name(&self) -> &'static str {
-        "database"
-    }
-
-    async fn check(&self) -> bool {
-        self.0.products(1, None).await.is_ok()
     }
 }
