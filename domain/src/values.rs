@@ -179,6 +179,33 @@ text_value!(
     ProductName, "name", 200
 );
 
+/// A client's `Idempotency-Key`: 1–255 printable ASCII characters naming one request it may send again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Validates `raw` as it arrived (no trimming: the key is compared byte for byte).
+    ///
+    /// # Errors
+    /// [`InvalidValue`] for field `Idempotency-Key` when it is empty, longer than 255 characters or not
+    /// printable ASCII.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        const FIELD: &str = "Idempotency-Key";
+        if raw.is_empty() || raw.len() > 255 {
+            return Err(InvalidValue::new(FIELD, "must be 1-255 characters"));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidValue::new(FIELD, "must be printable ASCII"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A stock-keeping unit: 1–64 of `A–Z`, `0–9`, `-`, `_`, `.`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -444,6 +471,16 @@ impl Address {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idempotency_key_is_one_to_255_printable_ascii_characters_kept_as_sent() {
+        for good in ["k", "550e8400-e29b-41d4-a716-446655440000", &"x".repeat(255), "a~b!c"] {
+            assert_eq!(IdempotencyKey::parse(good).unwrap().as_str(), good);
+        }
+        for bad in ["", &"x".repeat(256), "with space", "tab\t", "café"] {
+            assert_eq!(IdempotencyKey::parse(bad).unwrap_err().field, "Idempotency-Key", "{bad:?}");
+        }
+    }
 
     #[test]
     fn skus_accept_catalogue_codes_and_refuse_anything_else() {

@@ -7,9 +7,9 @@ use orderflow_domain::{CloudEvent, Money, Order, OrderId, OrderStatus, ProductNa
 use crate::outbox::{OutboxMessage, OutboxStore};
 use crate::{BoxError, Page, ReadError};
 
-/// A client's `Idempotency-Key`, scoped to the client that sent it.
+/// What the store records of a client's `Idempotency-Key`, scoped to the client that sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey {
+pub struct IdempotencyRecord {
     /// The client (token subject) the key belongs to; two clients may use the same key.
     pub client: String,
     /// The header value.
@@ -28,7 +28,7 @@ pub struct Placement {
     /// Its messages: the payment command and the audit record.
     pub messages: Vec<OutboxMessage>,
     /// The client's idempotency key, when it sent one.
-    pub idempotency: Option<IdempotencyKey>,
+    pub idempotency: Option<IdempotencyRecord>,
 }
 
 /// What placing did.

@@ -10,7 +10,7 @@ use orderflow_domain::{
     ProductName, Quantity, RawAddress, RoutingKey, Sku, Source, Step, StockEffect, Timestamp, TransitionError,
 };
 use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
-use orderflow_ports::sales::{IdempotencyKey, InboxEntry, OrderChange, Placement};
+use orderflow_ports::sales::{IdempotencyRecord, InboxEntry, OrderChange, Placement};
 use uuid::Uuid;
 
 /// Now, at the microsecond precision every store keeps (PostgreSQL's `timestamptz`), so what is written
@@ -99,7 +99,7 @@ pub struct OrderDraft {
     lines: Vec<(Sku, Quantity)>,
     prices: HashMap<Sku, Money>,
     at: Timestamp,
-    key: Option<IdempotencyKey>,
+    key: Option<IdempotencyRecord>,
 }
 
 impl OrderDraft {
@@ -133,7 +133,7 @@ impl OrderDraft {
     /// `not_before` count as expired.
     #[must_use]
     pub fn key(mut self, client: &str, key: &str, hash: &str, not_before: Timestamp) -> Self {
-        self.key = Some(IdempotencyKey {
+        self.key = Some(IdempotencyRecord {
             client: client.to_owned(),
             key: key.to_owned(),
             request_hash: hash.to_owned(),

@@ -4,6 +4,7 @@
 
 mod bus;
 mod cache;
+mod clock;
 mod delivery;
 mod outbox;
 mod rate_limit;
@@ -11,6 +12,7 @@ mod sales;
 
 pub use bus::{BusSettings, InMemoryAuditLog, InMemoryBus};
 pub use cache::InMemoryOrderCache;
+pub use clock::{ManualClock, TokioClock};
 pub use delivery::InMemoryDeliveryStore;
 pub use rate_limit::InMemoryRateLimiter;
 pub use sales::InMemorySalesStore;

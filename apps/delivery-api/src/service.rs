@@ -1,17 +1,20 @@
-//! The Delivery use cases: creating shipments for paid orders, shipping, delivering and cancelling them —
-//! each a domain transition committed with its outbox messages.
+//! The Delivery use cases, one method each: creating shipments for paid orders, reading them, shipping,
+//! delivering and cancelling them, and the autopilot's step — each a domain transition committed with its
+//! outbox messages. Handlers and consumers only translate to and from them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use orderflow_domain::events::OrderCreated;
 use orderflow_domain::{
-    EventId, OrderId, Outgoing, Shipment, ShipmentEvent, ShipmentId, Source, Step, Timestamp, TransitionError,
+    Carrier, EventId, OrderId, Outgoing, Shipment, ShipmentEvent, ShipmentId, ShipmentStatus, Source, Step, Timestamp,
+    TrackingNumber, TransitionError,
 };
-use orderflow_ports::delivery::{DeliveryStore, ShipmentChange};
+use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome, InboxEntry};
 use orderflow_ports::system::{Clock, IdGenerator};
-use orderflow_ports::{BoxError, ReadError};
+use orderflow_ports::{BoxError, Page, ReadError};
 use tokio::sync::Notify;
 
 /// How often a change is recomputed when another writer got there first.
@@ -52,18 +55,33 @@ pub enum Target {
     Order(OrderId),
 }
 
-/// The ports the Delivery use cases run on.
+/// The Delivery use cases, on the ports they run on.
 #[derive(Clone)]
 pub struct DeliveryService {
-    /// Shipments, outbox.
-    pub store: Arc<dyn DeliveryStore>,
-    /// The time.
-    pub clock: Arc<dyn Clock>,
-    /// Fresh ids.
-    pub ids: Arc<dyn IdGenerator>,
+    store: Arc<dyn DeliveryStore>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdGenerator>,
     /// Signalled after new shipments were committed, so the autopilot can look when they fall due rather
     /// than at its next poll.
-    pub created: Arc<Notify>,
+    created: Arc<Notify>,
+}
+
+/// What the autopilot does to a shipment that has waited long enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoStep {
+    /// Hand a pending shipment to the `autopilot` carrier.
+    Ship,
+    /// Deliver a shipped one.
+    Deliver,
+}
+
+/// What one autopilot step over due shipments did.
+#[derive(Debug, Clone, Copy)]
+pub struct Advanced {
+    /// Shipments that changed.
+    pub changed: usize,
+    /// Whether a full page was due, so more may be.
+    pub more: bool,
 }
 
 /// A paid order to create the shipment of, with the message that asks for it.
@@ -77,6 +95,95 @@ pub struct NewShipment {
 }
 
 impl DeliveryService {
+    /// The use cases on these ports.
+    pub fn new(store: Arc<dyn DeliveryStore>, clock: Arc<dyn Clock>, ids: Arc<dyn IdGenerator>) -> Self {
+        Self { store, clock, ids, created: Arc::default() }
+    }
+
+    /// Resolves after the next shipments were created.
+    pub async fn next_creation(&self) {
+        self.created.notified().await;
+    }
+
+    /// Shipments, filtered and paged as `query` says.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the store fails.
+    pub async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError> {
+        self.store.shipments(query).await
+    }
+
+    /// Hands the parcel to `carrier`; repeating it with the same details changes nothing.
+    ///
+    /// # Errors
+    /// See [`ShipmentFailure`].
+    pub async fn ship(
+        &self,
+        id: ShipmentId,
+        carrier: Carrier,
+        tracking: TrackingNumber,
+    ) -> Result<Shipment, ShipmentFailure> {
+        self.transition(Target::Shipment(id), None, None, |s, at| s.ship(carrier.clone(), tracking.clone(), at)).await
+    }
+
+    /// Records that the parcel arrived.
+    ///
+    /// # Errors
+    /// See [`ShipmentFailure`].
+    pub async fn deliver(&self, id: ShipmentId) -> Result<Shipment, ShipmentFailure> {
+        self.transition(Target::Shipment(id), None, None, |s, at| s.deliver(at)).await
+    }
+
+    /// Cancels the shipment of an order, as Sales asks when the customer cancels after paying; refused
+    /// once the parcel left. The request can overtake the order's creation (they travel on different
+    /// queues): then the shipment is not found yet, which is worth retrying.
+    ///
+    /// # Errors
+    /// See [`ShipmentFailure`].
+    pub async fn cancel_for_order(
+        &self,
+        order: OrderId,
+        inbox: InboxEntry,
+        traceparent: Option<String>,
+    ) -> Result<Shipment, ShipmentFailure> {
+        self.transition(Target::Order(order), Some(inbox), traceparent, |s, at| Ok(s.cancel(at))).await
+    }
+
+    /// The autopilot's step: advances, in one transaction, up to `limit` shipments that have waited
+    /// `waited` in the state `step` leaves, shipping with the `autopilot` carrier or delivering.
+    ///
+    /// # Errors
+    /// [`ShipmentFailure::Unexpected`] when the store fails; then nothing changed.
+    pub async fn advance_due(
+        &self,
+        step: AutoStep,
+        waited: Duration,
+        limit: usize,
+    ) -> Result<Advanced, ShipmentFailure> {
+        let cutoff = self.clock.now() - chrono::Duration::from_std(waited).unwrap_or(chrono::Duration::MAX);
+        let status = match step {
+            AutoStep::Ship => ShipmentStatus::Pending,
+            AutoStep::Deliver => ShipmentStatus::Shipped,
+        };
+        let query = ShipmentQuery { status: Some(status), updated_before: Some(cutoff), limit, after: None };
+        let due = self.store.shipments(query).await?;
+        let more = due.items.len() == limit;
+        let carrier = Carrier::parse("autopilot").map_err(|e| ShipmentFailure::Unexpected(Box::new(e)))?;
+        let changed = self
+            .transition_all(due.items, |shipment, at| match step {
+                AutoStep::Ship => {
+                    let tracking = format!("AUTO-{}", shipment.id.as_uuid().simple());
+                    match TrackingNumber::parse(&tracking) {
+                        Ok(tracking) => shipment.ship(carrier.clone(), tracking, at),
+                        Err(_) => Ok(Step::Unchanged(shipment)),
+                    }
+                }
+                AutoStep::Deliver => shipment.deliver(at),
+            })
+            .await?;
+        Ok(Advanced { changed, more })
+    }
+
     /// Creates the shipment of a paid order; a second request for the same order changes nothing.
     ///
     /// # Errors
@@ -156,10 +263,7 @@ impl DeliveryService {
     }
 
     /// Applies `transition` to a shipment and commits it with its messages and inbox entry.
-    ///
-    /// # Errors
-    /// See [`ShipmentFailure`].
-    pub async fn transition(
+    async fn transition(
         &self,
         target: Target,
         inbox: Option<InboxEntry>,
@@ -196,10 +300,7 @@ impl DeliveryService {
     /// Applies `transition` to each of `shipments` as they were read and commits every change in one
     /// transaction. A shipment someone changed since is left as it is (whoever asks again sees it anew);
     /// a transition the state machine refuses is skipped. Returns how many shipments changed.
-    ///
-    /// # Errors
-    /// [`ShipmentFailure::Unexpected`] when the store fails; then nothing changed.
-    pub async fn transition_all(
+    async fn transition_all(
         &self,
         shipments: Vec<Shipment>,
         transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,

@@ -68,12 +68,7 @@ impl Application {
         let queues: Vec<RoutingKey> =
             RoutingKey::ALL.into_iter().filter(|k| *k != RoutingKey::PaymentsRequested).collect();
         let shared = wiring.connect("delivery", &queues).await.map_err(|e| anyhow::anyhow!(e))?;
-        let service = DeliveryService {
-            store: store.clone(),
-            clock: Arc::new(SystemClock),
-            ids: Arc::new(UuidV7Ids),
-            created: Arc::default(),
-        };
+        let service = DeliveryService::new(store.clone(), Arc::new(SystemClock), Arc::new(UuidV7Ids));
         let handler: Arc<dyn MessageHandler> = Arc::new(OrderCommands { service: service.clone() });
         let parts = ServiceParts {
             name: "orderflow Delivery API",

@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_domain::events::{CancelRequested, OrderCreated};
-use orderflow_domain::{Carrier, CloudEvent, Payload, ShipmentStatus, Step, TrackingNumber};
-use orderflow_ports::delivery::ShipmentQuery;
+use orderflow_domain::{CloudEvent, Payload};
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 use tokio::time::Instant;
 
-use crate::service::{DeliveryService, NewShipment, ShipmentFailure, Target};
+use crate::service::{Advanced, AutoStep, DeliveryService, NewShipment, ShipmentFailure};
 
 /// Handles `orders.created` and `orders.cancel_requested`.
 pub struct OrderCommands {
@@ -56,13 +55,7 @@ impl MessageHandler for OrderCommands {
                 Err(e) => return HandlerOutcome::Permanent(e.to_string()),
             },
             CancelRequested::TYPE => match event.payload::<CancelRequested>() {
-                // A cancel request can overtake its order's creation (they travel on different queues):
-                // not found is transient, so the retry finds the shipment.
-                Ok(request) => self
-                    .service
-                    .transition(Target::Order(request.order_id), Some(inbox), trace, |s, at| Ok(s.cancel(at)))
-                    .await
-                    .map(drop),
+                Ok(request) => self.service.cancel_for_order(request.order_id, inbox, trace).await.map(drop),
                 Err(e) => return HandlerOutcome::Permanent(e.to_string()),
             },
             other => return HandlerOutcome::Permanent(format!("unknown event type {other}")),
@@ -71,6 +64,8 @@ impl MessageHandler for OrderCommands {
     }
 }
 
+/// How the broker is to settle a message whose work ended so: only a refusal of the state machine is
+/// final; a shipment not found yet (a cancel request that overtook the creation) is retried.
 fn outcome_of(result: Result<(), ShipmentFailure>) -> HandlerOutcome {
     match result {
         Ok(()) => HandlerOutcome::Done,
@@ -101,13 +96,13 @@ pub async fn autopilot(service: DeliveryService, settings: AutopilotSettings) {
         poll: shorter.clamp(Duration::from_millis(20), Duration::from_secs(1)),
         gap: (shorter / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)),
     };
-    let mut ship = Stage::new(ShipmentStatus::Pending, settings.ship_after, looks);
-    let mut deliver = Stage::new(ShipmentStatus::Shipped, settings.deliver_after, looks);
+    let mut ship = Stage::new(AutoStep::Ship, settings.ship_after, looks);
+    let mut deliver = Stage::new(AutoStep::Deliver, settings.deliver_after, looks);
     loop {
         let wake = ship.next_look().min(deliver.next_look());
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
-            () = service.created.notified() => {
+            () = service.next_creation() => {
                 ship.falls_due_after_now();
                 continue;
             }
@@ -135,7 +130,7 @@ struct Looks {
 
 /// One step of the autopilot: the shipments it advances, how long they wait, and when they fall due.
 struct Stage {
-    status: ShipmentStatus,
+    step: AutoStep,
     after: Duration,
     looks: Looks,
     /// When shipments known to this process fall due, earliest first.
@@ -144,8 +139,8 @@ struct Stage {
 }
 
 impl Stage {
-    fn new(status: ShipmentStatus, after: Duration, looks: Looks) -> Self {
-        Self { status, after, looks, due: VecDeque::new(), last_look: Instant::now() }
+    fn new(step: AutoStep, after: Duration, looks: Looks) -> Self {
+        Self { step, after, looks, due: VecDeque::new(), last_look: Instant::now() }
     }
 
     /// A shipment entered this stage now: it falls due `after` from now. The store's filter is strict
@@ -167,7 +162,7 @@ impl Stage {
         self.last_look = Instant::now();
         let now = self.last_look;
         self.due.retain(|due| *due > now);
-        match advance(service, self.status, self.after).await {
+        match service.advance_due(self.step, self.after, BATCH).await {
             Ok(Advanced { changed, more }) => {
                 if more {
                     // A full page: the rest is due already.
@@ -183,66 +178,17 @@ impl Stage {
     }
 }
 
-/// What one look at a stage did.
-struct Advanced {
-    /// Shipments that changed.
-    changed: usize,
-    /// Whether a full page was due, so more may be.
-    more: bool,
-}
-
-/// Advances a page of the shipments that have been in `status` for `after`, in one transaction.
-async fn advance(
-    service: &DeliveryService,
-    status: ShipmentStatus,
-    after: Duration,
-) -> Result<Advanced, ShipmentFailure> {
-    let cutoff = service.clock.now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-    let query = ShipmentQuery { status: Some(status), updated_before: Some(cutoff), limit: BATCH, after: None };
-    let due = service.store.shipments(query).await?;
-    let more = due.items.len() == BATCH;
-    let carrier = Carrier::parse("autopilot").map_err(|e| ShipmentFailure::Unexpected(Box::new(e)))?;
-    let changed = service
-        .transition_all(due.items, |shipment, at| match status {
-            ShipmentStatus::Pending => {
-                let tracking = format!("AUTO-{}", shipment.id.as_uuid().simple());
-                match TrackingNumber::parse(&tracking) {
-                    Ok(tracking) => shipment.ship(carrier.clone(), tracking, at),
-                    Err(_) => Ok(Step::Unchanged(shipment)),
-                }
-            }
-            _ => shipment.deliver(at),
-        })
-        .await?;
-    Ok(Advanced { changed, more })
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use orderflow_adapters::memory::InMemoryDeliveryStore;
+    use orderflow_adapters::memory::{InMemoryDeliveryStore, TokioClock};
     use orderflow_adapters::system::UuidV7Ids;
     use orderflow_domain::events::{OrderCreated, ShipmentLine};
-    use orderflow_domain::{Address, CustomerId, OrderId, Quantity, RawAddress, Shipment, Sku, Timestamp};
-    use orderflow_ports::system::Clock;
-    use tokio::time::Instant;
+    use orderflow_domain::{Address, CustomerId, OrderId, Quantity, RawAddress, Shipment, Sku};
 
     use super::{AutopilotSettings, autopilot};
     use crate::service::{DeliveryService, Target};
-
-    /// Wall-clock time that follows tokio's paused clock, so the test moves the autopilot's timers and its
-    /// notion of "due" together.
-    struct PausedClock {
-        wall: Timestamp,
-        start: Instant,
-    }
-
-    impl Clock for PausedClock {
-        fn now(&self) -> Timestamp {
-            self.wall + chrono::Duration::from_std(self.start.elapsed()).expect("a short test")
-        }
-    }
 
     fn paid_order() -> OrderCreated {
         OrderCreated {
@@ -273,12 +219,11 @@ mod tests {
     /// is shipped when it falls due and delivered a second later, not at the polls after.
     #[tokio::test(start_paused = true)]
     async fn the_autopilot_advances_a_shipment_when_it_falls_due_not_at_the_next_poll() {
-        let service = DeliveryService {
-            store: Arc::new(InMemoryDeliveryStore::new()),
-            clock: Arc::new(PausedClock { wall: chrono::Utc::now(), start: Instant::now() }),
-            ids: Arc::new(UuidV7Ids),
-            created: Arc::default(),
-        };
+        let service = DeliveryService::new(
+            Arc::new(InMemoryDeliveryStore::new()),
+            Arc::new(TokioClock::starting_now()),
+            Arc::new(UuidV7Ids),
+        );
         let second = std::time::Duration::from_secs(1);
         tokio::spawn(autopilot(service.clone(), AutopilotSettings { ship_after: second, deliver_after: second }));
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -18,7 +18,7 @@ use orderflow_domain::{
     Sku, Source,
 };
 use orderflow_ports::outbox::OutboxMessage;
-use orderflow_ports::sales::{IdempotencyKey, PlaceOutcome, Placement, SalesStore};
+use orderflow_ports::sales::{IdempotencyRecord, PlaceOutcome, Placement, SalesStore};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 use sales_api::service::IDEMPOTENCY_TTL;
@@ -284,7 +284,7 @@ fn placement(request: OrderRequest, price: Money, idempotency: bool) -> anyhow::
         .into_iter()
         .map(|o| OutboxMessage::from_outgoing(o, EventId::from_uuid(Uuid::now_v7()), Source::Sales, now, None))
         .collect();
-    let idempotency = idempotency.then(|| IdempotencyKey {
+    let idempotency = idempotency.then(|| IdempotencyRecord {
         client: "bench-client".to_owned(),
         key: Uuid::new_v4().to_string(),
         // The HTTP layer sends a SHA-256 hex of the body: 64 hex digits, like these.

@@ -123,8 +123,7 @@ pub async fn drain_orders_created(options: DrainOptions) -> anyhow::Result<Strin
     }
     let preloaded_in = preload_started.elapsed();
 
-    let service =
-        DeliveryService { store, clock: Arc::new(SystemClock), ids: Arc::new(UuidV7Ids), created: Arc::default() };
+    let service = DeliveryService::new(store, Arc::new(SystemClock), Arc::new(UuidV7Ids));
     let handler = Arc::new(Timed {
         inner: OrderCommands { service },
         latencies: Mutex::new(Vec::with_capacity(options.count)),

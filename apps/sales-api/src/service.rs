@@ -1,22 +1,25 @@
-//! The Sales use cases: placing, reading and cancelling orders, and applying what the payment worker and
-//! Delivery report — each a domain transition committed with its outbox messages.
+//! The Sales use cases, one method each: placing, reading and cancelling orders, the catalogue, taking
+//! payments and applying Delivery's reports. The business rules live here; HTTP handlers and message
+//! consumers only translate to and from them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use orderflow_domain::{
-    EventId, Order, OrderEvent, OrderId, OrderRequest, Outgoing, PricingError, Sku, Source, Step, StockEffect,
-    Timestamp, TransitionError,
+    Carrier, CloudEvent, EventId, IdempotencyKey, Money, Order, OrderEvent, OrderId, OrderRequest, OrderStatus,
+    Outgoing, PaymentOutcome, PricingError, ProductName, Sku, Source, Step, StockEffect, Timestamp, TrackingNumber,
+    TransitionError,
 };
 use orderflow_ports::cache::OrderCache;
 use orderflow_ports::outbox::OutboxMessage;
-use orderflow_ports::payment::PaymentGateway;
+use orderflow_ports::payment::{PaymentError, PaymentGateway};
 use orderflow_ports::sales::{
-    ChangeError, ChangeOutcome, IdempotencyKey, InboxEntry, OrderChange, PlaceError, PlaceOutcome, Placement,
-    SalesStore,
+    ChangeError, ChangeOutcome, IdempotencyRecord, InboxEntry, OrderChange, OrderQuery, PlaceError, PlaceOutcome,
+    Placement, Product, PutProductError, SalesStore,
 };
 use orderflow_ports::system::{Clock, IdGenerator};
-use orderflow_ports::{BoxError, ReadError};
+use orderflow_ports::{BoxError, Page, ReadError};
 
 use crate::pressure::BackPressure;
 
@@ -69,43 +72,141 @@ impl From<ReadError> for TransitionFailure {
     }
 }
 
+/// Why a payment request or a report from Delivery was not settled.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleFailure {
+    /// The order could not be changed (missing, refused, contended or the store failed).
+    #[error(transparent)]
+    Transition(#[from] TransitionFailure),
+    /// The payment gateway gave no verdict, or a refund was not confirmed.
+    #[error("the payment gateway failed")]
+    Gateway(#[from] PaymentError),
+    /// A delivered report that cannot say how the parcel travelled arrived before the shipped report it
+    /// implies; it is worth one more try once that report has had time to arrive.
+    #[error("delivered before its shipped report: waiting one retry")]
+    BeforeShipped,
+}
+
+impl SettleFailure {
+    /// Whether trying again cannot help: the order does not exist or its state machine refused.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Transition(TransitionFailure::NotFound | TransitionFailure::NotAllowed(_)))
+    }
+}
+
+/// A client's idempotency key for one placement.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// The client that sent it (keys of different clients never collide).
+    pub client: String,
+    /// The key.
+    pub key: IdempotencyKey,
+    /// A fingerprint of the request: the same key with another request is refused.
+    pub fingerprint: String,
+}
+
+/// A request to charge an order, as the payment command carries it.
+#[derive(Debug, Clone)]
+pub struct PaymentRequest {
+    /// The order to charge.
+    pub order_id: OrderId,
+    /// How much.
+    pub amount: Money,
+    /// The message that asks for it.
+    pub inbox: InboxEntry,
+    /// The trace it continues.
+    pub traceparent: Option<String>,
+}
+
+/// What Delivery reports about an order's shipment.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// The parcel left with this carrier.
+    Shipped {
+        /// The order.
+        order_id: OrderId,
+        /// The carrier.
+        carrier: Carrier,
+        /// Its tracking number.
+        tracking_number: TrackingNumber,
+    },
+    /// The parcel arrived; the report says how it travelled.
+    Delivered {
+        /// The order.
+        order_id: OrderId,
+        /// The carrier.
+        carrier: Carrier,
+        /// Its tracking number.
+        tracking_number: TrackingNumber,
+    },
+    /// The parcel arrived, said by a first-version report that does not name the carrier.
+    DeliveredUntracked {
+        /// The order.
+        order_id: OrderId,
+        /// Whether this is the report's first arrival (it has not been retried yet).
+        first_arrival: bool,
+    },
+    /// Delivery cancelled the shipment before it left.
+    ShipmentCancelled {
+        /// The order.
+        order_id: OrderId,
+    },
+}
+
+/// A report with the message that carried it.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    /// What Delivery says.
+    pub report: Report,
+    /// The message.
+    pub inbox: InboxEntry,
+    /// The trace it continues.
+    pub traceparent: Option<String>,
+}
+
 /// A transition of an existing order, for [`SalesService::transition_all`].
-pub type Transition<'a> =
+type Transition<'a> =
     Box<dyn Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError> + Send + Sync + 'a>;
 
 /// One transition of a batch: the order, the message that asks for it, and the change.
-pub struct BatchTransition<'a> {
+struct BatchTransition<'a> {
     /// The order to change.
-    pub id: OrderId,
+    id: OrderId,
     /// The order as the caller has just read it from the store, which saves reading it again; should it
     /// have changed since, the change conflicts and is recomputed from a fresh read.
-    pub read: Option<Order>,
+    read: Option<Order>,
     /// The message that caused the change.
-    pub inbox: Option<InboxEntry>,
+    inbox: Option<InboxEntry>,
     /// The trace the change continues.
-    pub traceparent: Option<String>,
+    traceparent: Option<String>,
     /// The change.
-    pub transition: Transition<'a>,
+    transition: Transition<'a>,
 }
 
-/// The ports the Sales use cases run on.
+/// The Sales use cases, on the ports they run on.
 #[derive(Clone)]
 pub struct SalesService {
-    /// Orders, catalogue, outbox.
-    pub store: Arc<dyn SalesStore>,
-    /// Single-order read cache.
-    pub cache: Arc<dyn OrderCache>,
-    /// Takes and refunds payments.
-    pub payments: Arc<dyn PaymentGateway>,
-    /// The time.
-    pub clock: Arc<dyn Clock>,
-    /// Fresh ids.
-    pub ids: Arc<dyn IdGenerator>,
-    /// Whether new orders are to be refused for now.
-    pub pressure: Arc<BackPressure>,
+    store: Arc<dyn SalesStore>,
+    cache: Arc<dyn OrderCache>,
+    payments: Arc<dyn PaymentGateway>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdGenerator>,
+    pressure: Arc<BackPressure>,
 }
 
 impl SalesService {
+    /// The use cases on these ports; `pressure` says when to refuse new orders.
+    pub fn new(
+        store: Arc<dyn SalesStore>,
+        cache: Arc<dyn OrderCache>,
+        payments: Arc<dyn PaymentGateway>,
+        clock: Arc<dyn Clock>,
+        ids: Arc<dyn IdGenerator>,
+        pressure: Arc<BackPressure>,
+    ) -> Self {
+        Self { store, cache, payments, clock, ids, pressure }
+    }
+
     /// Prices `request` from the catalogue and places it, honouring the client's idempotency key.
     ///
     /// # Errors
@@ -113,7 +214,7 @@ impl SalesService {
     pub async fn place_order(
         &self,
         request: OrderRequest,
-        idempotency: Option<(String, String, String)>,
+        idempotency: Option<Idempotency>,
         traceparent: Option<String>,
     ) -> Result<PlaceOutcome, PlaceOrderError> {
         if self.pressure.overloaded() {
@@ -126,10 +227,10 @@ impl SalesService {
         let id = OrderId::from_uuid(self.ids.new_id());
         let (order, event) = Order::place(id, request, |sku| prices.get(sku).copied(), now)?;
         let messages = self.messages(event.outgoing(&order), now, traceparent);
-        let idempotency = idempotency.map(|(client, key, request_hash)| IdempotencyKey {
-            client,
-            key,
-            request_hash,
+        let idempotency = idempotency.map(|i| IdempotencyRecord {
+            client: i.client,
+            key: i.key.as_str().to_owned(),
+            request_hash: i.fingerprint,
             not_before: now - IDEMPOTENCY_TTL,
         });
         let outcome = self.store.place_order(Placement { order, messages, idempotency }).await?;
@@ -163,12 +264,188 @@ impl SalesService {
         Ok(order)
     }
 
-    /// Applies `transition` to the order, committing the change with its stock effect, messages and
-    /// inbox entry; recomputes when another writer changed the order meanwhile.
+    /// Orders, newest first, filtered and paged as `query` says.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the store fails.
+    pub async fn orders(&self, query: OrderQuery) -> Result<Page<Order, OrderId>, ReadError> {
+        self.store.orders(query).await
+    }
+
+    /// The order's audit events, oldest first; `None` when there is no such order.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the store fails.
+    pub async fn timeline(&self, id: OrderId) -> Result<Option<Vec<CloudEvent>>, ReadError> {
+        self.store.timeline(id).await
+    }
+
+    /// Cancels the order: at once before payment; after payment it asks Delivery first
+    /// (`cancellation_requested`). Refused once shipped.
     ///
     /// # Errors
     /// See [`TransitionFailure`].
-    pub async fn transition(
+    pub async fn cancel_order(&self, id: OrderId, traceparent: Option<String>) -> Result<Order, TransitionFailure> {
+        self.transition(id, None, traceparent, |order, at| order.cancel(at)).await
+    }
+
+    /// The catalogue in SKU order, a page of `limit` after `after`.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the store fails.
+    pub async fn products(&self, limit: usize, after: Option<Sku>) -> Result<Page<Product, Sku>, ReadError> {
+        self.store.products(limit, after).await
+    }
+
+    /// One product with its stock and reservations.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the store fails.
+    pub async fn product(&self, sku: Sku) -> Result<Option<Product>, ReadError> {
+        Ok(self.store.products_by_sku(std::slice::from_ref(&sku)).await?.into_iter().next())
+    }
+
+    /// Creates or updates a product; its reservations are kept.
+    ///
+    /// # Errors
+    /// [`PutProductError::StockBelowReserved`] when open orders hold more than `stock`.
+    pub async fn put_product(
+        &self,
+        sku: Sku,
+        name: ProductName,
+        price: Money,
+        stock: u32,
+    ) -> Result<Product, PutProductError> {
+        self.store.put_product(sku, name, price, stock).await
+    }
+
+    /// Charges the orders `requests` name and records each verdict, the batch committed together. Only an
+    /// order still awaiting payment is charged: a request delivered again for a settled or cancelled order
+    /// takes no money. Should the customer have cancelled while the charge ran, the money goes back.
+    /// Results are in the requests' order.
+    pub async fn take_payments(&self, requests: Vec<PaymentRequest>) -> Vec<Result<(), SettleFailure>> {
+        let ids: Vec<OrderId> = requests.iter().map(|r| r.order_id).collect();
+        let orders: HashMap<OrderId, Order> = match self.store.orders_by_id(&ids).await {
+            Ok(orders) => orders.into_iter().map(|o| (o.id, o)).collect(),
+            Err(e) => {
+                let failed =
+                    format!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default());
+                return requests
+                    .iter()
+                    .map(|_| Err(TransitionFailure::Unexpected(failed.clone().into()).into()))
+                    .collect();
+            }
+        };
+        let charges = requests.iter().map(|r| async {
+            match orders.get(&r.order_id) {
+                None => Err(SettleFailure::Transition(TransitionFailure::NotFound)),
+                Some(order) if order.status != OrderStatus::PendingPayment => Ok(None),
+                Some(order) => Ok(Some(self.payments.charge(order.id, r.amount).await?)),
+            }
+        });
+        let charged = futures::future::join_all(charges).await;
+        let mut results: Vec<Option<Result<(), SettleFailure>>> = Vec::with_capacity(requests.len());
+        let mut batch = Vec::new();
+        let mut settling = Vec::new();
+        for (r, charge) in requests.into_iter().zip(charged) {
+            match charge {
+                Err(failure) => results.push(Some(Err(failure))),
+                Ok(None) => results.push(Some(Ok(()))),
+                Ok(Some(verdict)) => {
+                    settling.push((results.len(), r.order_id, verdict.clone()));
+                    results.push(None);
+                    batch.push(BatchTransition {
+                        id: r.order_id,
+                        read: orders.get(&r.order_id).cloned(),
+                        inbox: Some(r.inbox),
+                        traceparent: r.traceparent,
+                        transition: Box::new(move |o, at| o.settle_payment(&verdict, at)),
+                    });
+                }
+            }
+        }
+        for ((i, id, verdict), settled) in settling.into_iter().zip(self.transition_all(batch).await) {
+            results[i] = Some(match settled {
+                Err(TransitionFailure::NotAllowed(_)) if verdict == PaymentOutcome::Completed => {
+                    self.payments.refund(id).await.map_err(SettleFailure::from)
+                }
+                other => other.map(drop).map_err(SettleFailure::from),
+            });
+        }
+        results.into_iter().map(|r| r.unwrap_or(Err(SettleFailure::Transition(TransitionFailure::Contended)))).collect()
+    }
+
+    /// Applies what Delivery reports, the shipped and delivered reports of a batch committed together.
+    /// Results are in the reports' order.
+    ///
+    /// The reports travel on different queues, so one can overtake another: a delivered report names the
+    /// carrier, so the order records both steps at once and the late shipped report changes nothing. A
+    /// first-version delivered report cannot say how the parcel travelled; applied before its shipped
+    /// report it would leave the trail without `order.shipped`, so on first arrival it waits one retry
+    /// and after that it is applied whatever came, so the order still converges. A cancelled shipment
+    /// is refunded after the cancellation commits (refunds are idempotent, so a failed one is retried
+    /// with the report, whose transition is then a no-op).
+    pub async fn apply_reports(&self, reports: Vec<Reported>) -> Vec<Result<(), SettleFailure>> {
+        let mut results: Vec<Option<Result<(), SettleFailure>>> = Vec::with_capacity(reports.len());
+        let mut batch = Vec::new();
+        let mut batched = Vec::new();
+        for Reported { report, inbox, traceparent } in reports {
+            let (id, transition): (OrderId, Transition<'static>) = match report {
+                Report::Shipped { order_id, carrier, tracking_number } => {
+                    (order_id, Box::new(move |o, at| o.mark_shipped(carrier.clone(), tracking_number.clone(), at)))
+                }
+                Report::Delivered { order_id, carrier, tracking_number } => {
+                    (order_id, Box::new(move |o, at| o.mark_delivered_by(carrier.clone(), tracking_number.clone(), at)))
+                }
+                Report::DeliveredUntracked { order_id, first_arrival } => {
+                    results.push(Some(self.delivered_untracked(order_id, first_arrival, inbox, traceparent).await));
+                    continue;
+                }
+                Report::ShipmentCancelled { order_id } => {
+                    let cancelled = self
+                        .transition(order_id, Some(inbox), traceparent, |o, at| o.confirm_shipment_cancelled(at))
+                        .await;
+                    results.push(Some(match cancelled {
+                        Ok(_) => self.payments.refund(order_id).await.map_err(SettleFailure::from),
+                        Err(failure) => Err(failure.into()),
+                    }));
+                    continue;
+                }
+            };
+            batched.push(results.len());
+            results.push(None);
+            batch.push(BatchTransition { id, read: None, inbox: Some(inbox), traceparent, transition });
+        }
+        for (i, result) in batched.into_iter().zip(self.transition_all(batch).await) {
+            results[i] = Some(result.map(drop).map_err(SettleFailure::from));
+        }
+        results.into_iter().map(|r| r.unwrap_or(Err(SettleFailure::Transition(TransitionFailure::Contended)))).collect()
+    }
+
+    /// A first-version delivered report (see [`SalesService::apply_reports`]).
+    async fn delivered_untracked(
+        &self,
+        id: OrderId,
+        first_arrival: bool,
+        inbox: InboxEntry,
+        traceparent: Option<String>,
+    ) -> Result<(), SettleFailure> {
+        let early = AtomicBool::new(false);
+        self.transition(id, Some(inbox), traceparent, |o, at| {
+            let unshipped = matches!(o.status, OrderStatus::PendingShipment | OrderStatus::CancellationRequested);
+            if unshipped && first_arrival {
+                early.store(true, Ordering::Relaxed);
+                return Ok(Step::Unchanged(o));
+            }
+            o.mark_delivered(at)
+        })
+        .await?;
+        if early.load(Ordering::Relaxed) { Err(SettleFailure::BeforeShipped) } else { Ok(()) }
+    }
+
+    /// Applies `transition` to the order, committing the change with its stock effect, messages and
+    /// inbox entry; recomputes when another writer changed the order meanwhile.
+    async fn transition(
         &self,
         id: OrderId,
         inbox: Option<InboxEntry>,
@@ -219,7 +496,7 @@ impl SalesService {
     /// committing the changes together. A change that conflicts (another writer, or a second change of an
     /// order in the same batch) is recomputed on its own; when the joint commit fails, every change is
     /// made on its own, so one that cannot be committed fails alone. Results are in the batch's order.
-    pub async fn transition_all(&self, batch: Vec<BatchTransition<'_>>) -> Vec<Result<Order, TransitionFailure>> {
+    async fn transition_all(&self, batch: Vec<BatchTransition<'_>>) -> Vec<Result<Order, TransitionFailure>> {
         let mut results: Vec<Option<Result<Order, TransitionFailure>>> = batch.iter().map(|_| None).collect();
         let unread: Vec<OrderId> = batch.iter().filter(|t| t.read.is_none()).map(|t| t.id).collect();
         let fetched = match unread.is_empty() {
@@ -299,5 +576,68 @@ impl SalesService {
                 tracing::warn!(%error, order_id = %order.id, "could not invalidate the cached order");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use orderflow_adapters::memory::{InMemoryOrderCache, InMemorySalesStore, ManualClock};
+    use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
+    use orderflow_adapters::system::UuidV7Ids;
+    use orderflow_domain::{Address, Currency, CustomerId, Quantity, RawAddress};
+
+    use super::*;
+    use crate::pressure::PressureLimits;
+
+    fn request() -> OrderRequest {
+        let address = RawAddress {
+            name: "Ada",
+            line1: "1 Main St",
+            line2: None,
+            city: "Berlin",
+            postal_code: "10115",
+            country: "DE",
+        };
+        OrderRequest {
+            customer_id: CustomerId::parse("cust-clock").unwrap(),
+            lines: vec![(Sku::parse("SKU-CLOCK").unwrap(), Quantity::new(1).unwrap())],
+            shipping_address: Address::parse(address).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_replays_its_order_for_24_hours_and_places_a_new_one_after() {
+        let clock = Arc::new(ManualClock::at(chrono::Utc::now()));
+        let store = Arc::new(InMemorySalesStore::new());
+        let price = Money::new(100, Currency::parse("EUR").unwrap()).unwrap();
+        store
+            .put_product(Sku::parse("SKU-CLOCK").unwrap(), ProductName::parse("Clock").unwrap(), price, 10)
+            .await
+            .unwrap();
+        let service = SalesService::new(
+            store,
+            Arc::new(InMemoryOrderCache::new()),
+            Arc::new(SimulatedPaymentGateway::new(PaymentSettings::default())),
+            clock.clone(),
+            Arc::new(UuidV7Ids),
+            Arc::new(BackPressure::new(PressureLimits::default())),
+        );
+        let key = Idempotency {
+            client: "sales-client".into(),
+            key: IdempotencyKey::parse("retry-me").unwrap(),
+            fingerprint: "same body".into(),
+        };
+        let place = || service.place_order(request(), Some(key.clone()), None);
+
+        let PlaceOutcome::Created(first) = place().await.unwrap() else { panic!("the first placement creates") };
+        clock.advance(Duration::from_secs(23 * 3600));
+        let PlaceOutcome::Replayed(again) = place().await.unwrap() else { panic!("a day has not passed") };
+        clock.advance(Duration::from_secs(2 * 3600));
+        let PlaceOutcome::Created(later) = place().await.unwrap() else { panic!("the key expired after a day") };
+
+        assert_eq!(again.id, first.id);
+        assert_ne!(later.id, first.id);
     }
 }

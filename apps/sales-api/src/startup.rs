@@ -117,14 +117,14 @@ impl Application {
     /// When the address cannot be bound or the metrics cannot be registered.
     pub async fn assemble(settings: SalesSettings, adapters: SalesAdapters) -> anyhow::Result<Self> {
         let pressure = Arc::new(BackPressure::new(settings.pressure));
-        let service = SalesService {
-            store: adapters.store.clone(),
-            cache: adapters.cache,
-            payments: adapters.payments,
-            clock: adapters.clock,
-            ids: adapters.ids,
-            pressure: pressure.clone(),
-        };
+        let service = SalesService::new(
+            adapters.store.clone(),
+            adapters.cache,
+            adapters.payments,
+            adapters.clock,
+            adapters.ids,
+            pressure.clone(),
+        );
         let payment: Arc<dyn MessageHandler> = Arc::new(PaymentWorker { service: service.clone() });
         let reports: Arc<dyn MessageHandler> = Arc::new(DeliveryReports { service: service.clone() });
         let handlers = RoutingKey::SALES

@@ -131,7 +131,7 @@ impl ShipmentsApi {
         let after =
             cursor.0.map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(ShipmentId::from_uuid))).transpose()?;
         let query = ShipmentQuery { status, updated_before: None, limit: page_limit(limit.0)?, after };
-        let page = self.service.store.shipments(query).await.map_err(|e| Problem::unavailable(&e))?;
+        let page = self.service.shipments(query).await.map_err(|e| Problem::unavailable(&e))?;
         Ok(Json(ShipmentList {
             items: page.items.into_iter().map(Into::into).collect(),
             next_cursor: page.next.map(|id| encode_cursor(&id.to_string())),
@@ -173,13 +173,8 @@ impl ShipmentsApi {
         auth.require("shipments:write")?;
         let carrier = Carrier::parse(&body.0.carrier).map_err(invalid)?;
         let tracking = TrackingNumber::parse(&body.0.tracking_number).map_err(invalid)?;
-        let shipment = self
-            .service
-            .transition(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?)), None, None, |s, at| {
-                s.ship(carrier.clone(), tracking.clone(), at)
-            })
-            .await
-            .map_err(failed)?;
+        let id = ShipmentId::from_uuid(parse_id(&id.0, "id")?);
+        let shipment = self.service.ship(id, carrier, tracking).await.map_err(failed)?;
         Ok(Json(shipment.into()))
     }
 
@@ -187,13 +182,7 @@ impl ShipmentsApi {
     #[oai(path = "/shipments/:id/deliver", method = "post", operation_id = "deliver_shipment")]
     async fn deliver(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<ShipmentDto>> {
         auth.require("shipments:write")?;
-        let shipment = self
-            .service
-            .transition(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?)), None, None, |s, at| {
-                s.deliver(at)
-            })
-            .await
-            .map_err(failed)?;
+        let shipment = self.service.deliver(ShipmentId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(failed)?;
         Ok(Json(shipment.into()))
     }
 }

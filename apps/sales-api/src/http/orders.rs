@@ -1,6 +1,6 @@
 //! `/orders`: place, read, list, follow and cancel orders.
 
-use orderflow_domain::{OrderId, OrderStatus};
+use orderflow_domain::{IdempotencyKey, OrderId, OrderStatus};
 use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome};
 use orderflow_runtime::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
 use poem::http::{StatusCode, header};
@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::dto::{OrderDto, OrderList, PlaceOrderRequest, Timeline, TimelineEntry};
 use super::{ApiTags, read_failed, transition_failed};
-use crate::service::{PlaceOrderError, SalesService};
+use crate::service::{Idempotency, PlaceOrderError, SalesService};
 
 /// The orders endpoints.
 pub struct OrdersApi {
@@ -33,10 +33,6 @@ enum OrderResponse {
     Ok(Json<OrderDto>),
 }
 
-fn key_problem(detail: &str) -> Problem {
-    Problem::invalid("Idempotency-Key", detail)
-}
-
 #[OpenApi(tag = "ApiTags::Orders")]
 impl OrdersApi {
     /// Place an order: reserves stock and requests payment. Send an `Idempotency-Key` to retry safely.
@@ -54,16 +50,12 @@ impl OrdersApi {
         let request = body.0.parse()?;
         let idempotency = match idempotency_key.0 {
             None => None,
-            Some(key) if key.is_empty() || key.len() > 255 => {
-                return Err(key_problem("must be 1-255 characters").into());
-            }
-            Some(key) if !key.bytes().all(|b| b.is_ascii_graphic()) => {
-                return Err(key_problem("must be printable ASCII").into());
-            }
-            Some(key) => {
+            Some(raw) => {
+                let key = IdempotencyKey::parse(&raw).map_err(|e| Problem::invalid(e.field, e.reason))?;
+                // The request as it was sent: the same key with another body is refused.
                 let canonical = serde_json::to_vec(&body.0).unwrap_or_default();
-                let hash = format!("{:x}", Sha256::digest(&canonical));
-                Some((principal.client_id.clone(), key, hash))
+                let fingerprint = format!("{:x}", Sha256::digest(&canonical));
+                Some(Idempotency { client: principal.client_id.clone(), key, fingerprint })
             }
         };
         let outcome = self.service.place_order(request, idempotency, traceparent.0).await.map_err(place_failed)?;
@@ -104,7 +96,7 @@ impl OrdersApi {
         let after =
             cursor.0.map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(OrderId::from_uuid))).transpose()?;
         let query = OrderQuery { customer_id: customer_id.0, status, limit: page_limit(limit.0)?, after };
-        let page = self.service.store.orders(query).await.map_err(|e| read_failed(&e))?;
+        let page = self.service.orders(query).await.map_err(|e| read_failed(&e))?;
         Ok(Json(OrderList {
             items: page.items.into_iter().map(Into::into).collect(),
             next_cursor: page.next.map(|id| encode_cursor(&id.to_string())),
@@ -115,12 +107,8 @@ impl OrdersApi {
     #[oai(path = "/orders/:id/events", method = "get", operation_id = "get_order_events")]
     async fn events(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<Timeline>> {
         auth.require("orders:read")?;
-        let events = self
-            .service
-            .store
-            .timeline(OrderId::from_uuid(parse_id(&id.0, "id")?))
-            .await
-            .map_err(|e| read_failed(&e))?;
+        let events =
+            self.service.timeline(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(|e| read_failed(&e))?;
         let events = events.ok_or_else(|| Problem::not_found("the order"))?;
         Ok(Json(Timeline {
             items: events
@@ -142,7 +130,7 @@ impl OrdersApi {
         auth.require("orders:write")?;
         let order = self
             .service
-            .transition(OrderId::from_uuid(parse_id(&id.0, "id")?), None, traceparent.0, |o, at| o.cancel(at))
+            .cancel_order(OrderId::from_uuid(parse_id(&id.0, "id")?), traceparent.0)
             .await
             .map_err(transition_failed)?;
         Ok(OrderResponse::Ok(Json(order.into())))

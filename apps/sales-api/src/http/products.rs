@@ -40,7 +40,7 @@ impl ProductsApi {
     ) -> poem::Result<Json<ProductList>> {
         auth.require("orders:read")?;
         let after = cursor.0.map(|c| decode_cursor(&c, |k| Sku::parse(k).ok())).transpose()?;
-        let page = self.service.store.products(page_limit(limit.0)?, after).await.map_err(|e| read_failed(&e))?;
+        let page = self.service.products(page_limit(limit.0)?, after).await.map_err(|e| read_failed(&e))?;
         Ok(Json(ProductList {
             items: page.items.into_iter().map(Into::into).collect(),
             next_cursor: page.next.map(|sku| encode_cursor(sku.as_str())),
@@ -52,9 +52,8 @@ impl ProductsApi {
     async fn get(&self, auth: BearerAuth, sku: Path<String>) -> poem::Result<Json<ProductDto>> {
         auth.require("orders:read")?;
         let sku = parse_sku(&sku.0)?;
-        let found =
-            self.service.store.products_by_sku(std::slice::from_ref(&sku)).await.map_err(|e| read_failed(&e))?;
-        found.into_iter().next().map(|p| Json(p.into())).ok_or_else(|| Problem::not_found("the product").into())
+        let found = self.service.product(sku).await.map_err(|e| read_failed(&e))?;
+        found.map(|p| Json(p.into())).ok_or_else(|| Problem::not_found("the product").into())
     }
 
     /// Create or update a product (admin): name, price and units on hand. Reservations are kept.
@@ -74,7 +73,7 @@ impl ProductsApi {
             .ok()
             .filter(|s| *s <= 1_000_000_000)
             .ok_or_else(|| Problem::invalid("stock", "must be between 0 and 1000000000"))?;
-        let product = self.service.store.put_product(sku, name, price, stock).await.map_err(|e| match e {
+        let product = self.service.put_product(sku, name, price, stock).await.map_err(|e| match e {
             PutProductError::StockBelowReserved { stock, reserved } => Problem::new(
                 StatusCode::CONFLICT,
                 "stock-below-reserved",
