@@ -264,8 +264,8 @@ impl Order {
     /// changes nothing: there is nothing to give back.
     ///
     /// # Errors
-    /// [`TransitionError::NotAllowed`] when the order is not awaiting payment and the verdict is not the one
-    /// already recorded (e.g. a completed payment for an order the customer cancelled meanwhile).
+    /// [`TransitionError::PaymentAlreadySettled`] when the order is not awaiting payment and the verdict is
+    /// not the one already recorded (e.g. a completed payment for an order the customer cancelled meanwhile).
     pub fn settle_payment(
         self,
         outcome: &PaymentOutcome,
@@ -290,14 +290,14 @@ impl Order {
             | (OrderStatus::PaymentFailed | OrderStatus::Cancelled, PaymentOutcome::Declined { .. }) => {
                 Ok(Step::Unchanged(self))
             }
-            (status, _) => Err(TransitionError::NotAllowed { status: status.as_str(), action: "settle payment" }),
+            (status, _) => Err(TransitionError::PaymentAlreadySettled { status }),
         }
     }
 
     /// The customer cancels. Before payment this is immediate; after payment it asks Delivery first.
     ///
     /// # Errors
-    /// [`TransitionError::NotAllowed`] once the order has shipped, been delivered or failed payment.
+    /// [`TransitionError::NotCancellable`] once the order has shipped, been delivered or failed payment.
     pub fn cancel(self, at: Timestamp) -> Result<Step<Self, OrderEvent>, TransitionError> {
         match self.status {
             OrderStatus::PendingPayment => {
@@ -309,14 +309,14 @@ impl Order {
                 Ok(self.moved(OrderStatus::CancellationRequested, event, at))
             }
             OrderStatus::CancellationRequested | OrderStatus::Cancelled => Ok(Step::Unchanged(self)),
-            status => Err(TransitionError::NotAllowed { status: status.as_str(), action: "cancel" }),
+            status => Err(TransitionError::NotCancellable { status }),
         }
     }
 
     /// Delivery confirms it cancelled the shipment.
     ///
     /// # Errors
-    /// [`TransitionError::NotAllowed`] unless a cancellation was requested (or already completed).
+    /// [`TransitionError::NoCancellationRequested`] unless a cancellation was requested (or already completed).
     pub fn confirm_shipment_cancelled(self, at: Timestamp) -> Result<Step<Self, OrderEvent>, TransitionError> {
         match self.status {
             OrderStatus::CancellationRequested => {
@@ -324,16 +324,14 @@ impl Order {
                 Ok(self.moved(OrderStatus::Cancelled, event, at))
             }
             OrderStatus::Cancelled => Ok(Step::Unchanged(self)),
-            status => {
-                Err(TransitionError::NotAllowed { status: status.as_str(), action: "confirm shipment cancelled" })
-            }
+            status => Err(TransitionError::NoCancellationRequested { status }),
         }
     }
 
     /// Delivery reports the parcel left with a carrier. A cancel that lost the race ends here too.
     ///
     /// # Errors
-    /// [`TransitionError::NotAllowed`] for an order that was never paid or ended otherwise.
+    /// [`TransitionError::NotPaid`] for an order that was never paid or ended otherwise.
     pub fn mark_shipped(
         self,
         carrier: Carrier,
@@ -346,7 +344,7 @@ impl Order {
                 Ok(self.moved(OrderStatus::Shipped, event, at))
             }
             OrderStatus::Shipped | OrderStatus::Delivered => Ok(Step::Unchanged(self)),
-            status => Err(TransitionError::NotAllowed { status: status.as_str(), action: "mark shipped" }),
+            status => Err(TransitionError::NotPaid { status }),
         }
     }
 
@@ -355,7 +353,7 @@ impl Order {
     /// order; the late shipped report is then a no-op.
     ///
     /// # Errors
-    /// [`TransitionError::NotAllowed`] for an order that was never paid or ended otherwise.
+    /// [`TransitionError::NotPaid`] for an order that was never paid or ended otherwise.
     pub fn mark_delivered_by(
         self,
         carrier: Carrier,
@@ -376,7 +374,7 @@ impl Order {
     /// `shipped` arrives, when the order's history then lacks the shipping step.
     ///
     /// # Errors
-    /// [`TransitionError::NotAllowed`] for an order that was never paid or ended otherwise.
+    /// [`TransitionError::NotPaid`] for an order that was never paid or ended otherwise.
     pub fn mark_delivered(self, at: Timestamp) -> Result<Step<Self, OrderEvent>, TransitionError> {
         match self.status {
             OrderStatus::PendingShipment | OrderStatus::CancellationRequested | OrderStatus::Shipped => {
@@ -384,7 +382,7 @@ impl Order {
                 Ok(self.moved(OrderStatus::Delivered, event, at))
             }
             OrderStatus::Delivered => Ok(Step::Unchanged(self)),
-            status => Err(TransitionError::NotAllowed { status: status.as_str(), action: "mark delivered" }),
+            status => Err(TransitionError::NotPaid { status }),
         }
     }
 
@@ -534,7 +532,7 @@ mod tests {
     #[test]
     fn a_completed_payment_for_a_cancelled_order_is_rejected() {
         let err = in_status(OrderStatus::Cancelled).settle_payment(&PaymentOutcome::Completed, at(1)).unwrap_err();
-        assert!(matches!(err, TransitionError::NotAllowed { status: "cancelled", .. }));
+        assert_eq!(err, TransitionError::PaymentAlreadySettled { status: OrderStatus::Cancelled });
     }
 
     #[test]
@@ -563,7 +561,7 @@ mod tests {
     #[test]
     fn cancelling_a_shipped_order_is_rejected() {
         for status in [OrderStatus::Shipped, OrderStatus::Delivered, OrderStatus::PaymentFailed] {
-            assert!(matches!(in_status(status).cancel(at(1)), Err(TransitionError::NotAllowed { .. })), "{status:?}");
+            assert_eq!(in_status(status).cancel(at(1)), Err(TransitionError::NotCancellable { status }), "{status:?}");
         }
     }
 

@@ -3,6 +3,7 @@
 
 use chrono::Duration;
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 
 use crate::events::{OrderCreated, OrderEvent, ShipmentEvent, ShipmentLine};
 use crate::order::{Order, OrderRequest, OrderStatus, PaymentOutcome, StockEffect};
@@ -146,8 +147,8 @@ fn step_recorded(
             assert_eq!(state, before, "{event:?} reported no change but changed the order");
             (state, Ok(StockEffect::None))
         }
-        Err(error @ TransitionError::NotAllowed { status, .. }) => {
-            assert_eq!(status, before.status.as_str(), "{event:?} named the wrong status");
+        Err(error) => {
+            assert_eq!(error.order_status(), Some(before.status), "{event:?} named the wrong status: {error}");
             (before, Err(error))
         }
     }
@@ -228,8 +229,17 @@ proptest! {
                     prop_assert_eq!(&state, &before);
                     state
                 }
-                Err(TransitionError::NotAllowed { status, .. }) => {
-                    prop_assert_eq!(status, before.status.as_str());
+                Err(refusal) => {
+                    let named = match refusal {
+                        TransitionError::ShipmentCancelled => ShipmentStatus::Cancelled,
+                        TransitionError::NotShipped => ShipmentStatus::Pending,
+                        TransitionError::AlreadyShipped { .. } => before.status,
+                        other => return Err(TestCaseError::fail(format!("{other} refused a shipment"))),
+                    };
+                    prop_assert_eq!(named, before.status, "{} for a {:?} shipment", refusal, before.status);
+                    if let TransitionError::AlreadyShipped { .. } = refusal {
+                        prop_assert!(matches!(before.status, ShipmentStatus::Shipped | ShipmentStatus::Delivered));
+                    }
                     before
                 }
             };

@@ -89,7 +89,8 @@ impl Shipment {
     /// Staff hand the parcel to a carrier. Repeating it with the same details is a no-op.
     ///
     /// # Errors
-    /// [`TransitionError::NotAllowed`] when cancelled, or already shipped with other details.
+    /// [`TransitionError::ShipmentCancelled`] when cancelled, [`TransitionError::AlreadyShipped`] when it
+    /// left with other details.
     pub fn ship(
         self,
         carrier: Carrier,
@@ -115,14 +116,18 @@ impl Shipment {
             {
                 Ok(Step::Unchanged(self))
             }
-            status => Err(TransitionError::NotAllowed { status: status.as_str(), action: "ship" }),
+            ShipmentStatus::Cancelled => Err(TransitionError::ShipmentCancelled),
+            ShipmentStatus::Shipped | ShipmentStatus::Delivered => Err(TransitionError::AlreadyShipped {
+                carrier: self.carrier.unwrap_or(carrier),
+                tracking_number: self.tracking_number.unwrap_or(tracking_number),
+            }),
         }
     }
 
     /// Staff confirm the parcel arrived.
     ///
     /// # Errors
-    /// [`TransitionError::NotAllowed`] unless it has shipped.
+    /// [`TransitionError::NotShipped`] while pending, [`TransitionError::ShipmentCancelled`] when cancelled.
     pub fn deliver(self, at: Timestamp) -> Result<Step<Self, ShipmentEvent>, TransitionError> {
         match (self.status, self.carrier.clone(), self.tracking_number.clone()) {
             // Shipping sets both, so a shipped shipment always has them.
@@ -136,7 +141,8 @@ impl Shipment {
                 Ok(self.moved(ShipmentStatus::Delivered, event, at))
             }
             (ShipmentStatus::Delivered, ..) => Ok(Step::Unchanged(self)),
-            (status, ..) => Err(TransitionError::NotAllowed { status: status.as_str(), action: "deliver" }),
+            (ShipmentStatus::Cancelled, ..) => Err(TransitionError::ShipmentCancelled),
+            (ShipmentStatus::Pending | ShipmentStatus::Shipped, ..) => Err(TransitionError::NotShipped),
         }
     }
 

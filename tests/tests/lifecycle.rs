@@ -9,7 +9,7 @@ use anyhow::{Context, ensure};
 use orderflow::dev::DevOptions;
 use orderflow_adapters::simulated::PaymentSettings;
 use orderflow_domain::OrderId;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use support::{Harness, SKU, eventually, expect_status, order_body, string};
 use uuid::Uuid;
@@ -115,12 +115,19 @@ async fn cancelling_before_payment_is_immediate_and_releases_the_stock() -> anyh
 async fn cancelling_after_payment_cancels_the_shipment_and_refunds() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     h.put_product(SKU, 1999, 10).await?;
-    let (id, _shipment) = h.paid_order_with_shipment("cust-late-cancel", SKU, 2).await?;
+    let (id, shipment) = h.paid_order_with_shipment("cust-late-cancel", SKU, 2).await?;
 
     let response = expect_status(h.cancel(&id).await?, StatusCode::OK).await?;
     assert_eq!(response["status"], "cancellation_requested");
     h.wait_for_status(&id, "cancelled").await?;
     h.wait_for_shipment_status(&id, "cancelled").await?;
+    let ship = h
+        .staff(Method::POST, &format!("/shipments/{shipment}/ship"))
+        .json(&serde_json::json!({ "carrier": "DHL", "tracking_number": "TRACK-LATE" }))
+        .send()
+        .await?;
+    let problem = expect_status(ship, StatusCode::CONFLICT).await?;
+    assert_eq!(problem["detail"], "the shipment was cancelled", "staff are told why");
     assert_eq!(h.stock(SKU).await?, (10, 0));
     let oid = order_id(&id)?;
     eventually("the refund", || async { Ok(h.stack.payments.refunded(oid).then_some(())) }).await?;
@@ -182,6 +189,7 @@ async fn a_cancel_after_the_parcel_left_loses_the_race() -> anyhow::Result<()> {
     // Once Sales knows, a cancel is refused.
     let problem = expect_status(h.cancel(&id).await?, StatusCode::CONFLICT).await?;
     assert_eq!(problem["type"], "/problems/transition-not-allowed");
+    assert_eq!(problem["detail"], "the order is shipped: it can no longer be cancelled", "the rule is named");
     assert_eq!(h.order(&id).await?["status"], "shipped");
     Ok(())
 }
