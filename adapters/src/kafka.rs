@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_domain::{CloudEvent, DecodeError};
+use orderflow_messages::{CloudEvent, DecodeError};
 use orderflow_ports::BoxError;
 use orderflow_ports::messaging::{AuditLog, PublishError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

@@ -13,7 +13,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use orderflow_domain::{CloudEvent, RoutingKey};
+use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::BoxError;
 use orderflow_ports::messaging::{
     AdminError, CommandConsumer, CommandPublisher, ConsumeError, ConsumerShutdown, DeadLetter, DeadLetterAdmin,

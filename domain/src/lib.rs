@@ -8,9 +8,7 @@ pub mod values;
 #[cfg(test)]
 mod properties;
 
-pub use events::{
-    CloudEvent, DecodeError, EventBody, OrderEvent, Outgoing, Payload, RoutingKey, ShipmentEvent, Source,
-};
+pub use events::{OrderEvent, ShipmentEvent, ShipmentOrder};
 pub use order::{Order, OrderLine, OrderRequest, OrderStatus, PaymentOutcome, PricingError, StockEffect};
 pub use shipment::{Shipment, ShipmentStatus};
 pub use values::*;

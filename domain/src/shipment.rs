@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
-    OrderCreated, ShipmentCancelled, ShipmentCreated, ShipmentDelivered, ShipmentEvent, ShipmentShipped,
+    ShipmentCancelled, ShipmentCreated, ShipmentDelivered, ShipmentEvent, ShipmentOrder, ShipmentShipped,
 };
 use crate::values::{Carrier, InvalidValue, ShipmentId, Timestamp, TrackingNumber};
 use crate::{Step, TransitionError};
@@ -54,7 +54,7 @@ pub struct Shipment {
     /// Its id.
     pub id: ShipmentId,
     /// What Sales asked to ship.
-    pub order: OrderCreated,
+    pub order: ShipmentOrder,
     /// Where it is.
     pub status: ShipmentStatus,
     /// Set once shipped.
@@ -71,7 +71,7 @@ pub struct Shipment {
 
 impl Shipment {
     /// Creates the shipment for a paid order.
-    pub fn create(id: ShipmentId, order: OrderCreated, at: Timestamp) -> (Self, ShipmentEvent) {
+    pub fn create(id: ShipmentId, order: ShipmentOrder, at: Timestamp) -> (Self, ShipmentEvent) {
         let event = ShipmentEvent::Created(ShipmentCreated { shipment_id: id, order_id: order.order_id });
         let shipment = Self {
             id,
@@ -180,7 +180,7 @@ mod tests {
     }
 
     fn in_status(status: ShipmentStatus) -> Shipment {
-        let order = OrderCreated {
+        let order = ShipmentOrder {
             order_id: OrderId::from_uuid(uuid::Uuid::now_v7()),
             customer_id: CustomerId::parse("c").unwrap(),
             lines: vec![ShipmentLine { sku: Sku::parse("A").unwrap(), quantity: Quantity::new(1).unwrap() }],

@@ -3,8 +3,9 @@
 use async_trait::async_trait;
 use orderflow_domain::{OrderId, Shipment, ShipmentId, ShipmentStatus, Timestamp};
 
+use crate::messaging::InboxEntry;
 use crate::outbox::{OutboxMessage, OutboxStore};
-use crate::sales::{ChangeError, ChangeOutcome, InboxEntry};
+use crate::sales::{ChangeError, ChangeOutcome};
 use crate::{Page, ReadError};
 
 /// A new shipment or a change of one, with everything it writes, atomically.

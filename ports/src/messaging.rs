@@ -4,9 +4,19 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orderflow_domain::{CloudEvent, RoutingKey, Timestamp};
+use orderflow_domain::Timestamp;
+use orderflow_messages::{CloudEvent, RoutingKey};
 
 use crate::BoxError;
+
+/// The message that caused a change, recorded with it so a redelivery is recognised (both services' inbox).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InboxEntry {
+    /// The message id.
+    pub message_id: String,
+    /// The consumer (queue) that processed it; the same message may legitimately reach several.
+    pub consumer: String,
+}
 
 /// Why a publish failed. Always worth retrying later: the outbox keeps the row.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +98,8 @@ pub struct Delivery {
 impl Delivery {
     /// The inbox entry that records this delivery's effect: its message id (or, from a producer that set
     /// none, the event id inside) for the consumer of its queue.
-    pub fn inbox_entry(&self, event: &CloudEvent) -> crate::sales::InboxEntry {
-        crate::sales::InboxEntry {
+    pub fn inbox_entry(&self, event: &CloudEvent) -> InboxEntry {
+        InboxEntry {
             message_id: self.message_id.clone().unwrap_or_else(|| event.id.to_string()),
             consumer: self.queue.as_str().to_owned(),
         }

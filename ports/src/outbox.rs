@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_domain::{CloudEvent, EventId, RoutingKey};
+use orderflow_domain::EventId;
+use orderflow_messages::{CloudEvent, RoutingKey};
 
 use crate::ReadError;
 use crate::messaging::{AuditLog, CommandPublisher, PublishError};
@@ -282,9 +283,9 @@ impl OutboxRelay {
 impl OutboxMessage {
     /// Wraps what a domain event sends into an outbox message with a fresh event id.
     pub fn from_outgoing(
-        outgoing: orderflow_domain::Outgoing,
+        outgoing: orderflow_messages::Outgoing,
         id: EventId,
-        source: orderflow_domain::Source,
+        source: orderflow_messages::Source,
         at: orderflow_domain::Timestamp,
         traceparent: Option<String>,
     ) -> Self {

@@ -2,8 +2,10 @@
 //! write is one atomic unit.
 
 use async_trait::async_trait;
-use orderflow_domain::{CloudEvent, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect, Timestamp};
+use orderflow_domain::{Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect, Timestamp};
+use orderflow_messages::CloudEvent;
 
+use crate::messaging::InboxEntry;
 use crate::outbox::{OutboxMessage, OutboxStore};
 use crate::{BoxError, Page, ReadError};
 
@@ -59,15 +61,6 @@ pub enum PlaceError {
     /// The store failed.
     #[error("placing the order failed")]
     Unexpected(#[source] BoxError),
-}
-
-/// The message that caused a change, recorded so a redelivery is recognised.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct InboxEntry {
-    /// The message id.
-    pub message_id: String,
-    /// The consumer (queue) that processed it; the same message may legitimately reach several.
-    pub consumer: String,
 }
 
 /// One state change of an existing order, with everything it writes, atomically.

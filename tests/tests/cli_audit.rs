@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use orderflow_adapters::kafka::{KafkaAuditLog, KafkaSettings};
-use orderflow_domain::{CloudEvent, EventId};
+use orderflow_domain::EventId;
+use orderflow_messages::CloudEvent;
 use orderflow_ports::messaging::AuditLog;
 use serde_json::{Value, json};
 use uuid::Uuid;

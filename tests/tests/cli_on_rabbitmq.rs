@@ -12,7 +12,7 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -6,10 +6,9 @@ mod support;
 use chrono::Utc;
 use orderflow::dev::DevOptions;
 use orderflow_adapters::memory::BusSettings;
-use orderflow_domain::events::{ShipmentDelivered, ShipmentDeliveredV1, ShipmentShipped};
-use orderflow_domain::{
-    Carrier, CloudEvent, EventBody, EventId, OrderId, Payload, RoutingKey, ShipmentId, Source, TrackingNumber,
-};
+use orderflow_domain::{Carrier, EventId, OrderId, ShipmentId, TrackingNumber};
+use orderflow_messages::{CloudEvent, EventBody, Payload, RoutingKey, Source};
+use orderflow_messages::{ShipmentDelivered, ShipmentDeliveredV1, ShipmentShipped};
 use orderflow_ports::messaging::DeadLetter;
 use support::{Harness, SKU, eventually};
 use uuid::Uuid;

@@ -12,10 +12,9 @@ use anyhow::ensure;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
-use orderflow_domain::events::ShipmentShipped;
-use orderflow_domain::{
-    Carrier, CloudEvent, EventBody, EventId, OrderId, RoutingKey, ShipmentId, Source, TrackingNumber,
-};
+use orderflow_domain::{Carrier, EventId, OrderId, ShipmentId, TrackingNumber};
+use orderflow_messages::ShipmentShipped;
+use orderflow_messages::{CloudEvent, EventBody, RoutingKey, Source};
 use orderflow_ports::messaging::CommandPublisher;
 use processes::{Options, Services};
 use reqwest::{Method, StatusCode};

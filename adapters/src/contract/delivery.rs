@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orderflow_domain::events::{OrderCreated, ShipmentLine};
+use orderflow_domain::ShipmentOrder;
 use orderflow_domain::{
-    Carrier, CustomerId, EventId, OrderId, Quantity, Shipment, ShipmentEvent, ShipmentId, ShipmentStatus, Source, Step,
+    Carrier, CustomerId, EventId, OrderId, Quantity, Shipment, ShipmentEvent, ShipmentId, ShipmentStatus, Step,
     Timestamp, TrackingNumber,
 };
+use orderflow_messages::ShipmentLine;
+use orderflow_messages::Source;
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
@@ -20,11 +22,17 @@ use super::fixtures::{address, event_id, inbox, later, message_ids, sku};
 const LEASE: Duration = Duration::from_secs(60);
 
 fn delivery_messages(event: &ShipmentEvent, at: Timestamp) -> Vec<OutboxMessage> {
-    vec![OutboxMessage::from_outgoing(event.outgoing(), event_id(), Source::Delivery, at, None)]
+    vec![OutboxMessage::from_outgoing(
+        orderflow_messages::shipment_message(event),
+        event_id(),
+        Source::Delivery,
+        at,
+        None,
+    )]
 }
 
-fn paid_order(order_id: OrderId) -> OrderCreated {
-    OrderCreated {
+fn paid_order(order_id: OrderId) -> ShipmentOrder {
+    ShipmentOrder {
         order_id,
         customer_id: CustomerId::parse("alice").expect("a customer"),
         lines: vec![ShipmentLine { sku: sku("A-1"), quantity: Quantity::new(2).expect("a quantity") }],

@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 
 use chrono::{SubsecRound, Utc};
-use orderflow_domain::events::OrderCancelled;
 use orderflow_domain::{
-    Address, CloudEvent, Currency, CustomerId, EventBody, EventId, Money, Order, OrderEvent, OrderId, OrderRequest,
-    ProductName, Quantity, RawAddress, RoutingKey, Sku, Source, Step, StockEffect, Timestamp, TransitionError,
+    Address, Currency, CustomerId, EventId, Money, Order, OrderEvent, OrderId, OrderRequest, ProductName, Quantity,
+    RawAddress, Sku, Step, StockEffect, Timestamp, TransitionError,
 };
+use orderflow_messages::OrderCancelled;
+use orderflow_messages::{CloudEvent, EventBody, RoutingKey, Source};
+use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
-use orderflow_ports::sales::{IdempotencyRecord, InboxEntry, OrderChange, Placement};
+use orderflow_ports::sales::{IdempotencyRecord, OrderChange, Placement};
 use uuid::Uuid;
 
 /// Now, at the microsecond precision every store keeps (PostgreSQL's `timestamptz`), so what is written
@@ -59,8 +61,7 @@ pub fn later(base: Timestamp, seconds: i64) -> Timestamp {
 
 /// Wraps what a Sales event sends after it happened to `order` into outbox messages.
 pub fn sales_messages(event: &OrderEvent, order: &Order, at: Timestamp) -> Vec<OutboxMessage> {
-    event
-        .outgoing(order)
+    orderflow_messages::order_messages(event, order)
         .into_iter()
         .map(|o| OutboxMessage::from_outgoing(o, event_id(), Source::Sales, at, None))
         .collect()

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use orderflow_domain::events::OrderCreated;
-use orderflow_domain::{CloudEvent, CustomerId, EventId, OrderId, RoutingKey, Shipment, ShipmentId};
+use orderflow_domain::ShipmentOrder;
+use orderflow_domain::{CustomerId, EventId, OrderId, Shipment, ShipmentId};
+use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange};
 use orderflow_ports::messaging::{CommandPublisher, PublishError};
 use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxRelay, OutboxStore, RelaySettings};
@@ -83,7 +84,7 @@ impl OutboxFixture for DeliveryOutbox {
     }
 
     async fn write(&self, messages: Vec<OutboxMessage>) {
-        let order = OrderCreated {
+        let order = ShipmentOrder {
             order_id: OrderId::from_uuid(Uuid::now_v7()),
             customer_id: CustomerId::parse("outbox").expect("a customer"),
             lines: vec![],

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use orderflow_domain::events::CancelRequested;
-use orderflow_domain::{CloudEvent, EventBody, EventId, OrderId, Source};
+use orderflow_domain::{EventId, OrderId};
+use orderflow_messages::CancelRequested;
+use orderflow_messages::{CloudEvent, EventBody, Source};
 use orderflow_ports::messaging::AuditLog;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_domain::{CloudEvent, RoutingKey};
+use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::messaging::{
     AdminError, AuditLog, CommandConsumer, CommandPublisher, ConsumeError, ConsumerShutdown, DeadLetter,
     DeadLetterAdmin, DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError,

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use orderflow_domain::{CloudEvent, Money, Order, OrderId, ProductName, Sku, StockEffect, Timestamp};
+use orderflow_domain::{Money, Order, OrderId, ProductName, Sku, StockEffect, Timestamp};
+use orderflow_messages::CloudEvent;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{
     ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 use futures::StreamExt;
-use orderflow_domain::{CloudEvent, EventId, RoutingKey};
+use orderflow_domain::EventId;
+use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage};
 use orderflow_ports::{BoxError, ReadError};
 use tokio::sync::Notify;
@@ -76,7 +77,7 @@ pub(super) async fn insert(tx: &ClientWrapper, messages: &[OutboxMessage]) -> Re
 /// holds it (a redelivery: the change must not be applied again). No message, nothing to record.
 pub(super) async fn claim_inbox(
     tx: &ClientWrapper,
-    entry: Option<&orderflow_ports::sales::InboxEntry>,
+    entry: Option<&orderflow_ports::messaging::InboxEntry>,
 ) -> Result<bool, tokio_postgres::Error> {
     let Some(entry) = entry else { return Ok(true) };
     let statement = tx
@@ -89,8 +90,8 @@ pub(super) async fn claim_inbox(
 /// The entries among `entries` the inbox already holds (redeliveries), in one statement.
 pub(super) async fn inbox_seen<'a>(
     tx: &ClientWrapper,
-    entries: impl Iterator<Item = &'a orderflow_ports::sales::InboxEntry>,
-) -> Result<std::collections::HashSet<orderflow_ports::sales::InboxEntry>, tokio_postgres::Error> {
+    entries: impl Iterator<Item = &'a orderflow_ports::messaging::InboxEntry>,
+) -> Result<std::collections::HashSet<orderflow_ports::messaging::InboxEntry>, tokio_postgres::Error> {
     let (message_ids, consumers): (Vec<&str>, Vec<&str>) =
         entries.map(|e| (e.message_id.as_str(), e.consumer.as_str())).unzip();
     if message_ids.is_empty() {
@@ -106,14 +107,17 @@ pub(super) async fn inbox_seen<'a>(
         )
         .await?;
     let rows = tx.query(&statement, &[&message_ids, &consumers]).await?;
-    Ok(rows.iter().map(|r| orderflow_ports::sales::InboxEntry { message_id: r.get(0), consumer: r.get(1) }).collect())
+    Ok(rows
+        .iter()
+        .map(|r| orderflow_ports::messaging::InboxEntry { message_id: r.get(0), consumer: r.get(1) })
+        .collect())
 }
 
 /// Records `entries` in the inbox in one statement. One that another transaction recorded meanwhile
 /// means the same message was processed concurrently: an error, so the caller's transaction rolls back.
 pub(super) async fn record_inbox<'a>(
     tx: &ClientWrapper,
-    entries: impl Iterator<Item = &'a orderflow_ports::sales::InboxEntry>,
+    entries: impl Iterator<Item = &'a orderflow_ports::messaging::InboxEntry>,
 ) -> Result<(), BoxError> {
     let (message_ids, consumers): (Vec<&str>, Vec<&str>) =
         entries.map(|e| (e.message_id.as_str(), e.consumer.as_str())).unzip();

@@ -4,7 +4,8 @@
 
 use async_trait::async_trait;
 use deadpool_postgres::ClientWrapper;
-use orderflow_domain::{CloudEvent, Currency, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect};
+use orderflow_domain::{Currency, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect};
+use orderflow_messages::CloudEvent;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{
     ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_domain::{CloudEvent, EventId, Money, Order, OrderId, ProductName, Shipment, ShipmentId, Sku};
+use orderflow_domain::{EventId, Money, Order, OrderId, ProductName, Shipment, ShipmentId, Sku};
+use orderflow_messages::CloudEvent;
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
 use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{

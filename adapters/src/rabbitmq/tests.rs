@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use orderflow_domain::events::CancelRequested;
-use orderflow_domain::{CloudEvent, EventBody, EventId, OrderId, RoutingKey, Source};
+use orderflow_domain::{EventId, OrderId};
+use orderflow_messages::CancelRequested;
+use orderflow_messages::{CloudEvent, EventBody, RoutingKey, Source};
 use orderflow_ports::messaging::{
     CommandConsumer, CommandPublisher, DeadLetterAdmin, Delivery, HandlerOutcome, MessageHandler,
 };

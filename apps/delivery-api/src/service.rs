@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orderflow_domain::events::OrderCreated;
 use orderflow_domain::{
-    Carrier, EventId, OrderId, Outgoing, Shipment, ShipmentEvent, ShipmentId, ShipmentStatus, Source, Step, Timestamp,
+    Carrier, EventId, OrderId, Shipment, ShipmentEvent, ShipmentId, ShipmentOrder, ShipmentStatus, Step, Timestamp,
     TrackingNumber, TransitionError,
 };
+use orderflow_messages::{Outgoing, Source};
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::outbox::OutboxMessage;
-use orderflow_ports::sales::{ChangeError, ChangeOutcome, InboxEntry};
+use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::system::{Clock, IdGenerator};
 use orderflow_ports::{BoxError, Page, ReadError};
 use tokio::sync::Notify;
@@ -87,7 +88,7 @@ pub struct Advanced {
 /// A paid order to create the shipment of, with the message that asks for it.
 pub struct NewShipment {
     /// What Sales asked to ship.
-    pub order: OrderCreated,
+    pub order: ShipmentOrder,
     /// The message that asks for it.
     pub inbox: Option<InboxEntry>,
     /// The trace the creation continues.
@@ -190,7 +191,7 @@ impl DeliveryService {
     /// [`ShipmentFailure::Unexpected`] when the store fails.
     pub async fn create(
         &self,
-        order: OrderCreated,
+        order: ShipmentOrder,
         inbox: Option<InboxEntry>,
         traceparent: Option<String>,
     ) -> Result<Shipment, ShipmentFailure> {
@@ -201,7 +202,7 @@ impl DeliveryService {
         let change = ShipmentChange {
             shipment: shipment.clone(),
             expected_version: None,
-            messages: self.messages(event.outgoing(), now, traceparent),
+            messages: self.messages(orderflow_messages::shipment_message(&event), now, traceparent),
             inbox,
         };
         match self.store.save(change).await {
@@ -227,7 +228,8 @@ impl DeliveryService {
             .map(|new| {
                 let (shipment, event) =
                     Shipment::create(ShipmentId::from_uuid(self.ids.new_id()), new.order.clone(), now);
-                let messages = self.messages(event.outgoing(), now, new.traceparent.clone());
+                let messages =
+                    self.messages(orderflow_messages::shipment_message(&event), now, new.traceparent.clone());
                 ShipmentChange { shipment, expected_version: None, messages, inbox: new.inbox.clone() }
             })
             .collect();
@@ -281,7 +283,7 @@ impl DeliveryService {
             let change = ShipmentChange {
                 shipment: shipment.clone(),
                 expected_version: Some(version),
-                messages: self.messages(event.outgoing(), now, traceparent.clone()),
+                messages: self.messages(orderflow_messages::shipment_message(&event), now, traceparent.clone()),
                 inbox: inbox.clone(),
             };
             match self.store.save(change).await {
@@ -314,7 +316,7 @@ impl DeliveryService {
                     Ok(Step::Applied { state, event }) => Some(ShipmentChange {
                         shipment: state,
                         expected_version: Some(version),
-                        messages: self.messages(event.outgoing(), now, None),
+                        messages: self.messages(orderflow_messages::shipment_message(&event), now, None),
                         inbox: None,
                     }),
                     Ok(Step::Unchanged(_)) | Err(_) => None,

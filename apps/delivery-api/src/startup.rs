@@ -10,7 +10,7 @@ use futures::FutureExt;
 use orderflow_adapters::memory::InMemoryDeliveryStore;
 use orderflow_adapters::postgres::PgDeliveryStore;
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::delivery::DeliveryStore;
 use orderflow_ports::messaging::MessageHandler;
 use orderflow_ports::outbox::RelaySettings;

@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_domain::events::{CancelRequested, OrderCreated};
-use orderflow_domain::{CloudEvent, Payload};
+use orderflow_messages::{CancelRequested, OrderCreated};
+use orderflow_messages::{CloudEvent, Payload};
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 use tokio::time::Instant;
 
@@ -30,7 +30,7 @@ impl MessageHandler for OrderCommands {
             match creation.map(|event| (event.payload::<OrderCreated>(), event)) {
                 Some((Ok(order), event)) => {
                     let inbox = Some(delivery.inbox_entry(&event));
-                    created.push(NewShipment { order, inbox, traceparent: event.traceparent });
+                    created.push(NewShipment { order: order.into(), inbox, traceparent: event.traceparent });
                     batched.push(i);
                 }
                 _ => outcomes[i] = Some(self.handle(delivery).await),
@@ -51,7 +51,7 @@ impl MessageHandler for OrderCommands {
         let trace = event.traceparent.clone();
         let result = match event.event_type.as_str() {
             OrderCreated::TYPE => match event.payload::<OrderCreated>() {
-                Ok(order) => self.service.create(order, Some(inbox), trace).await.map(drop),
+                Ok(order) => self.service.create(order.into(), Some(inbox), trace).await.map(drop),
                 Err(e) => return HandlerOutcome::Permanent(e.to_string()),
             },
             CancelRequested::TYPE => match event.payload::<CancelRequested>() {
@@ -184,14 +184,15 @@ mod tests {
 
     use orderflow_adapters::memory::{InMemoryDeliveryStore, TokioClock};
     use orderflow_adapters::system::UuidV7Ids;
-    use orderflow_domain::events::{OrderCreated, ShipmentLine};
+    use orderflow_domain::ShipmentOrder;
     use orderflow_domain::{Address, CustomerId, OrderId, Quantity, RawAddress, Shipment, Sku};
+    use orderflow_messages::ShipmentLine;
 
     use super::{AutopilotSettings, autopilot};
     use crate::service::{DeliveryService, Target};
 
-    fn paid_order() -> OrderCreated {
-        OrderCreated {
+    fn paid_order() -> ShipmentOrder {
+        ShipmentOrder {
             order_id: OrderId::from_uuid(uuid::Uuid::now_v7()),
             customer_id: CustomerId::parse("autopilot-test").expect("valid"),
             lines: vec![ShipmentLine {

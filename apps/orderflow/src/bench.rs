@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use orderflow_adapters::postgres::{PgSalesStore, PgSettings};
 use orderflow_domain::{
-    Address, Currency, CustomerId, EventId, Money, Order, OrderId, OrderRequest, ProductName, Quantity, RawAddress,
-    Sku, Source,
+    Address, Currency, CustomerId, EventId, Money, Order, OrderId, OrderRequest, ProductName, Quantity, RawAddress, Sku,
 };
+use orderflow_messages::Source;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{IdempotencyRecord, PlaceOutcome, Placement, SalesStore};
 use rand::rngs::SmallRng;
@@ -279,8 +279,7 @@ fn placement(request: OrderRequest, price: Money, idempotency: bool) -> anyhow::
     let now = chrono::Utc::now();
     let id = OrderId::from_uuid(Uuid::now_v7());
     let (order, event) = Order::place(id, request, |_| Some(price), now)?;
-    let messages = event
-        .outgoing(&order)
+    let messages = orderflow_messages::order_messages(&event, &order)
         .into_iter()
         .map(|o| OutboxMessage::from_outgoing(o, EventId::from_uuid(Uuid::now_v7()), Source::Sales, now, None))
         .collect();

@@ -15,10 +15,9 @@ use delivery_api::workers::OrderCommands;
 use orderflow_adapters::postgres::{PgDeliveryStore, PgSettings};
 use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
-use orderflow_domain::events::{OrderCreated, ShipmentLine};
-use orderflow_domain::{
-    Address, CloudEvent, CustomerId, EventBody, EventId, OrderId, Quantity, RawAddress, RoutingKey, Sku, Source,
-};
+use orderflow_domain::{Address, CustomerId, EventId, OrderId, Quantity, RawAddress, Sku};
+use orderflow_messages::{CloudEvent, EventBody, RoutingKey, Source};
+use orderflow_messages::{OrderCreated, ShipmentLine};
 use orderflow_ports::messaging::{CommandConsumer, CommandPublisher, Delivery, HandlerOutcome, MessageHandler};
 use tokio_postgres::NoTls;
 use uuid::Uuid;

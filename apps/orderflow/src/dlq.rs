@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::messaging::{DeadLetter, DeadLetterAdmin};
 use serde_json::json;
 

@@ -6,7 +6,7 @@
 /// # Errors
 /// Never in practice: the schemas are plain JSON values.
 pub fn events() -> serde_json::Result<String> {
-    serde_json::to_string_pretty(&orderflow_domain::events::payload_schemas())
+    serde_json::to_string_pretty(&orderflow_messages::payload_schemas())
 }
 
 #[cfg(test)]

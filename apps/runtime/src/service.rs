@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::BoxError;
 use orderflow_ports::messaging::{CommandConsumer, MessageHandler};
 use orderflow_ports::outbox::{OutboxRelay, OutboxStore, RelaySettings};

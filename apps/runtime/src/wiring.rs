@@ -12,7 +12,7 @@ use orderflow_adapters::memory::{InMemoryAuditLog, InMemoryBus, InMemoryOrderCac
 use orderflow_adapters::postgres::PgSettings;
 use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
 use orderflow_adapters::redis::{ConnectionManager, RedisOrderCache, RedisRateLimiter};
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::BoxError;
 use orderflow_ports::cache::OrderCache;
 use orderflow_ports::messaging::{AuditLog, CommandConsumer, CommandPublisher, DeadLetterAdmin};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_adapters::metrics::OVERLOADED;
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::messaging::CommandConsumer;
 use orderflow_ports::outbox::{Backlog, OutboxStore};
 use orderflow_ports::system::HealthCheck;

@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use orderflow_domain::{
-    Carrier, CloudEvent, EventId, IdempotencyKey, Money, Order, OrderEvent, OrderId, OrderRequest, OrderStatus,
-    Outgoing, PaymentOutcome, PricingError, ProductName, Sku, Source, Step, StockEffect, Timestamp, TrackingNumber,
-    TransitionError,
+    Carrier, EventId, IdempotencyKey, Money, Order, OrderEvent, OrderId, OrderRequest, OrderStatus, PaymentOutcome,
+    PricingError, ProductName, Sku, Step, StockEffect, Timestamp, TrackingNumber, TransitionError,
 };
+use orderflow_messages::{CloudEvent, Outgoing, Source};
 use orderflow_ports::cache::OrderCache;
+use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::payment::{PaymentError, PaymentGateway};
 use orderflow_ports::sales::{
-    ChangeError, ChangeOutcome, IdempotencyRecord, InboxEntry, OrderChange, OrderQuery, PlaceError, PlaceOutcome,
-    Placement, Product, PutProductError, SalesStore,
+    ChangeError, ChangeOutcome, IdempotencyRecord, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement,
+    Product, PutProductError, SalesStore,
 };
 use orderflow_ports::system::{Clock, IdGenerator};
 use orderflow_ports::{BoxError, Page, ReadError};
@@ -226,7 +227,7 @@ impl SalesService {
         let now = self.clock.now();
         let id = OrderId::from_uuid(self.ids.new_id());
         let (order, event) = Order::place(id, request, |sku| prices.get(sku).copied(), now)?;
-        let messages = self.messages(event.outgoing(&order), now, traceparent);
+        let messages = self.messages(orderflow_messages::order_messages(&event, &order), now, traceparent);
         let idempotency = idempotency.map(|i| IdempotencyRecord {
             client: i.client,
             key: i.key.as_str().to_owned(),
@@ -466,7 +467,7 @@ impl SalesService {
             };
             let change = OrderChange {
                 stock: StockEffect::between(Some(from), order.status),
-                messages: self.messages(event.outgoing(&order), now, traceparent.clone()),
+                messages: self.messages(orderflow_messages::order_messages(&event, &order), now, traceparent.clone()),
                 expected_version: version,
                 inbox: inbox.clone(),
                 order: order.clone(),
@@ -523,7 +524,11 @@ impl SalesService {
                     Ok(Step::Applied { state, event }) => {
                         changes.push(OrderChange {
                             stock: StockEffect::between(Some(from), state.status),
-                            messages: self.messages(event.outgoing(&state), now, t.traceparent.clone()),
+                            messages: self.messages(
+                                orderflow_messages::order_messages(&event, &state),
+                                now,
+                                t.traceparent.clone(),
+                            ),
                             expected_version: version,
                             inbox: t.inbox.clone(),
                             order: state,

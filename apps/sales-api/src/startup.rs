@@ -12,7 +12,7 @@ use futures::FutureExt;
 use orderflow_adapters::memory::InMemorySalesStore;
 use orderflow_adapters::postgres::PgSalesStore;
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::cache::OrderCache;
 use orderflow_ports::messaging::MessageHandler;
 use orderflow_ports::outbox::{OutboxStore, RelaySettings};

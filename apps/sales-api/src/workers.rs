@@ -3,12 +3,12 @@
 //! a use case's input and settles each by the use case's verdict; the rules live in the use cases.
 
 use async_trait::async_trait;
-use orderflow_domain::events::{
+use orderflow_messages::{CloudEvent, DecodeError, Payload};
+use orderflow_messages::{
     PaymentRequested, ShipmentCancelled, ShipmentDelivered, ShipmentDeliveredV1, ShipmentShipped,
 };
-use orderflow_domain::{CloudEvent, DecodeError, Payload};
+use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
-use orderflow_ports::sales::InboxEntry;
 
 use crate::service::{PaymentRequest, Report, Reported, SalesService, SettleFailure};
 

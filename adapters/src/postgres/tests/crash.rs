@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::outbox::{Destination, OutboxStore};
 use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome, SalesStore};
 use tokio::task::JoinSet;

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use orderflow_domain::{Carrier, CloudEvent, EventId, Order, PaymentOutcome, RoutingKey, TrackingNumber};
+use orderflow_domain::{Carrier, EventId, Order, PaymentOutcome, TrackingNumber};
+use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::messaging::{AuditLog, CommandPublisher, PublishError};
 use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxRelay, OutboxStore, RelaySettings};
 use orderflow_ports::sales::{ChangeOutcome, PlaceOutcome, SalesStore};

@@ -4,7 +4,7 @@ mod shipments;
 
 use std::sync::Arc;
 
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::messaging::DeadLetterAdmin;
 use orderflow_runtime::http::DlqApi;
 use poem_openapi::OpenApi;

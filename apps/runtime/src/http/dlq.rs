@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::messaging::{AdminError, DeadLetter, DeadLetterAdmin};
 use poem::http::StatusCode;
 use poem_openapi::param::{Path, Query};

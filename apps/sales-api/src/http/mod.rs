@@ -6,7 +6,7 @@ mod products;
 
 use std::sync::Arc;
 
-use orderflow_domain::RoutingKey;
+use orderflow_messages::RoutingKey;
 use orderflow_ports::ReadError;
 use orderflow_ports::messaging::DeadLetterAdmin;
 use orderflow_runtime::http::{DlqApi, Problem};
