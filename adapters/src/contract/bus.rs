@@ -483,22 +483,30 @@ pub async fn a_poison_delivery_in_a_batch_is_dead_lettered_alone_and_the_rest_ac
     assert_eq!(waiting(bus.as_ref(), QUEUE).await, 0, "the rest acknowledged");
 }
 
-/// Peeking shows dead letters oldest first, up to the limit, and leaves them in place; each queue's dead
-/// letters are its own.
+/// Peeking shows dead letters oldest first, up to the limit, and leaves them in the dead-letter queue;
+/// each queue's dead letters are its own.
 pub async fn dead_letters_are_peeked_oldest_first_and_left_in_place(fixture: Arc<dyn BusFixture>) {
     let bus = fixture.bus(BusOptions::quick().prefetch(1)).await;
     let handler = Recorder::new(Answer::Permanent("cannot be handled".into()));
     let consumer = consume(&bus, QUEUE, handler.clone());
     let events = publish(bus.as_ref(), QUEUE, 3).await;
     dead_letters_reach(bus.as_ref(), QUEUE, 3).await;
-
-    let first_two = peek(bus.as_ref(), QUEUE, 2).await;
     let letter_ids = |letters: &[DeadLetter]| letters.iter().map(|l| l.message_id.clone()).collect::<Vec<_>>();
-    assert_eq!(letter_ids(&first_two), ids(&events[..2]).into_iter().map(Some).collect::<Vec<_>>());
+    let sent = |events: &[CloudEvent]| ids(events).into_iter().map(Some).collect::<Vec<_>>();
+
     let all = peek(bus.as_ref(), QUEUE, 10).await;
-    assert_eq!(letter_ids(&all), ids(&events).into_iter().map(Some).collect::<Vec<_>>(), "peeking removed none");
+    let first_two = peek(bus.as_ref(), QUEUE, 2).await;
+
+    assert_eq!(letter_ids(&all), sent(&events), "all of them, oldest first");
+    assert_eq!(letter_ids(&first_two), sent(&events[..2]), "the oldest two");
     // A quorum queue applies the requeue of peeked letters through its log: the depth catches up shortly.
     dead_letters_reach(bus.as_ref(), QUEUE, 3).await;
+    // Only the set is compared: RabbitMQ 3.x quorum queues put what a partial peek requeued at the back.
+    let mut after = letter_ids(&peek(bus.as_ref(), QUEUE, 10).await);
+    after.sort();
+    let mut expected = sent(&events);
+    expected.sort();
+    assert_eq!(after, expected, "peeking removed none");
     assert!(peek(bus.as_ref(), OTHER, 10).await.is_empty(), "another queue has none");
     stop(bus.as_ref(), [consumer]).await;
 }
