@@ -1,11 +1,16 @@
-//! Contract test suites of the store ports: the `# Errors` docs of `SalesStore`, `DeliveryStore` and
-//! `OutboxStore` turned into checks that every adapter (in-memory now, PostgreSQL later) runs unchanged.
-//! Public behind the `contract` feature so an adapter's tests anywhere can run them; each macro expands to
-//! one `#[tokio::test]` per check, named after it.
+//! Contract test suites of the ports: the docs of the store ports (`SalesStore`, `DeliveryStore`,
+//! `OutboxStore`), the command bus, the order cache, the rate limiter and the audit log turned into checks
+//! that the in-memory adapter and the real one both run unchanged, so a swap-in behaves like what it
+//! stands in for. Public behind the `contract` feature so an adapter's tests anywhere can run them; each
+//! macro expands to one `#[tokio::test]` per check, named after it.
 
+pub mod audit;
+pub mod bus;
+pub mod cache;
 pub mod delivery;
 pub mod fixtures;
 pub mod outbox;
+pub mod rate_limit;
 pub mod sales;
 
 /// Expands to one `#[tokio::test]` per [`contract::sales`](crate::contract::sales) check, each run on a
@@ -79,6 +84,75 @@ macro_rules! outbox_store_contract {
     };
 }
 
+/// Expands to one `#[tokio::test]` per [`contract::bus`](crate::contract::bus) check, each run on a fresh
+/// fixture made by `$new`: a closure returning a future of an `impl BusFixture + 'static`, e.g.
+/// `command_bus_contract!(|| async { InMemoryBusFixture });`.
+#[macro_export]
+macro_rules! command_bus_contract {
+    ($new:expr) => {
+        $crate::__contract_tests!(bus, $new;
+            published_commands_reach_the_consumer_in_publish_order,
+            publish_all_confirms_each_command_and_keeps_their_order,
+            messages_wait_in_their_queue_until_a_consumer_takes_them,
+            deliveries_being_handled_are_not_waiting_and_the_rest_are,
+            a_done_delivery_is_not_redelivered,
+            a_transient_failure_climbs_the_retry_ladder_then_is_dead_lettered,
+            a_transient_failure_is_retried_until_it_succeeds,
+            a_permanent_failure_is_dead_lettered_without_retries,
+            a_dead_letter_keeps_at_most_1000_characters_of_the_error,
+            a_poison_delivery_in_a_batch_is_dead_lettered_alone_and_the_rest_acknowledged,
+            dead_letters_are_peeked_oldest_first_and_left_in_place,
+            replayed_dead_letters_are_consumed_again_with_their_retry_count_reset,
+            purging_deletes_every_dead_letter_of_the_queue,
+            shutting_down_waits_for_the_delivery_in_flight_and_acknowledges_it,
+            a_delivery_failing_during_shutdown_is_still_retried,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per [`contract::cache`](crate::contract::cache) check, each run on a
+/// fresh, empty cache made by `$new` (a closure returning a future of an `impl OrderCache + 'static`),
+/// e.g. `order_cache_contract!(|| async { InMemoryOrderCache::new() });`.
+#[macro_export]
+macro_rules! order_cache_contract {
+    ($new:expr) => {
+        $crate::__contract_tests!(cache, $new;
+            a_cached_order_reads_back_equal_and_an_unknown_one_is_a_miss,
+            put_if_newer_never_replaces_a_newer_version_with_an_older_or_equal_one,
+            concurrent_puts_in_random_order_leave_the_newest_version_cached,
+            a_read_right_after_each_write_sees_it_even_while_stale_readers_put_older_states,
+            invalidate_drops_the_entry_and_the_next_put_repopulates_it,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per [`contract::rate_limit`](crate::contract::rate_limit) check, each
+/// run on a fresh fixture made by `$new` (a closure returning a future of an
+/// `impl LimiterFixture + 'static`).
+#[macro_export]
+macro_rules! rate_limiter_contract {
+    ($new:expr) => {
+        $crate::__contract_tests!(rate_limit, $new;
+            a_burst_is_allowed_then_limited_for_one_requests_refill_and_other_clients_are_unaffected,
+            requests_refill_at_the_configured_rate_up_to_the_burst,
+            concurrent_checks_allow_exactly_the_burst,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per [`contract::audit`](crate::contract::audit) check, each run on a
+/// fresh fixture made by `$new` (a closure returning a future of an `impl AuditFixture + 'static`).
+#[macro_export]
+macro_rules! audit_log_contract {
+    ($new:expr) => {
+        $crate::__contract_tests!(audit, $new;
+            every_appended_event_reads_back_once_keyed_by_its_order_in_append_order,
+            one_orders_records_read_back_alone_in_append_order,
+            concurrent_appends_of_different_orders_keep_each_orders_order,
+        );
+    };
+}
+
 /// The shared expansion of the contract macros: one multi-threaded `#[tokio::test]` per check.
 #[doc(hidden)]
 #[macro_export]
@@ -120,5 +194,23 @@ mod in_memory {
         use crate::memory::InMemoryDeliveryStore;
 
         crate::outbox_store_contract!(|| async { DeliveryOutbox::new(InMemoryDeliveryStore::new()) });
+    }
+
+    mod bus {
+        crate::command_bus_contract!(|| async { crate::contract::bus::InMemoryBusFixture });
+    }
+
+    mod cache {
+        use crate::memory::InMemoryOrderCache;
+
+        crate::order_cache_contract!(|| async { InMemoryOrderCache::new() });
+    }
+
+    mod rate_limit {
+        crate::rate_limiter_contract!(|| async { crate::contract::rate_limit::InMemoryLimiterFixture });
+    }
+
+    mod audit {
+        crate::audit_log_contract!(|| async { crate::contract::audit::InMemoryAuditFixture::default() });
     }
 }

@@ -117,6 +117,9 @@ impl CommandPublisher for InMemoryBus {
     }
 }
 
+/// The most of a handler's error a dead letter keeps, as docs/design.md says of `x-error`.
+const MAX_ERROR_CHARS: usize = 1000;
+
 /// What settling a delivery of one queue needs: its queue for retries, the dead letters, the delays.
 struct Settle {
     queue: RoutingKey,
@@ -153,6 +156,8 @@ impl Settle {
             HandlerOutcome::Permanent(error) => error,
         };
         tracing::error!(queue = queue.as_str(), retries = delivery.retries, %error, "dead-lettered");
+        // As the broker's `x-error` header: at most 1000 characters.
+        let error = error.chars().take(MAX_ERROR_CHARS).collect();
         counted("dead_lettered");
         lock(&self.dead_letters).push(DeadLetter {
             message_id: delivery.message_id,
@@ -175,9 +180,18 @@ impl CommandConsumer for InMemoryBus {
         let prefetch = self.settings.prefetch.max(1);
         // As the RabbitMQ consumer does: what has arrived together is one batch, up to half the prefetch.
         let most = (prefetch / 2).max(1);
+        // A permit per delivery taken off the queue, held until it is settled: as a broker's prefetch, no
+        // more than `prefetch` deliveries are out of the queue at once, and the rest count as waiting.
         let permits = Arc::new(Semaphore::new(prefetch));
         let mut running = self.shutdown.register();
         loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = running.stopping.wait_for(|stop| *stop) => break,
+            };
             let first = tokio::select! {
                 delivery = receiver.recv() => match delivery {
                     Some(delivery) => delivery,
@@ -185,16 +199,18 @@ impl CommandConsumer for InMemoryBus {
                 },
                 _ = running.stopping.wait_for(|stop| *stop) => break,
             };
-            let mut batch = vec![first];
+            let (mut batch, mut permit) = (vec![first], permit);
             while batch.len() < most {
+                let Ok(more) = Arc::clone(&permits).try_acquire_owned() else { break };
                 match receiver.try_recv() {
-                    Ok(delivery) => batch.push(delivery),
+                    Ok(delivery) => {
+                        permit.merge(more);
+                        batch.push(delivery);
+                    }
                     Err(_) => break,
                 }
             }
             sender.waiting.fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            let size = u32::try_from(batch.len()).unwrap_or(u32::MAX);
-            let Ok(permit) = Arc::clone(&permits).acquire_many_owned(size).await else { break };
             let settle = Settle {
                 queue,
                 sender: sender.clone(),
@@ -206,7 +222,6 @@ impl CommandConsumer for InMemoryBus {
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
                 let outcomes = handler.handle_batch(&batch).await;
-                drop(permit);
                 let elapsed = started.elapsed().as_secs_f64();
                 let mut outcomes = outcomes.into_iter();
                 for delivery in batch {
@@ -216,10 +231,18 @@ impl CommandConsumer for InMemoryBus {
                     });
                     settle.settle(delivery, outcome).await;
                 }
+                // Released only once every delivery is settled, so a shutdown waiting for the permits
+                // returns after the settling, as the broker's consumer acks before it returns.
+                drop(permit);
             });
         }
-        // Wait until every handler in flight has finished (each holds a permit while it runs).
+        // Wait until every delivery in flight is handled and settled (each holds its permits until then).
         let _ = permits.acquire_many(u32::try_from(prefetch).unwrap_or(u32::MAX)).await;
+        // Give the queue its receiver back, as a broker keeps a queue without consumers: what is still
+        // queued, and retries of deliveries settled above, wait there instead of being dropped.
+        if let Some(entry) = lock(&self.queues).get_mut(&queue) {
+            entry.receiver = Some(receiver);
+        }
         Ok(())
     }
 
@@ -300,92 +323,5 @@ impl AuditLog for InMemoryAuditLog {
     async fn append(&self, event: &CloudEvent) -> Result<(), PublishError> {
         lock(&self.events).push(event.clone());
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-    use crate::system::SystemClock;
-
-    struct FailTimes {
-        calls: AtomicU32,
-        transient_until: u32,
-        permanent: bool,
-    }
-
-    #[async_trait]
-    impl MessageHandler for FailTimes {
-        async fn handle(&self, _: &Delivery) -> HandlerOutcome {
-            let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            if self.permanent {
-                HandlerOutcome::Permanent("bad".into())
-            } else if n < self.transient_until {
-                HandlerOutcome::Transient("down".into())
-            } else {
-                HandlerOutcome::Done
-            }
-        }
-    }
-
-    fn bus() -> Arc<InMemoryBus> {
-        let settings = BusSettings { retry_delays: vec![Duration::from_millis(1); 3], prefetch: 4 };
-        Arc::new(InMemoryBus::new(settings, Arc::new(SystemClock)))
-    }
-
-    async fn run(bus: &Arc<InMemoryBus>, handler: Arc<FailTimes>) {
-        let consumer = Arc::clone(bus);
-        tokio::spawn(async move { consumer.consume(RoutingKey::OrdersCreated, handler).await });
-        bus.send_raw(RoutingKey::OrdersCreated, Some("m-1".into()), b"{}".to_vec());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    #[tokio::test]
-    async fn a_transient_failure_is_retried_until_it_succeeds() {
-        let bus = bus();
-        let handler = Arc::new(FailTimes { calls: AtomicU32::new(0), transient_until: 2, permanent: false });
-        run(&bus, Arc::clone(&handler)).await;
-        assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
-        assert!(bus.dead_letters().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_message_failing_after_the_last_retry_is_dead_lettered() {
-        let bus = bus();
-        let handler = Arc::new(FailTimes { calls: AtomicU32::new(0), transient_until: u32::MAX, permanent: false });
-        run(&bus, Arc::clone(&handler)).await;
-        assert_eq!(handler.calls.load(Ordering::SeqCst), 4);
-        let dead = bus.dead_letters();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].retries, 3);
-        assert_eq!(dead[0].message_id.as_deref(), Some("m-1"));
-    }
-
-    #[tokio::test]
-    async fn a_permanent_failure_is_dead_lettered_without_retries() {
-        let bus = bus();
-        let handler = Arc::new(FailTimes { calls: AtomicU32::new(0), transient_until: 0, permanent: true });
-        run(&bus, Arc::clone(&handler)).await;
-        assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
-        assert_eq!(bus.dead_letters()[0].retries, 0);
-    }
-
-    #[tokio::test]
-    async fn messages_wait_in_a_queue_until_its_consumer_takes_them() {
-        let bus = bus();
-        for i in 0..3 {
-            bus.send_raw(RoutingKey::OrdersCreated, Some(format!("m-{i}")), b"{}".to_vec());
-        }
-        let before = bus.waiting(RoutingKey::OrdersCreated).await.unwrap();
-        let elsewhere = bus.waiting(RoutingKey::OrdersShipped).await.unwrap();
-        let handler = Arc::new(FailTimes { calls: AtomicU32::new(0), transient_until: 0, permanent: false });
-        run(&bus, Arc::clone(&handler)).await;
-
-        assert_eq!(before, 3, "three sent, none taken");
-        assert_eq!(elsewhere, 0, "another queue holds none");
-        assert_eq!(handler.calls.load(Ordering::SeqCst), 4, "the three and the one `run` sends");
-        assert_eq!(bus.waiting(RoutingKey::OrdersCreated).await.unwrap(), 0, "all taken");
     }
 }

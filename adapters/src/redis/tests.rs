@@ -1,18 +1,21 @@
 //! The Redis adapters against a real server (`TEST_REDIS_URL`, else 127.0.0.1:6379), each test under its own
-//! key prefix, deleted at the end; and against a port nothing listens on, for the Redis-down behaviour.
+//! key prefix, deleted at the end: the order-cache and rate-limiter contract suites, then what only Redis
+//! has (expiry, entries another build wrote, key prefixes), and against a port nothing listens on, the
+//! Redis-down behaviour.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::ConnectionManager;
+use async_trait::async_trait;
 use chrono::{SubsecRound, Utc};
-use orderflow_domain::{
-    Address, Currency, CustomerId, Money, Order, OrderId, OrderRequest, OrderStatus, Quantity, RawAddress, Sku,
-};
+use orderflow_domain::{Address, Currency, CustomerId, Money, Order, OrderId, OrderRequest, Quantity, RawAddress, Sku};
 use orderflow_ports::cache::{CacheError, OrderCache};
 use orderflow_ports::rate_limit::{RateDecision, RateLimitError, RateLimiter};
-use rand::seq::SliceRandom;
 use uuid::Uuid;
+
+use crate::contract::rate_limit::LimiterFixture;
 
 use super::{RedisConnectError, RedisOrderCache, RedisRateLimiter, connect, connect_lazy, ping};
 
@@ -69,6 +72,88 @@ impl TestRedis {
     }
 }
 
+/// Deletes every key under a prefix when dropped, from a thread of its own (a drop cannot await, and may run
+/// inside the test's runtime).
+struct PrefixCleanup {
+    prefix: String,
+}
+
+impl Drop for PrefixCleanup {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let cleaned = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(async {
+                let manager = connect(&redis_url()).await.expect("the test Redis answers");
+                TestRedis { manager, prefix }.clean_up().await;
+            });
+        })
+        .join();
+        if cleaned.is_err() {
+            eprintln!("could not delete the test keys under {}", self.prefix);
+        }
+    }
+}
+
+/// A Redis cache under a prefix of its own, deleted when dropped.
+struct IsolatedCache {
+    cache: RedisOrderCache,
+    _cleanup: PrefixCleanup,
+}
+
+impl IsolatedCache {
+    async fn new() -> Self {
+        let redis = TestRedis::new().await;
+        let cache = redis.cache(Duration::from_secs(60));
+        Self { cache, _cleanup: PrefixCleanup { prefix: redis.prefix } }
+    }
+}
+
+#[async_trait]
+impl OrderCache for IsolatedCache {
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, CacheError> {
+        self.cache.get(id).await
+    }
+    async fn put_if_newer(&self, order: &Order) -> Result<(), CacheError> {
+        self.cache.put_if_newer(order).await
+    }
+    async fn invalidate(&self, id: OrderId) -> Result<(), CacheError> {
+        self.cache.invalidate(id).await
+    }
+}
+
+mod cache_contract {
+    crate::order_cache_contract!(|| async { super::IsolatedCache::new().await });
+}
+
+/// Redis limiters, each under a prefix of its own, all deleted when the fixture is dropped.
+struct RedisLimiters {
+    manager: ConnectionManager,
+    prefix: String,
+    _cleanup: PrefixCleanup,
+    made: AtomicU32,
+}
+
+impl RedisLimiters {
+    async fn new() -> Self {
+        let redis = TestRedis::new().await;
+        let cleanup = PrefixCleanup { prefix: redis.prefix.clone() };
+        Self { manager: redis.manager, prefix: redis.prefix, _cleanup: cleanup, made: AtomicU32::new(0) }
+    }
+}
+
+impl LimiterFixture for RedisLimiters {
+    fn limiter(&self, per_minute: u32, burst: u32) -> Arc<dyn RateLimiter> {
+        let n = self.made.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{}:{n}", self.prefix);
+        Arc::new(RedisRateLimiter::new(self.manager.clone(), per_minute, burst, prefix))
+    }
+}
+
+mod rate_limiter_contract {
+    crate::rate_limiter_contract!(|| async { super::RedisLimiters::new().await });
+}
+
 fn an_order() -> Order {
     let address = Address::parse(RawAddress {
         name: "Ada Lovelace",
@@ -89,105 +174,7 @@ fn an_order() -> Order {
     Order::place(OrderId::from_uuid(Uuid::now_v7()), request, |_| Some(price), Utc::now().trunc_subsecs(6)).unwrap().0
 }
 
-fn at_version(order: &Order, version: u32) -> Order {
-    Order { version, ..order.clone() }
-}
-
-// --- the order cache -----------------------------------------------------------------------------------------
-
-#[tokio::test]
-async fn a_cached_order_reads_back_equal_and_an_unknown_one_is_a_miss() {
-    let redis = TestRedis::new().await;
-    let cache = redis.cache(Duration::from_secs(60));
-    let order = an_order();
-
-    cache.put_if_newer(&order).await.unwrap();
-
-    assert_eq!(cache.get(order.id).await.unwrap(), Some(order));
-    assert_eq!(cache.get(OrderId::from_uuid(Uuid::now_v7())).await.unwrap(), None);
-    redis.clean_up().await;
-}
-
-#[tokio::test]
-async fn put_if_newer_never_replaces_a_newer_version_with_an_older_or_equal_one() {
-    let redis = TestRedis::new().await;
-    let cache = redis.cache(Duration::from_secs(60));
-    let order = an_order();
-    let v2 = Order { status: OrderStatus::PendingShipment, ..at_version(&order, 2) };
-
-    cache.put_if_newer(&v2).await.unwrap();
-    cache.put_if_newer(&at_version(&order, 1)).await.unwrap();
-    cache.put_if_newer(&Order { status: OrderStatus::Cancelled, ..at_version(&order, 2) }).await.unwrap();
-    assert_eq!(cache.get(order.id).await.unwrap(), Some(v2), "older and equal versions must not replace v2");
-
-    let v3 = Order { status: OrderStatus::Shipped, ..at_version(&order, 3) };
-    cache.put_if_newer(&v3).await.unwrap();
-    assert_eq!(cache.get(order.id).await.unwrap(), Some(v3), "a newer version replaces the cached one");
-    redis.clean_up().await;
-}
-
-#[tokio::test]
-async fn concurrent_puts_in_random_order_leave_the_newest_version_cached() {
-    let redis = TestRedis::new().await;
-    let cache = Arc::new(redis.cache(Duration::from_secs(60)));
-    let order = an_order();
-    let mut versions: Vec<u32> = (1..=50).collect();
-    versions.shuffle(&mut rand::rng());
-
-    let tasks: Vec<_> = versions
-        .into_iter()
-        .map(|version| {
-            let (cache, order) = (Arc::clone(&cache), at_version(&order, version));
-            tokio::spawn(async move { cache.put_if_newer(&order).await })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap().unwrap();
-    }
-
-    assert_eq!(cache.get(order.id).await.unwrap().map(|cached| cached.version), Some(50));
-    redis.clean_up().await;
-}
-
-#[tokio::test]
-async fn a_read_right_after_each_write_sees_it_even_while_stale_readers_put_older_states() {
-    let redis = TestRedis::new().await;
-    let cache = Arc::new(redis.cache(Duration::from_secs(60)));
-    let mut order = an_order();
-
-    for version in 2..=1001 {
-        // A reader that loaded the previous state from the store races the writer's write-through.
-        let stale = at_version(&order, version - 1);
-        let reader = {
-            let cache = Arc::clone(&cache);
-            tokio::spawn(async move { cache.put_if_newer(&stale).await })
-        };
-        order.version = version;
-        cache.put_if_newer(&order).await.unwrap();
-
-        let seen = cache.get(order.id).await.unwrap().map(|cached| cached.version);
-        assert_eq!(seen, Some(version), "a read right after committing v{version} must see it");
-        reader.await.unwrap().unwrap();
-        assert_eq!(cache.get(order.id).await.unwrap().map(|cached| cached.version), Some(version));
-    }
-    redis.clean_up().await;
-}
-
-#[tokio::test]
-async fn invalidate_drops_the_entry_and_the_next_put_repopulates_it() {
-    let redis = TestRedis::new().await;
-    let cache = redis.cache(Duration::from_secs(60));
-    let order = an_order();
-    cache.put_if_newer(&order).await.unwrap();
-
-    cache.invalidate(order.id).await.unwrap();
-    assert_eq!(cache.get(order.id).await.unwrap(), None);
-    cache.invalidate(order.id).await.unwrap();
-
-    cache.put_if_newer(&order).await.unwrap();
-    assert_eq!(cache.get(order.id).await.unwrap(), Some(order));
-    redis.clean_up().await;
-}
+// --- the order cache, beyond the contract --------------------------------------------------------------------
 
 #[tokio::test]
 async fn entries_expire_after_the_ttl() {
@@ -226,67 +213,7 @@ async fn an_undecodable_entry_is_a_miss_and_is_dropped() {
     redis.clean_up().await;
 }
 
-// --- the rate limiter ----------------------------------------------------------------------------------------
-
-#[tokio::test]
-async fn a_burst_above_the_limit_is_limited_for_one_tokens_time_and_other_clients_are_unaffected() {
-    let redis = TestRedis::new().await;
-    let limiter = redis.limiter(60, 3);
-
-    for expected in [2, 1, 0] {
-        assert_eq!(limiter.check("a").await.unwrap(), RateDecision::Allowed { remaining: expected });
-    }
-    let RateDecision::Limited { retry_after } = limiter.check("a").await.unwrap() else {
-        panic!("the fourth request in a burst of three must be limited");
-    };
-
-    // One token takes 1 s at 60/min; a few ms have passed since the burst.
-    assert!(retry_after > Duration::from_millis(800) && retry_after <= Duration::from_secs(1), "{retry_after:?}");
-    assert_eq!(limiter.check("b").await.unwrap(), RateDecision::Allowed { remaining: 2 });
-    redis.clean_up().await;
-}
-
-#[tokio::test]
-async fn tokens_refill_at_the_configured_rate() {
-    let redis = TestRedis::new().await;
-    let limiter = redis.limiter(600, 2); // one token per 100 ms
-    limiter.check("a").await.unwrap();
-    limiter.check("a").await.unwrap();
-    let RateDecision::Limited { retry_after } = limiter.check("a").await.unwrap() else {
-        panic!("the burst is spent");
-    };
-    assert!(retry_after <= Duration::from_millis(100), "{retry_after:?}");
-
-    tokio::time::sleep(retry_after + Duration::from_millis(20)).await;
-    assert_eq!(limiter.check("a").await.unwrap(), RateDecision::Allowed { remaining: 0 });
-    assert!(matches!(limiter.check("a").await.unwrap(), RateDecision::Limited { .. }));
-
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(limiter.check("a").await.unwrap(), RateDecision::Allowed { remaining: 1 }, "refilled to the burst");
-    redis.clean_up().await;
-}
-
-#[tokio::test]
-async fn concurrent_checks_allow_exactly_the_burst() {
-    let redis = TestRedis::new().await;
-    let limiter = Arc::new(redis.limiter(1, 10)); // a token per minute: nothing refills during the test
-
-    let tasks: Vec<_> = (0..100)
-        .map(|_| {
-            let limiter = Arc::clone(&limiter);
-            tokio::spawn(async move { limiter.check("busy").await })
-        })
-        .collect();
-    let mut allowed = 0;
-    for task in tasks {
-        if matches!(task.await.unwrap().unwrap(), RateDecision::Allowed { .. }) {
-            allowed += 1;
-        }
-    }
-
-    assert_eq!(allowed, 10);
-    redis.clean_up().await;
-}
+// --- the rate limiter, beyond the contract -------------------------------------------------------------------
 
 #[tokio::test]
 async fn limiters_under_different_prefixes_count_separately() {
