@@ -15,6 +15,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::BoxError;
+use orderflow_ports::backoff::Backoff;
 use orderflow_ports::messaging::{
     AdminError, CommandConsumer, CommandPublisher, ConsumeError, ConsumerShutdown, DeadLetter, DeadLetterAdmin,
     DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError, Published,
@@ -482,24 +483,24 @@ impl CommandPublisher for RabbitBroker {
 impl CommandConsumer for RabbitBroker {
     async fn consume(&self, queue: RoutingKey, handler: Arc<dyn MessageHandler>) -> Result<(), ConsumeError> {
         let mut running = self.shutdown.register();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let result = self.consume_once(queue, &handler, &mut running.stopping).await;
             if *running.stopping.borrow() {
                 return Ok(());
             }
+            if result.is_ok() {
+                backoff.reset();
+            }
+            let wait = backoff.next_wait();
             match result {
-                Ok(()) => {
-                    tracing::warn!(queue = queue.as_str(), "consumer closed by the broker; reconnecting");
-                    backoff = Duration::from_millis(100);
-                }
-                Err(error) => tracing::warn!(queue = queue.as_str(), %error, retry_in = ?backoff, "consumer failed"),
+                Ok(()) => tracing::warn!(queue = queue.as_str(), "consumer closed by the broker; reconnecting"),
+                Err(error) => tracing::warn!(queue = queue.as_str(), %error, retry_in = ?wait, "consumer failed"),
             }
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(wait) => {}
                 _ = running.stopping.wait_for(|stop| *stop) => return Ok(()),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 

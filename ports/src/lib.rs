@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod auth;
+pub mod backoff;
 pub mod cache;
 pub mod delivery;
 pub mod messaging;

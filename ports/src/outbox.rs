@@ -10,6 +10,7 @@ use orderflow_domain::EventId;
 use orderflow_messages::{CloudEvent, RoutingKey};
 
 use crate::ReadError;
+use crate::backoff::Backoff;
 use crate::messaging::{AuditLog, CommandPublisher, PublishError};
 
 /// A message to publish once the transaction that wrote it has committed.
@@ -168,23 +169,23 @@ impl OutboxRelay {
     }
 
     async fn run_destination(&self, destination: Destination) {
-        let mut backoff = self.settings.backoff;
+        let mut backoff = Backoff::new(self.settings.backoff, self.settings.max_backoff);
         loop {
             match self.publish_batch(destination).await {
                 Ok(0) => self.store.wait_for_new(destination, self.settings.idle_poll).await,
                 Ok(claimed) => {
-                    backoff = self.settings.backoff;
+                    backoff.reset();
                     if claimed < self.settings.batch {
                         tokio::time::sleep(self.settings.linger).await;
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, ?destination, retry_in = ?backoff, "outbox relay round failed");
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %error, ?destination, retry_in = ?wait, "outbox relay round failed");
                     match destination {
-                        Destination::Command => tokio::time::sleep(backoff).await,
-                        Destination::Audit => self.audit.wait_until_reachable(backoff).await,
+                        Destination::Command => tokio::time::sleep(wait).await,
+                        Destination::Audit => self.audit.wait_until_reachable(wait).await,
                     }
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
                 }
             }
         }

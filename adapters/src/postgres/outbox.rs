@@ -8,6 +8,7 @@ use deadpool_postgres::ClientWrapper;
 use futures::StreamExt;
 use orderflow_domain::EventId;
 use orderflow_messages::{CloudEvent, RoutingKey};
+use orderflow_ports::backoff::Backoff;
 use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage};
 use orderflow_ports::{BoxError, ReadError};
 use tokio::sync::Notify;
@@ -309,7 +310,7 @@ pub(super) async fn observe(pool: deadpool_postgres::Pool, schema: String) {
 /// Keeps a connection listening on `channel` and wakes `notify` on every notification; reconnects with
 /// back-off when the connection drops. The relay also polls, so a missed notification costs latency only.
 pub(super) async fn listen(config: tokio_postgres::Config, channel: String, notify: Arc<(Notify, Notify)>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
@@ -326,7 +327,7 @@ pub(super) async fn listen(config: tokio_postgres::Config, channel: String, noti
                     }
                 };
                 if listening {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     // A row may have been written while we were not listening.
                     wake_both(&notify);
                     while let Some(message) = messages.next().await {
@@ -342,10 +343,9 @@ pub(super) async fn listen(config: tokio_postgres::Config, channel: String, noti
                 }
                 drop(client);
             }
-            Err(error) => tracing::warn!(%error, retry_in = ?backoff, "outbox listener cannot connect"),
+            Err(error) => tracing::warn!(%error, "outbox listener cannot connect"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 
