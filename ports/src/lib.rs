@@ -14,6 +14,31 @@ pub mod system;
 /// The boxed cause carried by every `Unexpected` variant.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Why a use case's change of an existing order or shipment did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionFailure {
+    /// No such order or shipment (or, for an order, no shipment yet).
+    #[error("not found")]
+    NotFound,
+    /// The state machine refused.
+    #[error(transparent)]
+    NotAllowed(#[from] orderflow_domain::TransitionError),
+    /// Other writers kept changing it.
+    #[error("it kept changing concurrently")]
+    Contended,
+    /// The store failed.
+    #[error("the store failed")]
+    Unexpected(#[source] BoxError),
+}
+
+impl From<ReadError> for TransitionFailure {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::Unexpected(e) => Self::Unexpected(e),
+        }
+    }
+}
+
 /// A page of a keyset-paginated list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T, K> {

@@ -15,37 +15,13 @@ use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::system::{Clock, IdGenerator};
-use orderflow_ports::{BoxError, Page, ReadError};
+use orderflow_ports::{Page, ReadError};
 use tokio::sync::Notify;
 
 /// How often a change is recomputed when another writer got there first.
 const MAX_ATTEMPTS: usize = 8;
 
-/// Why a shipment change did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum ShipmentFailure {
-    /// No such shipment (or none yet for the order).
-    #[error("no such shipment")]
-    NotFound,
-    /// The state machine refused.
-    #[error(transparent)]
-    NotAllowed(#[from] TransitionError),
-    /// Other writers kept changing the shipment.
-    #[error("the shipment kept changing concurrently")]
-    Contended,
-    /// The store failed.
-    #[error("the store failed")]
-    Unexpected(#[source] BoxError),
-}
-
-impl From<ReadError> for ShipmentFailure {
-    fn from(error: ReadError) -> Self {
-        match error {
-            ReadError::Unexpected(e) => Self::Unexpected(e),
-            other => Self::Unexpected(Box::new(other)),
-        }
-    }
-}
+pub use orderflow_ports::TransitionFailure;
 
 /// Which shipment a change is about.
 #[derive(Debug, Clone, Copy)]
@@ -117,21 +93,21 @@ impl DeliveryService {
     /// Hands the parcel to `carrier`; repeating it with the same details changes nothing.
     ///
     /// # Errors
-    /// See [`ShipmentFailure`].
+    /// See [`TransitionFailure`].
     pub async fn ship(
         &self,
         id: ShipmentId,
         carrier: Carrier,
         tracking: TrackingNumber,
-    ) -> Result<Shipment, ShipmentFailure> {
+    ) -> Result<Shipment, TransitionFailure> {
         self.transition(Target::Shipment(id), None, None, |s, at| s.ship(carrier.clone(), tracking.clone(), at)).await
     }
 
     /// Records that the parcel arrived.
     ///
     /// # Errors
-    /// See [`ShipmentFailure`].
-    pub async fn deliver(&self, id: ShipmentId) -> Result<Shipment, ShipmentFailure> {
+    /// See [`TransitionFailure`].
+    pub async fn deliver(&self, id: ShipmentId) -> Result<Shipment, TransitionFailure> {
         self.transition(Target::Shipment(id), None, None, |s, at| s.deliver(at)).await
     }
 
@@ -140,13 +116,13 @@ impl DeliveryService {
     /// queues): then the shipment is not found yet, which is worth retrying.
     ///
     /// # Errors
-    /// See [`ShipmentFailure`].
+    /// See [`TransitionFailure`].
     pub async fn cancel_for_order(
         &self,
         order: OrderId,
         inbox: InboxEntry,
         traceparent: Option<String>,
-    ) -> Result<Shipment, ShipmentFailure> {
+    ) -> Result<Shipment, TransitionFailure> {
         self.transition(Target::Order(order), Some(inbox), traceparent, |s, at| Ok(s.cancel(at))).await
     }
 
@@ -154,13 +130,13 @@ impl DeliveryService {
     /// `waited` in the state `step` leaves, shipping with the `autopilot` carrier or delivering.
     ///
     /// # Errors
-    /// [`ShipmentFailure::Unexpected`] when the store fails; then nothing changed.
+    /// [`TransitionFailure::Unexpected`] when the store fails; then nothing changed.
     pub async fn advance_due(
         &self,
         step: AutoStep,
         waited: Duration,
         limit: usize,
-    ) -> Result<Advanced, ShipmentFailure> {
+    ) -> Result<Advanced, TransitionFailure> {
         let cutoff = self.clock.now() - chrono::Duration::from_std(waited).unwrap_or(chrono::Duration::MAX);
         let status = match step {
             AutoStep::Ship => ShipmentStatus::Pending,
@@ -169,7 +145,7 @@ impl DeliveryService {
         let query = ShipmentQuery { status: Some(status), updated_before: Some(cutoff), limit, after: None };
         let due = self.store.shipments(query).await?;
         let more = due.items.len() == limit;
-        let carrier = Carrier::parse("autopilot").map_err(|e| ShipmentFailure::Unexpected(Box::new(e)))?;
+        let carrier = Carrier::parse("autopilot").map_err(|e| TransitionFailure::Unexpected(Box::new(e)))?;
         let changed = self
             .transition_all(due.items, |shipment, at| match step {
                 AutoStep::Ship => {
@@ -188,13 +164,13 @@ impl DeliveryService {
     /// Creates the shipment of a paid order; a second request for the same order changes nothing.
     ///
     /// # Errors
-    /// [`ShipmentFailure::Unexpected`] when the store fails.
+    /// [`TransitionFailure::Unexpected`] when the store fails.
     pub async fn create(
         &self,
         order: ShipmentOrder,
         inbox: Option<InboxEntry>,
         traceparent: Option<String>,
-    ) -> Result<Shipment, ShipmentFailure> {
+    ) -> Result<Shipment, TransitionFailure> {
         // No read first: the store refuses a second shipment for the order, and a redelivered message is
         // recognised by the inbox — both cases then return the shipment that exists.
         let now = self.clock.now();
@@ -212,7 +188,7 @@ impl DeliveryService {
             }
             // Created before (by this message or another): that shipment stands.
             Ok(ChangeOutcome::AlreadyProcessed) | Err(ChangeError::Conflict { .. }) => {
-                self.store.shipment_for_order(shipment.order.order_id).await?.ok_or(ShipmentFailure::NotFound)
+                self.store.shipment_for_order(shipment.order.order_id).await?.ok_or(TransitionFailure::NotFound)
             }
             Err(e) => Err(unexpected(e)),
         }
@@ -221,7 +197,7 @@ impl DeliveryService {
     /// Creates the shipments of several paid orders, as [`DeliveryService::create`] would each, committed
     /// together; when the joint commit fails, each is created on its own, so one that cannot be fails
     /// alone. Results are in the batch's order.
-    pub async fn create_all(&self, orders: Vec<NewShipment>) -> Vec<Result<(), ShipmentFailure>> {
+    pub async fn create_all(&self, orders: Vec<NewShipment>) -> Vec<Result<(), TransitionFailure>> {
         let now = self.clock.now();
         let changes: Vec<ShipmentChange> = orders
             .iter()
@@ -271,9 +247,9 @@ impl DeliveryService {
         inbox: Option<InboxEntry>,
         traceparent: Option<String>,
         transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
-    ) -> Result<Shipment, ShipmentFailure> {
+    ) -> Result<Shipment, TransitionFailure> {
         for _ in 0..MAX_ATTEMPTS {
-            let shipment = self.find(target).await?.ok_or(ShipmentFailure::NotFound)?;
+            let shipment = self.find(target).await?.ok_or(TransitionFailure::NotFound)?;
             let version = shipment.version;
             let now = self.clock.now();
             let (shipment, event) = match transition(shipment, now)? {
@@ -289,14 +265,14 @@ impl DeliveryService {
             match self.store.save(change).await {
                 Ok(ChangeOutcome::Applied) => return Ok(shipment),
                 Ok(ChangeOutcome::AlreadyProcessed) => {
-                    return self.find(target).await?.ok_or(ShipmentFailure::NotFound);
+                    return self.find(target).await?.ok_or(TransitionFailure::NotFound);
                 }
                 Err(ChangeError::Conflict { .. }) => {}
-                Err(ChangeError::NotFound) => return Err(ShipmentFailure::NotFound),
+                Err(ChangeError::NotFound) => return Err(TransitionFailure::NotFound),
                 Err(e) => return Err(unexpected(e)),
             }
         }
-        Err(ShipmentFailure::Contended)
+        Err(TransitionFailure::Contended)
     }
 
     /// Applies `transition` to each of `shipments` as they were read and commits every change in one
@@ -306,7 +282,7 @@ impl DeliveryService {
         &self,
         shipments: Vec<Shipment>,
         transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
-    ) -> Result<usize, ShipmentFailure> {
+    ) -> Result<usize, TransitionFailure> {
         let now = self.clock.now();
         let changes: Vec<ShipmentChange> = shipments
             .into_iter()
@@ -336,9 +312,9 @@ impl DeliveryService {
     }
 }
 
-fn unexpected(error: ChangeError) -> ShipmentFailure {
+fn unexpected(error: ChangeError) -> TransitionFailure {
     match error {
-        ChangeError::Unexpected(e) => ShipmentFailure::Unexpected(e),
-        other => ShipmentFailure::Unexpected(Box::new(other)),
+        ChangeError::Unexpected(e) => TransitionFailure::Unexpected(e),
+        other => TransitionFailure::Unexpected(Box::new(other)),
     }
 }

@@ -9,7 +9,7 @@ use orderflow_messages::{CloudEvent, Payload};
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 use tokio::time::Instant;
 
-use crate::service::{Advanced, AutoStep, DeliveryService, NewShipment, ShipmentFailure};
+use crate::service::{Advanced, AutoStep, DeliveryService, NewShipment, TransitionFailure};
 
 /// Handles `orders.created` and `orders.cancel_requested`.
 pub struct OrderCommands {
@@ -66,10 +66,10 @@ impl MessageHandler for OrderCommands {
 
 /// How the broker is to settle a message whose work ended so: only a refusal of the state machine is
 /// final; a shipment not found yet (a cancel request that overtook the creation) is retried.
-fn outcome_of(result: Result<(), ShipmentFailure>) -> HandlerOutcome {
+fn outcome_of(result: Result<(), TransitionFailure>) -> HandlerOutcome {
     match result {
         Ok(()) => HandlerOutcome::Done,
-        Err(e @ ShipmentFailure::NotAllowed(_)) => HandlerOutcome::Permanent(e.to_string()),
+        Err(e @ TransitionFailure::NotAllowed(_)) => HandlerOutcome::Permanent(e.to_string()),
         Err(e) => HandlerOutcome::Transient(e.to_string()),
     }
 }

@@ -20,7 +20,7 @@ use orderflow_ports::sales::{
     Product, PutProductError, SalesStore,
 };
 use orderflow_ports::system::{Clock, IdGenerator};
-use orderflow_ports::{BoxError, Page, ReadError};
+use orderflow_ports::{Page, ReadError};
 
 use crate::pressure::BackPressure;
 
@@ -47,31 +47,7 @@ pub enum PlaceOrderError {
     Overloaded,
 }
 
-/// Why a transition of an existing order did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum TransitionFailure {
-    /// No such order.
-    #[error("no such order")]
-    NotFound,
-    /// The state machine refused.
-    #[error(transparent)]
-    NotAllowed(#[from] TransitionError),
-    /// Other writers kept changing the order.
-    #[error("the order kept changing concurrently")]
-    Contended,
-    /// The store failed.
-    #[error("the store failed")]
-    Unexpected(#[source] BoxError),
-}
-
-impl From<ReadError> for TransitionFailure {
-    fn from(error: ReadError) -> Self {
-        match error {
-            ReadError::Unexpected(e) => Self::Unexpected(e),
-            other => Self::Unexpected(Box::new(other)),
-        }
-    }
-}
+pub use orderflow_ports::TransitionFailure;
 
 /// Why a payment request or a report from Delivery was not settled.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::service::{DeliveryService, ShipmentFailure, Target};
+use crate::service::{DeliveryService, Target, TransitionFailure};
 
 /// The shipment endpoints.
 pub struct ShipmentsApi {
@@ -93,16 +93,16 @@ fn invalid(e: InvalidValue) -> Problem {
     Problem::invalid(e.field, e.reason)
 }
 
-fn failed(error: ShipmentFailure) -> poem::Error {
+fn failed(error: TransitionFailure) -> poem::Error {
     match error {
-        ShipmentFailure::NotFound => Problem::not_found("the shipment"),
-        ShipmentFailure::NotAllowed(e) => {
+        TransitionFailure::NotFound => Problem::not_found("the shipment"),
+        TransitionFailure::NotAllowed(e) => {
             Problem::new(StatusCode::CONFLICT, "transition-not-allowed", "Not allowed now", e.to_string())
         }
-        ShipmentFailure::Contended => {
+        TransitionFailure::Contended => {
             Problem::new(StatusCode::CONFLICT, "concurrent-change", "Concurrent change", "retry the request")
         }
-        ShipmentFailure::Unexpected(e) => Problem::unavailable(e.as_ref()),
+        TransitionFailure::Unexpected(e) => Problem::unavailable(e.as_ref()),
     }
     .into()
 }
