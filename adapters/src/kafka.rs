@@ -31,6 +31,9 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 
 /// How long metadata look-ups (readiness, topic layout) may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long [`AuditReader::history`] reads on past the high watermarks before it takes the topic as read.
+const HISTORY_QUIET: Duration = Duration::from_millis(300);
 /// How often, and how long each time, a relay waiting out a failure asks whether a broker answers.
 const REACHABLE_EVERY: Duration = Duration::from_millis(250);
 
@@ -415,21 +418,29 @@ impl AuditReader {
         .map_err(boxed)??;
 
         let mut records = Vec::new();
+        let mut keep = |message: &rdkafka::message::BorrowedMessage<'_>| match record(message) {
+            Ok(record) if subject.is_none_or(|s| s == record.event.subject) => records.push(record),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                error = %error,
+                "skipping a record that is not a CloudEvent"
+            ),
+        };
         while !ends.is_empty() {
             let message = tokio::time::timeout(settings.message_timeout, consumer.recv()).await.map_err(|_| {
                 format!("no record arrived for {:?} before the end of the topic", settings.message_timeout)
             })??;
-            let (partition, offset) = (message.partition(), message.offset());
-            match record(&message) {
-                Ok(record) if subject.is_none_or(|s| s == record.event.subject) => records.push(record),
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(partition, offset, error = %error, "skipping a record that is not a CloudEvent")
-                }
+            keep(&message);
+            if ends.get(&message.partition()).is_some_and(|end| message.offset() >= *end) {
+                ends.remove(&message.partition());
             }
-            if ends.get(&partition).is_some_and(|end| offset >= *end) {
-                ends.remove(&partition);
-            }
+        }
+        // Some brokers (tansu) report a high watermark short of the last record when the last batch holds
+        // several: what follows it arrives with the same fetch, so read on until the topic is quiet.
+        while let Ok(message) = tokio::time::timeout(HISTORY_QUIET, consumer.recv()).await {
+            keep(&message?);
         }
         Ok(records)
     }

@@ -85,12 +85,8 @@ fn new_order() -> OrderId {
     OrderId::from_uuid(Uuid::now_v7())
 }
 
-/// A Kafka audit log on a topic of its own (three partitions, so orders spread), read back with an
-/// [`AuditReader`] from the beginning until the stream has been quiet for [`QUIET`].
-///
-/// Not with [`AuditReader::history`]: it stops at each partition's high watermark, and tansu reports one
-/// below the last offset when a partition's last batch holds several records (concurrent appends lingered
-/// together), so the newest records would be missed there although they are stored.
+/// A Kafka audit log on a topic of its own (three partitions, so orders spread), read back with
+/// [`AuditReader::history`], as `orderflow audit timeline` reads it.
 struct KafkaFixture {
     log: Arc<KafkaAuditLog>,
     topic: TestTopic,
@@ -111,22 +107,10 @@ impl AuditFixture for KafkaFixture {
     }
 
     async fn read(&self, subject: Option<&str>) -> Vec<Audited> {
-        let options = ReadOptions { from_beginning: true, group: None };
-        let reader = AuditReader::open(&self.topic.settings, &options).await.expect("a reader opens");
-        let mut records = Vec::new();
-        while let Ok(read) = tokio::time::timeout(QUIET, reader.next()).await {
-            let record = read.expect("a record is read");
-            if subject.is_none_or(|s| s == record.event.subject) {
-                records.push(Audited { key: record.key, event: record.event });
-            }
-        }
-        records
+        let records = AuditReader::history(&self.topic.settings, subject).await.expect("the topic is read");
+        records.into_iter().map(|record| Audited { key: record.key, event: record.event }).collect()
     }
 }
-
-/// How long the stream must stay quiet for a fixture's read to take it as complete: records appended before
-/// the read arrive within milliseconds of each other on loopback, the first after the reader's fetch starts.
-const QUIET: Duration = Duration::from_secs(3);
 
 mod contract {
     crate::audit_log_contract!(|| async { super::KafkaFixture::new().await });
@@ -157,6 +141,28 @@ async fn each_record_carries_the_type_id_and_traceparent_headers() {
             vec![header("ce_type", &untraced.event_type), header("ce_id", &untraced.id.to_string())],
         ]
     );
+}
+
+/// `orderflow audit timeline` reads with `history`: records appended together (batched by the producer)
+/// must all be read back, the newest included.
+#[tokio::test]
+async fn history_reads_every_record_appended_concurrently_up_to_the_newest() {
+    let topic = TestTopic::new(3);
+    let log = KafkaAuditLog::connect(topic.settings.clone()).await.expect("connects");
+    let orders: Vec<OrderId> = (0..8).map(|_| new_order()).collect();
+    let events: Vec<CloudEvent> = (0..80).map(|i| event(orders[i % orders.len()], None)).collect();
+    futures::future::join_all(events.iter().map(|e| log.append(e)))
+        .await
+        .into_iter()
+        .for_each(|r| r.expect("appended"));
+
+    let records = AuditReader::history(&topic.settings, None).await.expect("read back");
+
+    let mut read: Vec<String> = records.iter().map(|r| r.event.id.to_string()).collect();
+    let mut sent: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+    read.sort();
+    sent.sort();
+    assert_eq!(read, sent, "every appended record, once");
 }
 
 #[tokio::test]
