@@ -55,7 +55,8 @@ macro_rules! delivery_store_contract {
             a_redelivered_message_is_already_processed,
             a_batch_commits_what_applies_and_refuses_the_rest_alone,
             a_batch_of_creations_creates_each_new_shipment_once,
-            shipments_filter_by_status_and_updated_before_and_page_keyset,
+            shipments_filter_by_status_and_page_keyset,
+            due_shipments_come_longest_waiting_first,
         );
     };
 }

@@ -26,8 +26,6 @@ pub struct ShipmentChange {
 pub struct ShipmentQuery {
     /// Only shipments in this status.
     pub status: Option<ShipmentStatus>,
-    /// Only shipments whose status last changed before this instant (the autopilot's "due" filter).
-    pub updated_before: Option<Timestamp>,
     /// Page size.
     pub limit: usize,
     /// Continue after this shipment (lists are newest first).
@@ -87,4 +85,11 @@ pub trait DeliveryStore: OutboxStore {
     /// # Errors
     /// [`ReadError::Unexpected`] when the store fails.
     async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError>;
+
+    /// At most `limit` shipments in `status` whose status last changed before `before`, the longest
+    /// waiting first: what the autopilot advances, oldest due first, so none waits behind newer ones.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails.
+    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Shipment>, ReadError>;
 }

@@ -300,9 +300,9 @@ async fn pages(store: &dyn DeliveryStore, query: ShipmentQuery) -> Vec<Vec<Shipm
     panic!("paging did not end after 100 pages");
 }
 
-/// Shipments list newest first, filtered by status and by last change before an instant, and paging with
-/// `after = next` yields every match exactly once.
-pub async fn shipments_filter_by_status_and_updated_before_and_page_keyset(store: Arc<dyn DeliveryStore>) {
+/// Shipments list newest first, filtered by status, and paging with `after = next` yields every match
+/// exactly once.
+pub async fn shipments_filter_by_status_and_page_keyset(store: Arc<dyn DeliveryStore>) {
     let store = store.as_ref();
     let t0 = later(super::fixtures::now(), -1000);
     let mut saved = Vec::new();
@@ -317,35 +317,48 @@ pub async fn shipments_filter_by_status_and_updated_before_and_page_keyset(store
     let matching = |f: &dyn Fn(&Shipment) -> bool| -> Vec<ShipmentId> {
         newest_first.iter().filter(|s| f(s)).map(|s| s.id).collect()
     };
-    let query = |status, updated_before, limit| ShipmentQuery { status, updated_before, limit, after: None };
+    let query = |status, limit| ShipmentQuery { status, limit, after: None };
 
-    let everything = store.shipments(query(None, None, 100)).await.expect("shipments listed");
+    let everything = store.shipments(query(None, 100)).await.expect("shipments listed");
     assert_eq!(everything.items, newest_first, "all shipments, newest first, as stored");
     assert_eq!(everything.next, None, "a list that fits one page has no next key");
-    let pending = store.shipments(query(Some(ShipmentStatus::Pending), None, 100)).await.expect("listed");
+    let pending = store.shipments(query(Some(ShipmentStatus::Pending), 100)).await.expect("listed");
     assert_eq!(ids(&pending.items), matching(&|s| s.status == ShipmentStatus::Pending), "pending shipments");
-    let cutoff = later(t0, 103);
-    let due = store.shipments(query(None, Some(cutoff), 100)).await.expect("listed");
-    assert_eq!(ids(&due.items), matching(&|s| s.updated_at < cutoff), "shipments last changed before the cutoff");
-    let due_shipped = store.shipments(query(Some(ShipmentStatus::Shipped), Some(cutoff), 100)).await.expect("listed");
-    assert_eq!(
-        ids(&due_shipped.items),
-        matching(&|s| s.status == ShipmentStatus::Shipped && s.updated_at < cutoff),
-        "shipped before the cutoff"
-    );
-    assert_eq!(ids(&due_shipped.items).len(), 1, "exactly one shipment shipped before the cutoff");
-    let none = store.shipments(query(Some(ShipmentStatus::Delivered), None, 100)).await.expect("listed");
+    let none = store.shipments(query(Some(ShipmentStatus::Delivered), 100)).await.expect("listed");
     assert_eq!(none.items, vec![], "no shipment is delivered");
 
-    let paged = pages(store, query(None, None, 4)).await;
+    let paged = pages(store, query(None, 4)).await;
     assert_eq!(paged[0].len(), 4, "the first page is full");
     assert_eq!(ids(&paged.concat()), ids(&newest_first), "pages of 4 yield every shipment once, newest first");
-    let paged = pages(store, query(Some(ShipmentStatus::Pending), None, 1)).await;
+    let paged = pages(store, query(Some(ShipmentStatus::Pending), 1)).await;
     assert_eq!(
         ids(&paged.concat()),
         matching(&|s| s.status == ShipmentStatus::Pending),
         "filtered pages yield every match once"
     );
-    let paged = pages(store, query(None, None, 6)).await;
+    let paged = pages(store, query(None, 6)).await;
     assert_eq!(ids(&paged.concat()), ids(&newest_first), "an exactly full page loses nothing");
+}
+
+/// The autopilot's due list holds the shipments of one status last changed before an instant, the longest
+/// waiting first whatever order they were created in, and no more than asked.
+pub async fn due_shipments_come_longest_waiting_first(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let t0 = later(super::fixtures::now(), -1000);
+    let mut saved = Vec::new();
+    // Created in id order, but changed at times that follow neither that order nor its reverse.
+    for offset in [3, 1, 4, 0, 5, 2] {
+        saved.push(save(store, creation(OrderId::from_uuid(Uuid::now_v7()), later(t0, offset))).await);
+    }
+    let shipped = save(store, shipping(&saved[2], later(t0, 6))).await;
+
+    let due = store.due(ShipmentStatus::Pending, later(t0, 5), 100).await.expect("listed");
+    let expected = [3, 1, 5, 0].map(|i| saved[i].id);
+    assert_eq!(ids(&due), expected, "pending and changed before t0+5, longest waiting first");
+    let first_two = store.due(ShipmentStatus::Pending, later(t0, 5), 2).await.expect("listed");
+    assert_eq!(ids(&first_two), expected[..2], "no more than the limit, the longest waiting kept");
+    let due_shipped = store.due(ShipmentStatus::Shipped, later(t0, 7), 100).await.expect("listed");
+    assert_eq!(ids(&due_shipped), [shipped.id], "only the shipped one, once its change is before the cutoff");
+    let not_yet = store.due(ShipmentStatus::Shipped, later(t0, 6), 100).await.expect("listed");
+    assert_eq!(not_yet, vec![], "changed at the cutoff is not before it");
 }

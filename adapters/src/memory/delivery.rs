@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use orderflow_domain::{OrderId, Shipment, ShipmentId};
+use orderflow_domain::{OrderId, Shipment, ShipmentId, ShipmentStatus, Timestamp};
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::{Page, ReadError};
@@ -86,10 +86,18 @@ impl DeliveryStore for InMemoryDeliveryStore {
             .rev()
             .map(|(_, s)| s)
             .filter(|s| query.status.is_none_or(|status| s.status == status))
-            .filter(|s| query.updated_before.is_none_or(|before| s.updated_at < before))
             .take(query.limit + 1)
             .cloned()
             .collect();
         Ok(page(&mut items, query.limit, |s| s.id))
+    }
+
+    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Shipment>, ReadError> {
+        let state = lock(&self.state);
+        let mut due: Vec<Shipment> =
+            state.shipments.values().filter(|s| s.status == status && s.updated_at < before).cloned().collect();
+        due.sort_by_key(|s| (s.updated_at, s.id));
+        due.truncate(limit);
+        Ok(due)
     }
 }

@@ -1,7 +1,7 @@
 //! The Delivery store on PostgreSQL.
 
 use async_trait::async_trait;
-use orderflow_domain::{Carrier, OrderId, Shipment, ShipmentId, ShipmentStatus, TrackingNumber};
+use orderflow_domain::{Carrier, OrderId, Shipment, ShipmentId, ShipmentStatus, Timestamp, TrackingNumber};
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
@@ -290,16 +290,10 @@ impl DeliveryStore for PgDeliveryStore {
             .query(
                 &format!(
                     "SELECT {COLUMNS} FROM shipments
-                     WHERE ($1::text IS NULL OR status = $1) AND ($2::timestamptz IS NULL OR updated_at < $2)
-                       AND ($3::uuid IS NULL OR id < $3)
-                     ORDER BY id DESC LIMIT $4"
+                     WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3"
                 ),
-                &[
-                    &query.status.map(ShipmentStatus::as_str),
-                    &query.updated_before,
-                    &query.after.map(|a| a.as_uuid()),
-                    &limit,
-                ],
+                &[&query.status.map(ShipmentStatus::as_str), &query.after.map(|a| a.as_uuid()), &limit],
             )
             .await
             .map_err(read_failed)?;
@@ -308,5 +302,19 @@ impl DeliveryStore for PgDeliveryStore {
         items.truncate(query.limit);
         let next = if more { items.last().map(|s| s.id) } else { None };
         Ok(Page { items, next })
+    }
+
+    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Shipment>, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let limit = i64::try_from(limit).map_err(read_failed)?;
+        // Served by the index on (status, updated_at).
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM shipments WHERE status = $1 AND updated_at < $2 ORDER BY updated_at, id LIMIT $3"
+            ))
+            .await
+            .map_err(read_failed)?;
+        let rows = client.query(&statement, &[&status.as_str(), &before, &limit]).await.map_err(read_failed)?;
+        rows.iter().map(shipment_from).collect::<Result<Vec<_>, _>>().map_err(ReadError::Unexpected)
     }
 }

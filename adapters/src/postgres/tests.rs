@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_domain::{EventId, Money, Order, OrderId, ProductName, Shipment, ShipmentId, Sku};
+use orderflow_domain::{
+    EventId, Money, Order, OrderId, ProductName, Shipment, ShipmentId, ShipmentStatus, Sku, Timestamp,
+};
 use orderflow_messages::CloudEvent;
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
 use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage, OutboxStore};
@@ -116,6 +118,17 @@ impl<S: SalesStore> SalesStore for Isolated<S> {
     async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError> {
         self.store.apply(change).await
     }
+    // The batch paths are forwarded too: the suite must run PostgreSQL's, not the trait's one-by-one
+    // defaults.
+    async fn apply_all(
+        &self,
+        changes: Vec<OrderChange>,
+    ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
+        self.store.apply_all(changes).await
+    }
+    async fn orders_by_id(&self, ids: &[OrderId]) -> Result<Vec<Order>, ReadError> {
+        self.store.orders_by_id(ids).await
+    }
     async fn order(&self, id: OrderId) -> Result<Option<Order>, ReadError> {
         self.store.order(id).await
     }
@@ -147,6 +160,12 @@ impl<S: DeliveryStore> DeliveryStore for Isolated<S> {
     async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
         self.store.save(change).await
     }
+    async fn save_all(
+        &self,
+        changes: Vec<ShipmentChange>,
+    ) -> Result<Vec<Result<ChangeOutcome, ChangeError>>, ChangeError> {
+        self.store.save_all(changes).await
+    }
     async fn shipment(&self, id: ShipmentId) -> Result<Option<Shipment>, ReadError> {
         self.store.shipment(id).await
     }
@@ -155,6 +174,9 @@ impl<S: DeliveryStore> DeliveryStore for Isolated<S> {
     }
     async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError> {
         self.store.shipments(query).await
+    }
+    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Shipment>, ReadError> {
+        self.store.due(status, before, limit).await
     }
 }
 

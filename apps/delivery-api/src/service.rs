@@ -142,12 +142,11 @@ impl DeliveryService {
             AutoStep::Ship => ShipmentStatus::Pending,
             AutoStep::Deliver => ShipmentStatus::Shipped,
         };
-        let query = ShipmentQuery { status: Some(status), updated_before: Some(cutoff), limit, after: None };
-        let due = self.store.shipments(query).await?;
-        let more = due.items.len() == limit;
+        let due = self.store.due(status, cutoff, limit).await?;
+        let more = due.len() == limit;
         let carrier = Carrier::parse("autopilot").map_err(|e| TransitionFailure::Unexpected(Box::new(e)))?;
         let changed = self
-            .transition_all(due.items, |shipment, at| match step {
+            .transition_all(due, |shipment, at| match step {
                 AutoStep::Ship => {
                     let tracking = format!("AUTO-{}", shipment.id.as_uuid().simple());
                     match TrackingNumber::parse(&tracking) {

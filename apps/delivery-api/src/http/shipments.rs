@@ -130,7 +130,7 @@ impl ShipmentsApi {
         let status = status.0.map(|s| ShipmentStatus::parse(&s)).transpose().map_err(invalid)?;
         let after =
             cursor.0.map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(ShipmentId::from_uuid))).transpose()?;
-        let query = ShipmentQuery { status, updated_before: None, limit: page_limit(limit.0)?, after };
+        let query = ShipmentQuery { status, limit: page_limit(limit.0)?, after };
         let page = self.service.shipments(query).await.map_err(|e| Problem::unavailable(&e))?;
         Ok(Json(ShipmentList {
             items: page.items.into_iter().map(Into::into).collect(),
