@@ -8,8 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -282,7 +283,12 @@ impl RabbitBroker {
         channel.basic_qos(self.settings.prefetch.max(1), BasicQosOptions::default()).await?;
         let tag = format!("{}-{}", queue.as_str(), uuid::Uuid::new_v4().simple());
         let mut consumer = channel
-            .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                tag.clone().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         tracing::info!(queue = queue.as_str(), "consuming");
         // Half the prefetch, so a second batch can be handled while the first commits.
@@ -292,7 +298,12 @@ impl RabbitBroker {
         loop {
             let first = tokio::select! {
                 delivery = consumer.next() => match delivery {
-                    Some(delivery) => delivery?,
+                    Some(Ok(delivery)) => delivery,
+                    // The handlers in flight still finish below rather than being dropped half way.
+                    Some(Err(error)) => {
+                        failed = Some(error);
+                        break;
+                    }
                     None => break,
                 },
                 _ = stopping.wait_for(|stop| *stop) => break,
@@ -323,6 +334,9 @@ impl RabbitBroker {
                 }
             }
         }
+        // Nothing new from here on: without the cancel, every ack below would free a prefetch slot the
+        // broker fills again, only for that delivery to go back to the queue when the channel closes.
+        let _ = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
         // Let in-flight handlers finish and settle before the connection goes; deliveries prefetched but
         // not started are returned to the queue when the channel closes.
         while running.join_next().await.is_some() {}
