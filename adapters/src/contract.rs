@@ -71,13 +71,14 @@ macro_rules! delivery_store_contract {
 macro_rules! outbox_store_contract {
     ($new:expr) => {
         $crate::__contract_tests!(outbox, $new;
-            claimed_rows_come_in_commit_order,
+            rows_are_taken_in_commit_order_and_each_destination_owes_its_own,
             the_command_backlog_counts_owed_commands_and_ages_from_the_oldest,
-            a_claimed_row_is_not_claimed_again_until_its_lease_expires,
-            a_released_row_is_claimed_again_first,
-            a_row_marked_for_all_its_destinations_is_not_claimed_again,
-            a_row_with_one_destination_left_is_claimed_for_only_that_one,
-            a_row_without_destinations_is_never_claimed,
+            a_held_batch_keeps_its_rows_from_other_takers_until_it_settles,
+            a_batch_dropped_unsettled_leaves_its_rows_owed,
+            rows_left_out_of_a_settle_are_taken_again_first,
+            a_row_settled_for_all_its_destinations_is_not_taken_again,
+            a_row_with_one_destination_left_is_owed_to_only_that_one,
+            a_row_without_destinations_is_never_taken,
             wait_for_new_returns_when_a_row_is_written,
             the_relay_publishes_every_row_once_and_leaves_nothing_owed,
             rows_stay_owed_while_the_publisher_fails_and_publish_after_it_recovers,

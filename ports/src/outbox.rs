@@ -31,8 +31,8 @@ impl OutboxMessage {
     }
 }
 
-/// Where an outbox row is published; each is claimed and marked separately so one broker being down does
-/// not hold back (or repeat) the other.
+/// Where an outbox row is published. Each destination owes its own rows, taken and settled on its own,
+/// so one broker being down neither holds back nor repeats the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// RabbitMQ (or the in-process bus).
@@ -41,36 +41,20 @@ pub enum Destination {
     Audit,
 }
 
-/// The outbox side of a service's store. Each destination is claimed and marked on its own, so one
-/// broker being down neither holds back nor repeats the other.
+/// The outbox side of a service's store. Rows owed to a destination are handed out in batches; while a
+/// batch is held, no other relay — of this process or of another replica — is given rows of the same
+/// orders for that destination, so each order's rows reach it in commit order however many relays share
+/// the store.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Claims up to `limit` rows still owed to `destination`, oldest first, for `lease`: rows another relay
-    /// claimed for the same destination and whose lease has not expired are skipped, so several relays can
-    /// share one table.
+    /// Takes up to `limit` rows owed to `destination`, oldest first, of the orders no other relay holds
+    /// (a store may split orders into partitions and give each relay a fair share of them). The rows stay
+    /// owed until the batch is settled; dropping it unsettled (a crash, a cancelled task) leaves them owed
+    /// and lets other relays take them.
     ///
     /// # Errors
     /// [`ReadError::Unexpected`] when the store fails.
-    async fn claim(
-        &self,
-        destination: Destination,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<OutboxMessage>, ReadError>;
-
-    /// Records that `ids` reached `destination`; a row then owed to no destination may be deleted. Marking
-    /// twice is harmless, and so is marking a row for both destinations at the same time.
-    ///
-    /// # Errors
-    /// [`ReadError::Unexpected`] when the store fails; the rows stay owed and are published again later.
-    async fn mark_published(&self, destination: Destination, ids: &[EventId]) -> Result<(), ReadError>;
-
-    /// Gives up the claim on `ids` for `destination` (they were not published), so the next claim takes
-    /// them again first and each order's rows keep their order.
-    ///
-    /// # Errors
-    /// [`ReadError::Unexpected`] when the store fails; the claims then simply expire with their lease.
-    async fn release(&self, destination: Destination, ids: &[EventId]) -> Result<(), ReadError>;
+    async fn take(&self, destination: Destination, limit: usize) -> Result<Box<dyn OutboxBatch>, ReadError>;
 
     /// Waits until rows for `destination` may have been written (or `max_wait` passes), so the relay
     /// neither polls hot nor adds latency.
@@ -83,11 +67,27 @@ pub trait OutboxStore: Send + Sync {
     /// [`ReadError::Unexpected`] when the store fails.
     async fn command_backlog(&self) -> Result<Backlog, ReadError>;
 
-    /// Deletes fully published rows and inbox entries older than `retention`; returns how many went.
+    /// Deletes inbox entries older than `retention`; returns how many went.
     ///
     /// # Errors
     /// [`ReadError::Unexpected`] when the store fails; nothing is lost, the purge runs again later.
     async fn purge(&self, retention: Duration) -> Result<u64, ReadError>;
+}
+
+/// Rows taken from the outbox for one destination, held against every other relay until settled.
+#[async_trait]
+pub trait OutboxBatch: Send {
+    /// The rows, oldest first.
+    fn messages(&self) -> &[OutboxMessage];
+
+    /// Records that the rows with `ids` reached the destination (they are owed to it no more) and lets
+    /// other relays take the batch's orders again. Rows of the batch not in `ids` stay owed and are taken
+    /// again ahead of anything written after them.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails; then every row of the batch stays owed and is
+    /// published again later (consumers de-duplicate).
+    async fn settle(self: Box<Self>, ids: &[EventId]) -> Result<(), ReadError>;
 }
 
 /// Outbox rows still owed to one destination.
@@ -102,21 +102,19 @@ pub struct Backlog {
 /// Settings of an [`OutboxRelay`].
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
-    /// Rows claimed per round.
+    /// Rows taken per round.
     pub batch: usize,
-    /// How long a claim keeps other relays off a row.
-    pub lease: Duration,
     /// Longest sleep between rounds when nothing signals new rows.
     pub idle_poll: Duration,
-    /// Pause after a round that claimed less than a full batch, so that under a steady stream of commits
-    /// rows gather into fewer, larger rounds (each costs a claim and a mark) at the price of this much
+    /// Pause after a round that took less than a full batch, so that under a steady stream of commits
+    /// rows gather into fewer, larger rounds (each costs a take and a settle) at the price of this much
     /// latency per hop.
     pub linger: Duration,
     /// First back-off after a failed publish; doubles up to `max_backoff`.
     pub backoff: Duration,
     /// Cap of the back-off.
     pub max_backoff: Duration,
-    /// How long published rows and inbox entries are kept (the inbox must outlive any redelivery).
+    /// How long inbox entries are kept (they must outlive any redelivery).
     pub retention: Duration,
     /// How often the relay purges.
     pub purge_every: Duration,
@@ -126,7 +124,6 @@ impl Default for RelaySettings {
     fn default() -> Self {
         Self {
             batch: 256,
-            lease: Duration::from_secs(30),
             idle_poll: Duration::from_secs(1),
             linger: Duration::from_millis(10),
             backoff: Duration::from_millis(100),
@@ -137,10 +134,11 @@ impl Default for RelaySettings {
     }
 }
 
-/// Publishes committed outbox rows, one loop per destination: commands in commit order, a claimed batch
-/// sent at once and its confirms awaited together; audit records of different orders concurrently, each order's in order.
-/// A destination's rows are marked published only after the broker acknowledged them. At least once: a
-/// crash between publish and mark sends the rows again, and consumers de-duplicate on the message id.
+/// Publishes committed outbox rows, one loop per destination: commands of a batch sent at once in commit
+/// order and their confirms awaited together; audit records of different orders concurrently, each order's
+/// in order. A row is settled only after the broker acknowledged it. At least once: a crash between
+/// publishing and settling sends the rows again, and consumers de-duplicate on the message id. Any number
+/// of relays may share a store: it hands each order's rows to one relay at a time.
 pub struct OutboxRelay {
     store: Arc<dyn OutboxStore>,
     commands: Arc<dyn CommandPublisher>,
@@ -173,9 +171,9 @@ impl OutboxRelay {
         loop {
             match self.publish_batch(destination).await {
                 Ok(0) => self.store.wait_for_new(destination, self.settings.idle_poll).await,
-                Ok(claimed) => {
+                Ok(taken) => {
                     backoff.reset();
-                    if claimed < self.settings.batch {
+                    if taken < self.settings.batch {
                         tokio::time::sleep(self.settings.linger).await;
                     }
                 }
@@ -197,40 +195,36 @@ impl OutboxRelay {
         loop {
             every.tick().await;
             match self.store.purge(self.settings.retention).await {
-                Ok(deleted) => tracing::debug!(deleted, "outbox and inbox purged"),
-                Err(error) => tracing::warn!(%error, "outbox purge failed"),
+                Ok(deleted) => tracing::debug!(deleted, "inbox purged"),
+                Err(error) => tracing::warn!(%error, "inbox purge failed"),
             }
         }
     }
 
-    /// Claims one batch for `destination`, publishes it and marks what the broker acknowledged; returns
-    /// how many rows it claimed.
+    /// Takes one batch for `destination`, publishes it and settles what the broker acknowledged; returns
+    /// how many rows it took.
     ///
     /// # Errors
-    /// The first publishing failure (after marking what went through) or a store failure. An order's rows
-    /// after a failed one are not marked, so each order's messages reach a destination in commit order.
+    /// The first publishing failure (after settling what went through) or a store failure. An order's rows
+    /// after a failed one are not settled, so each order's messages reach a destination in commit order:
+    /// the next batch starts with the failed row.
     pub async fn publish_batch(&self, destination: Destination) -> Result<usize, crate::BoxError> {
-        let rows = self.store.claim(destination, self.settings.batch, self.settings.lease).await?;
+        let batch = self.store.take(destination, self.settings.batch).await?;
+        let rows = batch.messages();
+        let taken = rows.len();
         let (published, failure) = match destination {
-            Destination::Command => self.publish_commands(&rows).await,
-            Destination::Audit => self.append_audit(&rows).await,
+            Destination::Command => self.publish_commands(rows).await,
+            Destination::Audit => self.append_audit(rows).await,
         };
-        if !published.is_empty() {
-            self.store.mark_published(destination, &published).await?;
+        batch.settle(&published).await?;
+        match failure {
+            Some(error) => Err(error.into()),
+            None => Ok(taken),
         }
-        let Some(error) = failure else { return Ok(rows.len()) };
-        // What did not go out is claimed again first next round, ahead of anything written since, so no
-        // order's later message overtakes an earlier one.
-        let unpublished: Vec<EventId> =
-            rows.iter().map(OutboxMessage::id).filter(|id| !published.contains(id)).collect();
-        if let Err(release) = self.store.release(destination, &unpublished).await {
-            tracing::warn!(error = %release, "could not release unpublished outbox rows; their lease will expire");
-        }
-        Err(error.into())
     }
 
     /// The whole batch at once, in commit order on one channel, its confirms awaited together. What the
-    /// broker confirmed is marked even if something before it failed: it is queued, and sending it again
+    /// broker confirmed is settled even if something before it failed: it is queued, and sending it again
     /// would only add a duplicate.
     async fn publish_commands(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
         let commands: Vec<(RoutingKey, &CloudEvent)> =
@@ -238,7 +232,7 @@ impl OutboxRelay {
         let outcome = self.commands.publish_all(&commands).await;
         let confirmed: HashSet<EventId> =
             commands.iter().zip(outcome.confirmed).filter(|(_, ok)| *ok).map(|((_, event), _)| event.id).collect();
-        // A row claimed for commands without a routing key owes nothing to the broker.
+        // A row taken for commands without a routing key owes nothing to the broker.
         let published = rows
             .iter()
             .filter(|row| row.command.is_none() || confirmed.contains(&row.id()))

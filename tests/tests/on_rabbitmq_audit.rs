@@ -197,7 +197,7 @@ impl Drop for PrivateKafka {
 
 /// Outbox rows of `schema` whose audit record Kafka has not acknowledged yet.
 async fn audit_pending(db: &tokio_postgres::Client, schema: &str) -> anyhow::Result<i64> {
-    let row = db.query_one(&format!("SELECT count(*) FROM \"{schema}\".outbox WHERE audit_pending"), &[]).await?;
+    let row = db.query_one(&format!("SELECT count(*) FROM \"{schema}\".audit_outbox"), &[]).await?;
     Ok(row.get(0))
 }
 

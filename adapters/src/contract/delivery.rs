@@ -2,7 +2,6 @@
 //! keyset-paged shipment list. Each check takes a fresh, empty store and panics on a violation.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use orderflow_domain::ShipmentOrder;
 use orderflow_domain::{
@@ -17,9 +16,6 @@ use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use uuid::Uuid;
 
 use super::fixtures::{address, event_id, inbox, later, message_ids, sku};
-
-/// A lease long enough that nothing claimed in a check comes back during it.
-const LEASE: Duration = Duration::from_secs(60);
 
 fn delivery_messages(event: &ShipmentEvent, at: Timestamp) -> Vec<OutboxMessage> {
     vec![OutboxMessage::from_outgoing(
@@ -72,7 +68,7 @@ async fn save(store: &dyn DeliveryStore, change: ShipmentChange) -> Shipment {
 }
 
 async fn owed(store: &dyn DeliveryStore) -> Vec<EventId> {
-    super::fixtures::owed_rows(store, LEASE).await
+    super::fixtures::drain_outbox(store).await
 }
 
 fn ids(shipments: &[Shipment]) -> Vec<ShipmentId> {

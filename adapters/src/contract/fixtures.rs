@@ -75,16 +75,29 @@ pub fn message(command: Option<RoutingKey>, audit: bool) -> OutboxMessage {
     OutboxMessage { event: CloudEvent::wrap(event_id(), Source::Sales, body, now(), None), command, audit }
 }
 
-/// Every row a store's outbox owes right now, to either destination (claims them for `lease`), in the
-/// order the fixtures made them: their ids are UUIDv7s.
-pub async fn owed_rows(store: &dyn OutboxStore, lease: std::time::Duration) -> Vec<EventId> {
+/// Every row a store's outbox owes right now, to either destination, in the order the fixtures made them
+/// (their ids are UUIDv7s); they are settled as published, so the next call returns only rows written
+/// after this one.
+pub async fn drain_outbox(store: &dyn OutboxStore) -> Vec<EventId> {
     let mut rows = Vec::new();
     for destination in [Destination::Command, Destination::Audit] {
-        rows.extend(message_ids(&store.claim(destination, 1000, lease).await.expect("outbox claimed")));
+        let batch = store.take(destination, 1000).await.expect("outbox rows taken");
+        let ids = message_ids(batch.messages());
+        batch.settle(&ids).await.expect("the batch settled");
+        rows.extend(ids);
     }
     rows.sort();
     rows.dedup();
     rows
+}
+
+/// The ids of the rows `store` owes `destination` right now, oldest first (taken and handed back
+/// unsettled).
+pub async fn owed(store: &dyn OutboxStore, destination: Destination) -> Vec<EventId> {
+    let batch = store.take(destination, 1000).await.expect("outbox rows taken");
+    let ids = message_ids(batch.messages());
+    batch.settle(&[]).await.expect("the batch handed back");
+    ids
 }
 
 /// The ids of messages, in order.

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use orderflow_domain::{Carrier, Order, OrderId, OrderStatus, PaymentOutcome, Sku, TrackingNumber};
 use orderflow_ports::outbox::OutboxMessage;
@@ -13,9 +12,6 @@ use orderflow_ports::sales::{
 };
 
 use super::fixtures::{OrderDraft, change_of, eur, inbox, later, message_ids, name, sku};
-
-/// A lease long enough that nothing claimed in a check comes back during it.
-const LEASE: Duration = Duration::from_secs(60);
 
 async fn stock(store: &dyn SalesStore, code: &str, units: u32) -> Product {
     store.put_product(sku(code), name(&format!("Product {code}")), eur(1000), units).await.expect("product stored")
@@ -40,9 +36,9 @@ async fn place(store: &dyn SalesStore, placement: Placement) -> Order {
     }
 }
 
-/// Every row the outbox owes right now (claims them for [`LEASE`]).
+/// Every row the outbox owes right now; the next call returns only rows written after this one.
 async fn owed(store: &dyn SalesStore) -> Vec<orderflow_domain::EventId> {
-    super::fixtures::owed_rows(store, LEASE).await
+    super::fixtures::drain_outbox(store).await
 }
 
 async fn all_orders(store: &dyn SalesStore) -> Vec<Order> {

@@ -1,7 +1,7 @@
 //! The in-memory Delivery store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orderflow_domain::{OrderId, Shipment, ShipmentId, ShipmentStatus, Timestamp};
@@ -10,7 +10,7 @@ use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::{Page, ReadError};
 
 use super::lock;
-use super::outbox::{OutboxRows, Written, outbox_store};
+use super::outbox::{Outbox, outbox_store};
 use super::sales::page;
 
 #[derive(Default)]
@@ -18,14 +18,13 @@ struct State {
     shipments: BTreeMap<ShipmentId, Shipment>,
     by_order: HashMap<OrderId, ShipmentId>,
     inbox: HashSet<(String, String)>,
-    outbox: OutboxRows,
 }
 
 /// Delivery persistence in memory.
 #[derive(Default)]
 pub struct InMemoryDeliveryStore {
     state: Mutex<State>,
-    written: Written,
+    outbox: Arc<Outbox>,
 }
 
 impl InMemoryDeliveryStore {
@@ -62,9 +61,8 @@ impl DeliveryStore for InMemoryDeliveryStore {
         }
         state.by_order.insert(shipment.order.order_id, shipment.id);
         state.shipments.insert(shipment.id, shipment);
-        state.outbox.push(change.messages);
+        self.outbox.push(change.messages);
         drop(state);
-        self.written.notify();
         Ok(ChangeOutcome::Applied)
     }
 

@@ -1,145 +1,151 @@
-//! The in-memory outbox table shared by both in-memory stores.
+//! The in-memory outbox both in-memory stores keep: the rows owed to each destination, in commit order.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use orderflow_domain::EventId;
-use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage};
-use tokio::sync::Notify;
+use orderflow_ports::ReadError;
+use orderflow_ports::outbox::{Backlog, Destination, OutboxBatch, OutboxMessage};
+use tokio::sync::{Notify, OwnedMutexGuard};
 
-/// One destination's state of a row: whether it is still owed, and until when a relay holds it.
-#[derive(Default)]
-struct Owed {
-    pending: bool,
-    claimed_until: Option<Instant>,
-}
+use super::lock;
 
 struct Row {
+    seq: u64,
     message: OutboxMessage,
-    command: Owed,
-    audit: Owed,
     written_at: Instant,
 }
 
-/// Outbox rows in commit order. Fully published rows are dropped at once: nothing reads them back.
 #[derive(Default)]
-pub(super) struct OutboxRows {
-    rows: Vec<Row>,
+struct Owed {
+    next_seq: u64,
+    command: VecDeque<Row>,
+    audit: VecDeque<Row>,
 }
 
-impl OutboxRows {
-    pub(super) fn push(&mut self, messages: Vec<OutboxMessage>) {
+impl Owed {
+    fn of(&mut self, destination: Destination) -> &mut VecDeque<Row> {
+        match destination {
+            Destination::Command => &mut self.command,
+            Destination::Audit => &mut self.audit,
+        }
+    }
+}
+
+/// One destination's side: who holds its rows, and the signal its relay waits on.
+#[derive(Default)]
+struct Side {
+    holder: Arc<tokio::sync::Mutex<()>>,
+    written: Notify,
+}
+
+/// The outbox of one in-memory store. A batch holds its whole destination (one process has one relay per
+/// destination; a second relay sharing the store gets nothing until the batch settles).
+#[derive(Default)]
+pub(super) struct Outbox {
+    owed: Mutex<Owed>,
+    command: Side,
+    audit: Side,
+}
+
+impl Outbox {
+    const fn side(&self, destination: Destination) -> &Side {
+        match destination {
+            Destination::Command => &self.command,
+            Destination::Audit => &self.audit,
+        }
+    }
+
+    /// Records what a change sends, a row per destination of each message, and wakes the relays. Called
+    /// while the store's state is locked, so one order's rows queue in the order of its changes.
+    pub(super) fn push(&self, messages: Vec<OutboxMessage>) {
+        let mut owed = lock(&self.owed);
+        let written_at = Instant::now();
         for message in messages {
-            let command = Owed { pending: message.command.is_some(), claimed_until: None };
-            let audit = Owed { pending: message.audit, claimed_until: None };
-            // A message bound nowhere has nothing to publish; keeping it would be claimed forever.
-            if command.pending || audit.pending {
-                self.rows.push(Row { message, command, audit, written_at: Instant::now() });
+            for (destination, owes) in
+                [(Destination::Command, message.command.is_some()), (Destination::Audit, message.audit)]
+            {
+                if owes {
+                    let seq = owed.next_seq;
+                    owed.next_seq += 1;
+                    let message = OutboxMessage {
+                        command: message.command.filter(|_| destination == Destination::Command),
+                        audit: destination == Destination::Audit,
+                        event: message.event.clone(),
+                    };
+                    owed.of(destination).push_back(Row { seq, message, written_at });
+                }
             }
         }
+        drop(owed);
+        self.command.written.notify_one();
+        self.audit.written.notify_one();
     }
 
-    pub(super) fn claim(&mut self, destination: Destination, limit: usize, lease: Duration) -> Vec<OutboxMessage> {
-        let now = Instant::now();
-        self.rows
-            .iter_mut()
-            .filter_map(|Row { message, command, audit, .. }| {
-                let owed = match destination {
-                    Destination::Command => command,
-                    Destination::Audit => audit,
-                };
-                let free = owed.pending && owed.claimed_until.is_none_or(|until| until <= now);
-                free.then(|| {
-                    owed.claimed_until = Some(now + lease);
-                    message.clone()
-                })
-            })
-            .take(limit)
-            .collect()
-    }
-
-    pub(super) fn mark(&mut self, destination: Destination, ids: &[EventId]) {
-        for row in self.rows.iter_mut().filter(|r| ids.contains(&r.message.id())) {
-            match destination {
-                Destination::Command => row.command.pending = false,
-                Destination::Audit => row.audit.pending = false,
-            }
-        }
-        self.rows.retain(|r| r.command.pending || r.audit.pending);
-    }
-
-    pub(super) fn release(&mut self, destination: Destination, ids: &[EventId]) {
-        for row in self.rows.iter_mut().filter(|r| ids.contains(&r.message.id())) {
-            match destination {
-                Destination::Command => row.command.claimed_until = None,
-                Destination::Audit => row.audit.claimed_until = None,
-            }
-        }
-    }
-
-    pub(super) fn command_backlog(&self) -> Backlog {
-        let mut owed = self.rows.iter().filter(|row| row.command.pending).peekable();
-        // Rows are in commit order, so the first owed one is the oldest.
-        let oldest = owed.peek().map(|row| row.written_at.elapsed()).unwrap_or_default();
-        Backlog { rows: u64::try_from(owed.count()).unwrap_or(u64::MAX), oldest }
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.rows.len()
-    }
-}
-
-/// Wakes the relay loop of each destination when rows are written.
-#[derive(Default)]
-pub(super) struct Written {
-    command: Notify,
-    audit: Notify,
-}
-
-impl Written {
-    pub(super) fn notify(&self) {
-        self.command.notify_one();
-        self.audit.notify_one();
+    pub(super) fn take(self: &Arc<Self>, destination: Destination, limit: usize) -> Box<dyn OutboxBatch> {
+        let Ok(guard) = Arc::clone(&self.side(destination).holder).try_lock_owned() else {
+            return Box::new(MemoryBatch {
+                outbox: Arc::clone(self),
+                destination,
+                _held: None,
+                rows: vec![],
+                messages: vec![],
+            });
+        };
+        let mut owed = lock(&self.owed);
+        let (rows, messages) =
+            owed.of(destination).iter().take(limit).map(|row| (row.seq, row.message.clone())).unzip();
+        Box::new(MemoryBatch { outbox: Arc::clone(self), destination, _held: Some(guard), rows, messages })
     }
 
     pub(super) async fn wait(&self, destination: Destination, max_wait: Duration) {
-        let notified = match destination {
-            Destination::Command => self.command.notified(),
-            Destination::Audit => self.audit.notified(),
-        };
-        let _ = tokio::time::timeout(max_wait, notified).await;
+        let _ = tokio::time::timeout(max_wait, self.side(destination).written.notified()).await;
+    }
+
+    pub(super) fn command_backlog(&self) -> Backlog {
+        let mut owed = lock(&self.owed);
+        let commands = owed.of(Destination::Command);
+        // Rows are in commit order, so the first is the oldest.
+        let oldest = commands.front().map(|row| row.written_at.elapsed()).unwrap_or_default();
+        Backlog { rows: u64::try_from(commands.len()).unwrap_or(u64::MAX), oldest }
     }
 }
 
-/// Implements `OutboxStore` for a store with `state` (holding `outbox: OutboxRows`) and `written: Written`.
+struct MemoryBatch {
+    outbox: Arc<Outbox>,
+    destination: Destination,
+    _held: Option<OwnedMutexGuard<()>>,
+    rows: Vec<u64>,
+    messages: Vec<OutboxMessage>,
+}
+
+#[async_trait]
+impl OutboxBatch for MemoryBatch {
+    fn messages(&self) -> &[OutboxMessage] {
+        &self.messages
+    }
+
+    async fn settle(self: Box<Self>, ids: &[EventId]) -> Result<(), ReadError> {
+        let published: Vec<u64> =
+            self.rows.iter().zip(&self.messages).filter(|(_, m)| ids.contains(&m.id())).map(|(seq, _)| *seq).collect();
+        lock(&self.outbox.owed).of(self.destination).retain(|row| !published.contains(&row.seq));
+        Ok(())
+    }
+}
+
+/// Implements `OutboxStore` for a store with an `outbox: Arc<Outbox>` field.
 macro_rules! outbox_store {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl orderflow_ports::outbox::OutboxStore for $store {
-            async fn claim(
+            async fn take(
                 &self,
                 destination: orderflow_ports::outbox::Destination,
                 limit: usize,
-                lease: std::time::Duration,
-            ) -> Result<Vec<orderflow_ports::outbox::OutboxMessage>, orderflow_ports::ReadError> {
-                Ok(super::lock(&self.state).outbox.claim(destination, limit, lease))
-            }
-
-            async fn mark_published(
-                &self,
-                destination: orderflow_ports::outbox::Destination,
-                ids: &[orderflow_domain::EventId],
-            ) -> Result<(), orderflow_ports::ReadError> {
-                super::lock(&self.state).outbox.mark(destination, ids);
-                Ok(())
-            }
-
-            async fn release(
-                &self,
-                destination: orderflow_ports::outbox::Destination,
-                ids: &[orderflow_domain::EventId],
-            ) -> Result<(), orderflow_ports::ReadError> {
-                super::lock(&self.state).outbox.release(destination, ids);
-                Ok(())
+            ) -> Result<Box<dyn orderflow_ports::outbox::OutboxBatch>, orderflow_ports::ReadError> {
+                Ok(self.outbox.take(destination, limit))
             }
 
             async fn wait_for_new(
@@ -147,15 +153,15 @@ macro_rules! outbox_store {
                 destination: orderflow_ports::outbox::Destination,
                 max_wait: std::time::Duration,
             ) {
-                self.written.wait(destination, max_wait).await;
+                self.outbox.wait(destination, max_wait).await;
             }
 
             async fn command_backlog(&self) -> Result<orderflow_ports::outbox::Backlog, orderflow_ports::ReadError> {
-                Ok(super::lock(&self.state).outbox.command_backlog())
+                Ok(self.outbox.command_backlog())
             }
 
-            /// Published rows are dropped the moment they are marked, and the inbox of an in-memory
-            /// store lives as long as the process, so there is never anything to purge.
+            /// The inbox of an in-memory store lives as long as the process, so there is never anything
+            /// to purge.
             async fn purge(&self, _retention: std::time::Duration) -> Result<u64, orderflow_ports::ReadError> {
                 Ok(0)
             }

@@ -1,7 +1,7 @@
 //! The in-memory Sales store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orderflow_domain::{Money, Order, OrderId, ProductName, Sku, StockEffect, Timestamp};
@@ -13,7 +13,7 @@ use orderflow_ports::sales::{
 };
 use orderflow_ports::{Page, ReadError};
 
-use super::outbox::{OutboxRows, Written, outbox_store};
+use super::outbox::{Outbox, outbox_store};
 use super::{inconsistent, lock};
 
 struct KeyRecord {
@@ -29,14 +29,12 @@ struct State {
     keys: HashMap<(String, String), KeyRecord>,
     inbox: HashSet<(String, String)>,
     timelines: HashMap<OrderId, Vec<CloudEvent>>,
-    outbox: OutboxRows,
 }
 
 impl State {
-    fn record(&mut self, order_id: OrderId, messages: Vec<OutboxMessage>) {
+    fn record(&mut self, order_id: OrderId, messages: &[OutboxMessage]) {
         let timeline = self.timelines.entry(order_id).or_default();
         timeline.extend(messages.iter().filter(|m| m.audit).map(|m| m.event.clone()));
-        self.outbox.push(messages);
     }
 }
 
@@ -44,18 +42,13 @@ impl State {
 #[derive(Default)]
 pub struct InMemorySalesStore {
     state: Mutex<State>,
-    written: Written,
+    outbox: Arc<Outbox>,
 }
 
 impl InMemorySalesStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Outbox rows not yet fully published (for tests and metrics).
-    pub fn outbox_backlog(&self) -> usize {
-        lock(&self.state).outbox.len()
     }
 }
 
@@ -105,9 +98,9 @@ impl SalesStore for InMemorySalesStore {
             state.keys.insert((key.client, key.key), record);
         }
         state.orders.insert(order.id, order.clone());
-        state.record(order.id, placement.messages);
+        state.record(order.id, &placement.messages);
+        self.outbox.push(placement.messages);
         drop(state);
-        self.written.notify();
         Ok(PlaceOutcome::Created(order))
     }
 
@@ -146,9 +139,9 @@ impl SalesStore for InMemorySalesStore {
             state.inbox.insert(entry);
         }
         state.orders.insert(order.id, order.clone());
-        state.record(order.id, change.messages);
+        state.record(order.id, &change.messages);
+        self.outbox.push(change.messages);
         drop(state);
-        self.written.notify();
         Ok(ChangeOutcome::Applied)
     }
 

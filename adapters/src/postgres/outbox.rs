@@ -1,41 +1,52 @@
-//! The outbox table both services share the shape of: claiming with leases and `SKIP LOCKED`, marking
-//! each destination, purging, and the `LISTEN` connection that wakes the relay.
+//! The two outbox tables both services share the shape of (`command_outbox`, `audit_outbox`): writing
+//! rows, handing them to relays by partition under transaction-scoped advisory locks, deleting what was
+//! published, purging the inbox, and the `LISTEN` connection that wakes the relay.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use deadpool_postgres::ClientWrapper;
 use futures::StreamExt;
 use orderflow_domain::EventId;
 use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::backoff::Backoff;
-use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage};
+use orderflow_ports::outbox::{Backlog, Destination, OutboxBatch, OutboxMessage};
 use orderflow_ports::{BoxError, ReadError};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::{Database, from_json, unexpected};
+use super::{Database, Tx, from_json, unexpected};
+
+/// How many partitions the outbox tables split orders into (`outbox_partitions()` in the migrations): the
+/// most relays that can publish one destination at the same time.
+const PARTITIONS: u32 = 32;
 
 /// Outbox messages as column arrays, to insert any number of them in one statement.
 pub(super) struct OutboxColumns<'a> {
     ids: Vec<uuid::Uuid>,
-    events: Vec<serde_json::Value>,
+    subjects: Vec<&'a str>,
+    events: Vec<String>,
     keys: Vec<Option<&'a str>>,
-    commands: Vec<bool>,
     audits: Vec<bool>,
 }
 
-/// The columns an outbox insert fills, in the order [`select_columns`] yields them.
-pub(super) const INSERT_COLUMNS: &str = "(id, event, routing_key, command_pending, audit_pending)";
-
-/// The `SELECT` that feeds `INSERT INTO outbox` [`INSERT_COLUMNS`] from [`OutboxColumns`] bound at
-/// `$n … $n+4`, keeping the messages' order for the `seq` identity.
-pub(super) fn select_columns(n: usize) -> String {
+/// The end of a statement that writes [`OutboxColumns`] bound at `$n … $n+4` to the outbox tables, after
+/// the caller's own `WITH` items (`WITH …, {write_rows(n)}`): a row in `command_outbox` for each command
+/// and in `audit_outbox` for each audited message, in the messages' order for the `seq` identities.
+pub(super) fn write_rows(n: usize) -> String {
     format!(
-        "SELECT id, event, routing_key, command_pending, audit_pending
-         FROM unnest(${}::uuid[], ${}::jsonb[], ${}::text[], ${}::bool[], ${}::bool[]) WITH ORDINALITY
-             AS m(id, event, routing_key, command_pending, audit_pending, n)
-         ORDER BY n",
+        "outbox_rows AS (
+             SELECT * FROM unnest(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::bool[]) WITH ORDINALITY
+                 AS m(id, subject, event, routing_key, audit, n)),
+         command_rows AS (
+             INSERT INTO command_outbox (id, partition, routing_key, event)
+             SELECT id, outbox_partition(subject), routing_key, event FROM outbox_rows
+             WHERE routing_key IS NOT NULL ORDER BY n)
+         INSERT INTO audit_outbox (id, partition, event)
+         SELECT id, outbox_partition(subject), event FROM outbox_rows WHERE audit ORDER BY n",
         n,
         n + 1,
         n + 2,
@@ -48,16 +59,16 @@ impl<'a> OutboxColumns<'a> {
     pub(super) fn of(messages: &'a [OutboxMessage]) -> Result<Self, BoxError> {
         Ok(Self {
             ids: messages.iter().map(|m| m.id().as_uuid()).collect(),
-            events: messages.iter().map(|m| serde_json::to_value(&m.event)).collect::<Result<_, _>>()?,
+            subjects: messages.iter().map(|m| m.event.subject.as_str()).collect(),
+            events: messages.iter().map(|m| serde_json::to_string(&m.event)).collect::<Result<_, _>>()?,
             keys: messages.iter().map(|m| m.command.map(RoutingKey::as_str)).collect(),
-            commands: messages.iter().map(|m| m.command.is_some()).collect(),
             audits: messages.iter().map(|m| m.audit).collect(),
         })
     }
 
-    /// The five parameters, in the order [`select_columns`] expects.
+    /// The five parameters, in the order [`write_rows`] expects.
     pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
-        [&self.ids, &self.events, &self.keys, &self.commands, &self.audits]
+        [&self.ids, &self.subjects, &self.events, &self.keys, &self.audits]
     }
 }
 
@@ -67,8 +78,7 @@ pub(super) async fn insert(tx: &ClientWrapper, messages: &[OutboxMessage]) -> Re
         return Ok(());
     }
     let columns = OutboxColumns::of(messages)?;
-    let sql =
-        format!("INSERT INTO outbox (id, event, routing_key, command_pending, audit_pending) {}", select_columns(1));
+    let sql = format!("WITH {}", write_rows(1));
     let statement = tx.prepare_cached(&sql).await?;
     tx.execute(&statement, &columns.params()).await?;
     Ok(())
@@ -138,101 +148,116 @@ pub(super) async fn record_inbox<'a>(
     Ok(())
 }
 
-fn routing_key(raw: Option<String>) -> Result<Option<RoutingKey>, BoxError> {
-    raw.map(|k| from_json::<RoutingKey>(serde_json::Value::String(k))).transpose()
+fn routing_key(raw: String) -> Result<RoutingKey, BoxError> {
+    from_json::<RoutingKey>(serde_json::Value::String(raw))
 }
 
-/// The columns of one destination: whether a row is owed to it, and until when a relay holds it.
-const fn columns(destination: Destination) -> (&'static str, &'static str) {
+/// The outbox table of a destination.
+const fn table(destination: Destination) -> &'static str {
     match destination {
-        Destination::Command => ("command_pending", "command_claimed_until"),
-        Destination::Audit => ("audit_pending", "audit_claimed_until"),
+        Destination::Command => "command_outbox",
+        Destination::Audit => "audit_outbox",
     }
 }
 
-/// Claims up to `limit` rows owed to `destination` for `lease`, oldest first; rows another relay holds for
-/// the same destination are skipped.
-pub(super) async fn claim(
+/// Takes up to `limit` rows owed to `destination`, oldest first, from the partitions this relay can lock:
+/// at most its share of them (all partitions over the relays running), trying them from a different one
+/// each round so that no partition waits on a relay that keeps missing it. The locks are the
+/// transaction's: they last until the batch settles, or until its connection closes.
+pub(super) async fn take(
     db: &Database,
     destination: Destination,
     limit: usize,
-    lease: Duration,
-) -> Result<Vec<OutboxMessage>, ReadError> {
+) -> Result<Box<dyn OutboxBatch>, ReadError> {
+    let failed = |e: tokio_postgres::Error| ReadError::Unexpected(unexpected(e));
     let client = db.client().await.map_err(ReadError::Unexpected)?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let lease_ms = f64::from(u32::try_from(lease.as_millis()).unwrap_or(u32::MAX));
-    let (pending, claimed_until) = columns(destination);
-    let sql = format!(
-        "WITH next AS (
-             SELECT seq FROM outbox
-             WHERE {pending} AND ({claimed_until} IS NULL OR {claimed_until} < now())
-             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)
-         UPDATE outbox o SET {claimed_until} = now() + $2 * interval '1 millisecond'
-         FROM next WHERE o.seq = next.seq
-         RETURNING o.seq, o.event, o.routing_key, o.audit_pending"
-    );
-    let statement = client.prepare_cached(&sql).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
-    let rows =
-        client.query(&statement, &[&limit, &lease_ms]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
-    let mut claimed = Vec::with_capacity(rows.len());
-    for row in rows {
-        let seq: i64 = row.get(0);
-        let event: CloudEvent = from_json(row.get(1)).map_err(ReadError::Unexpected)?;
-        let command = routing_key(row.get(2)).map_err(ReadError::Unexpected)?;
-        // `audit` says whether the row is (still) owed to the audit stream; a relay claiming commands
-        // does not need to know whether an audit record already went out.
-        claimed.push((seq, OutboxMessage { event, command, audit: row.get(3) }));
-    }
-    // UPDATE … RETURNING does not keep the CTE's order.
-    claimed.sort_by_key(|(seq, _)| *seq);
-    Ok(claimed.into_iter().map(|(_, message)| message).collect())
-}
-
-/// Marks `ids` published to `destination`: a row the other destination still needs is updated, and a
-/// row that owes nothing more is deleted. Deleting costs PostgreSQL far less than the update it replaces
-/// (no new row version, no new index entries in the outbox's five indexes).
-///
-/// Two statements, in this order, so that relays of the two destinations marking one row at the same time
-/// never leave it behind: each update sees the other's committed update, and the delete that runs last
-/// (a statement of its own, so with a fresh snapshot) finds both flags cleared.
-pub(super) async fn mark(db: &Database, destination: Destination, ids: &[EventId]) -> Result<(), ReadError> {
-    let client = db.client().await.map_err(ReadError::Unexpected)?;
-    let ids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
-    let (update, delete) = match destination {
-        Destination::Command => (
-            "UPDATE outbox SET command_pending = false WHERE id = ANY($1) AND audit_pending",
-            "DELETE FROM outbox WHERE id = ANY($1) AND NOT audit_pending",
-        ),
-        Destination::Audit => (
-            "UPDATE outbox SET audit_pending = false WHERE id = ANY($1) AND command_pending",
-            "DELETE FROM outbox WHERE id = ANY($1) AND NOT command_pending",
-        ),
+    let table = table(destination);
+    let key_column = match destination {
+        Destination::Command => "routing_key",
+        Destination::Audit => "NULL::text",
     };
-    for sql in [update, delete] {
-        let statement = client.prepare_cached(sql).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
-        client.execute(&statement, &[&ids]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
+    // The rows are read by a statement of their own, after the locks are held: a statement's snapshot is
+    // taken when it starts, and one that locked a partition as it went could still see rows the relay
+    // before it had published and deleted. The partitions got travel from one statement to the next in a
+    // setting local to the transaction.
+    let lock = format!(
+        "SELECT set_config('orderflow.partitions', coalesce(string_agg(p::text, ','), ''), true) FROM (
+             SELECT p FROM (SELECT ($1::int + i) % {PARTITIONS} AS p FROM generate_series(0, {PARTITIONS} - 1) AS i) c
+             WHERE pg_try_advisory_xact_lock(hashtext(current_schema() || '.{table}'), p)
+             LIMIT $2) held"
+    );
+    let read = format!(
+        "SELECT seq, event, {key_column} FROM {table}
+         WHERE partition = ANY(string_to_array(current_setting('orderflow.partitions'), ',')::smallint[])
+         ORDER BY seq LIMIT $1"
+    );
+    let lock = client.prepare_cached(&lock).await.map_err(failed)?;
+    let read = client.prepare_cached(&read).await.map_err(failed)?;
+    let first = i32::try_from(db.relay_round.fetch_add(1, Ordering::Relaxed) % PARTITIONS).unwrap_or(0);
+    let relays = u32::try_from(db.relays.load(Ordering::Relaxed)).unwrap_or(u32::MAX).clamp(1, PARTITIONS);
+    let share = i64::from(PARTITIONS.div_ceil(relays));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // The three statements travel together, in this order, in one round trip.
+    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&first, &share];
+    let read_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
+    let (begun, locked, rows) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query_one(&lock, &lock_params),
+        client.query(&read, &read_params)
+    );
+    let tx = Tx { client: Some(client) };
+    begun.map_err(failed)?;
+    locked.map_err(failed)?;
+    let rows = rows.map_err(failed)?;
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in rows {
+        seqs.push(row.get::<_, i64>(0));
+        let event: CloudEvent = serde_json::from_str(row.get(1)).map_err(|e| ReadError::Unexpected(e.into()))?;
+        let command = row.get::<_, Option<String>>(2).map(routing_key).transpose().map_err(ReadError::Unexpected)?;
+        messages.push(OutboxMessage { event, command, audit: destination == Destination::Audit });
     }
-    Ok(())
+    Ok(Box::new(PgBatch { tx, table, seqs, messages }))
 }
 
-/// Clears the claim of `ids` for `destination`, so the next claim takes them again first.
-pub(super) async fn release(db: &Database, destination: Destination, ids: &[EventId]) -> Result<(), ReadError> {
-    let client = db.client().await.map_err(ReadError::Unexpected)?;
-    let ids: Vec<uuid::Uuid> = ids.iter().map(EventId::as_uuid).collect();
-    let (_, claimed_until) = columns(destination);
-    let sql = format!("UPDATE outbox SET {claimed_until} = NULL WHERE id = ANY($1)");
-    let statement = client.prepare_cached(&sql).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
-    client.execute(&statement, &[&ids]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
-    Ok(())
+/// Rows taken by [`take`], with the transaction that holds their partitions. Dropped unsettled, the
+/// transaction rolls back: the rows stay owed and the partitions are free.
+struct PgBatch {
+    tx: Tx,
+    table: &'static str,
+    seqs: Vec<i64>,
+    messages: Vec<OutboxMessage>,
 }
 
-/// How many commands are owed and the age of the oldest, from the partial index of owed rows.
+#[async_trait]
+impl OutboxBatch for PgBatch {
+    fn messages(&self) -> &[OutboxMessage] {
+        &self.messages
+    }
+
+    async fn settle(self: Box<Self>, ids: &[EventId]) -> Result<(), ReadError> {
+        let Self { tx, table, seqs, messages } = *self;
+        let published: Vec<i64> =
+            seqs.iter().zip(&messages).filter(|(_, m)| ids.contains(&m.id())).map(|(seq, _)| *seq).collect();
+        let mut sql = String::new();
+        if !published.is_empty() {
+            // The sequence numbers are the store's own integers, so they can be written into the text: the
+            // delete and the commit then go in one round trip.
+            let list = published.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            let _ = write!(sql, "DELETE FROM {table} WHERE seq IN ({list}); ");
+        }
+        sql.push_str("COMMIT");
+        tx.finish(&sql).await.map_err(|e| ReadError::Unexpected(unexpected(e)))
+    }
+}
+
+/// How many commands are owed and the age of the oldest.
 pub(super) async fn command_backlog(db: &Database) -> Result<Backlog, ReadError> {
     let client = db.client().await.map_err(ReadError::Unexpected)?;
     let statement = client
         .prepare_cached(
-            "SELECT (SELECT count(*) FROM outbox WHERE command_pending),
-                    COALESCE((SELECT extract(epoch FROM now() - created_at) FROM outbox WHERE command_pending
+            "SELECT (SELECT count(*) FROM command_outbox),
+                    COALESCE((SELECT extract(epoch FROM now() - created_at) FROM command_outbox
                               ORDER BY seq LIMIT 1), 0)::float8",
         )
         .await
@@ -243,19 +268,14 @@ pub(super) async fn command_backlog(db: &Database) -> Result<Backlog, ReadError>
     Ok(Backlog { rows, oldest })
 }
 
-/// Deletes published outbox rows and inbox rows older than `retention`; returns how many rows went.
+/// Deletes inbox rows older than `retention`; returns how many went.
 pub(super) async fn purge(db: &Database, retention: Duration) -> Result<u64, ReadError> {
     let client = db.client().await.map_err(ReadError::Unexpected)?;
     let ms = f64::from(u32::try_from(retention.as_millis()).unwrap_or(u32::MAX));
-    let mut deleted = 0;
-    for sql in [
-        "DELETE FROM outbox WHERE NOT (command_pending OR audit_pending)
-             AND published_at < now() - $1 * interval '1 millisecond'",
-        "DELETE FROM inbox WHERE processed_at < now() - $1 * interval '1 millisecond'",
-    ] {
-        deleted += client.execute(sql, &[&ms]).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
-    }
-    Ok(deleted)
+    client
+        .execute("DELETE FROM inbox WHERE processed_at < now() - $1 * interval '1 millisecond'", &[&ms])
+        .await
+        .map_err(|e| ReadError::Unexpected(unexpected(e)))
 }
 
 /// Sends `NOTIFY channel` whenever asked, at most once per few milliseconds: a burst of commits costs
@@ -280,7 +300,7 @@ pub(super) async fn announce(pool: deadpool_postgres::Pool, channel: String, ask
 }
 
 /// Every few seconds, publishes the outbox backlog per destination and the age of its oldest owed row
-/// as metrics (one query over the partial indexes of owed rows).
+/// as metrics.
 pub(super) async fn observe(pool: deadpool_postgres::Pool, schema: String) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -288,13 +308,11 @@ pub(super) async fn observe(pool: deadpool_postgres::Pool, schema: String) {
         let Ok(client) = pool.get().await else { continue };
         let row = client
             .query_one(
-                // Each destination through its partial index: an OR of the two scans the whole table,
-                // published rows included, and grows slower with every order.
-                "SELECT (SELECT count(*) FROM outbox WHERE command_pending),
-                        (SELECT count(*) FROM outbox WHERE audit_pending),
+                "SELECT (SELECT count(*) FROM command_outbox),
+                        (SELECT count(*) FROM audit_outbox),
                         COALESCE(extract(epoch FROM now() - LEAST(
-                            (SELECT created_at FROM outbox WHERE command_pending ORDER BY seq LIMIT 1),
-                            (SELECT created_at FROM outbox WHERE audit_pending ORDER BY seq LIMIT 1))), 0)::bigint",
+                            (SELECT created_at FROM command_outbox ORDER BY seq LIMIT 1),
+                            (SELECT created_at FROM audit_outbox ORDER BY seq LIMIT 1))), 0)::bigint",
                 &[],
             )
             .await;
@@ -303,6 +321,31 @@ pub(super) async fn observe(pool: deadpool_postgres::Pool, schema: String) {
             metrics.with_label_values(&[schema.as_str(), "command"]).set(row.get(0));
             metrics.with_label_values(&[schema.as_str(), "audit"]).set(row.get(1));
             crate::metrics::OUTBOX_OLDEST_SECONDS.with_label_values(&[schema.as_str()]).set(row.get(2));
+        }
+    }
+}
+
+/// The application name of the connection each relay listens on, by which relays count each other.
+pub(super) fn relay_application(schema: &str) -> String {
+    format!("orderflow relay {schema}")
+}
+
+/// Every second, counts the relays of the schema (their listening connections, whichever process they
+/// belong to), so that each takes its share of the partitions. Until the first count, and whenever it
+/// fails, the last count stands (at start: alone, taking every partition).
+pub(super) async fn count_relays(pool: deadpool_postgres::Pool, application: String, relays: Arc<AtomicUsize>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let Ok(client) = pool.get().await else { continue };
+        let counted = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+                &[&application],
+            )
+            .await;
+        if let Ok(row) = counted {
+            relays.store(usize::try_from(row.get::<_, i64>(0)).unwrap_or(1).max(1), Ordering::Relaxed);
         }
     }
 }
@@ -360,29 +403,12 @@ macro_rules! pg_outbox_store {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl orderflow_ports::outbox::OutboxStore for $store {
-            async fn claim(
+            async fn take(
                 &self,
                 destination: orderflow_ports::outbox::Destination,
                 limit: usize,
-                lease: std::time::Duration,
-            ) -> Result<Vec<orderflow_ports::outbox::OutboxMessage>, orderflow_ports::ReadError> {
-                super::outbox::claim(&self.db, destination, limit, lease).await
-            }
-
-            async fn mark_published(
-                &self,
-                destination: orderflow_ports::outbox::Destination,
-                ids: &[orderflow_domain::EventId],
-            ) -> Result<(), orderflow_ports::ReadError> {
-                super::outbox::mark(&self.db, destination, ids).await
-            }
-
-            async fn release(
-                &self,
-                destination: orderflow_ports::outbox::Destination,
-                ids: &[orderflow_domain::EventId],
-            ) -> Result<(), orderflow_ports::ReadError> {
-                super::outbox::release(&self.db, destination, ids).await
+            ) -> Result<Box<dyn orderflow_ports::outbox::OutboxBatch>, orderflow_ports::ReadError> {
+                super::outbox::take(&self.db, destination, limit).await
             }
 
             async fn wait_for_new(

@@ -85,12 +85,7 @@ fn insert_timeline(n: usize) -> String {
 async fn record(tx: &ClientWrapper, order_id: OrderId, messages: &[OutboxMessage]) -> Result<(), BoxError> {
     let events = timeline_events(messages)?;
     let columns = outbox::OutboxColumns::of(messages)?;
-    let sql = format!(
-        "WITH e AS ({}) INSERT INTO outbox {} {}",
-        insert_timeline(2),
-        outbox::INSERT_COLUMNS,
-        outbox::select_columns(3)
-    );
+    let sql = format!("WITH e AS ({}), {}", insert_timeline(2), outbox::write_rows(3));
     let statement = tx.prepare_cached(&sql).await?;
     let id = order_id.as_uuid();
     let [a, b, c, d, e] = columns.params();
@@ -243,10 +238,9 @@ async fn write_batch(
     let columns = outbox::OutboxColumns::of(&messages)?;
     let sql = format!(
         "WITH e AS (INSERT INTO order_events (order_id, event)
-                    SELECT o, e FROM unnest($1::uuid[], $2::jsonb[]) WITH ORDINALITY AS t(o, e, n) ORDER BY n)
-         INSERT INTO outbox {} {}",
-        outbox::INSERT_COLUMNS,
-        outbox::select_columns(3)
+                    SELECT o, e FROM unnest($1::uuid[], $2::jsonb[]) WITH ORDINALITY AS t(o, e, n) ORDER BY n),
+         {}",
+        outbox::write_rows(3)
     );
     let statement = tx.prepare_cached(&sql).await?;
     let [a, b, c, d, e] = columns.params();
@@ -349,11 +343,10 @@ impl SalesStore for PgSalesStore {
              l AS (
                  INSERT INTO order_lines (order_id, position, sku, quantity, unit_price_minor, currency)
                  SELECT $1, *, $5 FROM unnest($9::smallint[], $10::text[], $11::int[], $12::bigint[])),
-             e AS ({})
-             INSERT INTO outbox {} {}",
+             e AS ({}),
+             {}",
             insert_timeline(13),
-            outbox::INSERT_COLUMNS,
-            outbox::select_columns(14)
+            outbox::write_rows(14)
         );
         let statement = tx.prepare_cached(&sql).await.map_err(place_failed)?;
         let id = order.id.as_uuid();

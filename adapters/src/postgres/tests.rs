@@ -5,12 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_domain::{
-    EventId, Money, Order, OrderId, ProductName, Shipment, ShipmentId, ShipmentStatus, Sku, Timestamp,
-};
+use orderflow_domain::{Money, Order, OrderId, ProductName, Shipment, ShipmentId, ShipmentStatus, Sku, Timestamp};
 use orderflow_messages::CloudEvent;
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
-use orderflow_ports::outbox::{Backlog, Destination, OutboxMessage, OutboxStore};
+use orderflow_ports::outbox::{Backlog, Destination, OutboxBatch, OutboxStore};
 use orderflow_ports::sales::{
     ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
     SalesStore,
@@ -85,19 +83,8 @@ pub(crate) async fn delivery_store() -> Isolated<PgDeliveryStore> {
 
 #[async_trait]
 impl<S: OutboxStore> OutboxStore for Isolated<S> {
-    async fn claim(
-        &self,
-        destination: Destination,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<OutboxMessage>, ReadError> {
-        self.store.claim(destination, limit, lease).await
-    }
-    async fn mark_published(&self, destination: Destination, ids: &[EventId]) -> Result<(), ReadError> {
-        self.store.mark_published(destination, ids).await
-    }
-    async fn release(&self, destination: Destination, ids: &[EventId]) -> Result<(), ReadError> {
-        self.store.release(destination, ids).await
+    async fn take(&self, destination: Destination, limit: usize) -> Result<Box<dyn OutboxBatch>, ReadError> {
+        self.store.take(destination, limit).await
     }
     async fn wait_for_new(&self, destination: Destination, max_wait: Duration) {
         self.store.wait_for_new(destination, max_wait).await;
