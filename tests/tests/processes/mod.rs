@@ -101,6 +101,19 @@ impl Service {
         Ok(())
     }
 
+    /// Another process of the same service on a port of its own, logging to a file of its own.
+    fn replica(&self, n: usize) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut env = self.env.clone();
+        for (key, value) in &mut env {
+            if key == "HTTP_ADDR" {
+                *value = format!("127.0.0.1:{port}");
+            }
+        }
+        let log = self.log.with_file_name(format!("{}-{n}.log", self.name));
+        Ok(Self { name: self.name, port, env, log, child: None })
+    }
+
     /// SIGKILL: no shutdown, no flush, no ack — a crash.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -116,10 +129,21 @@ impl Service {
     }
 }
 
+/// Which service a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `sales-api`.
+    Sales,
+    /// `delivery-api`.
+    Delivery,
+}
+
 /// Both services of one test, their private resources, and tokens for each kind of client.
 pub struct Services {
     sales: Service,
     delivery: Service,
+    /// More processes of either service on the same schemas, vhost and topic.
+    replicas: Vec<Service>,
     /// One client for every request.
     pub http: reqwest::Client,
     /// `sales-client`.
@@ -211,6 +235,7 @@ impl Services {
                 log: dir.join("delivery.log"),
                 child: None,
             },
+            replicas: Vec::new(),
             http,
             sales_token,
             staff_token: token("delivery-staff", "dev-secret-delivery").await?,
@@ -224,13 +249,12 @@ impl Services {
         };
         services.sales.spawn()?;
         services.delivery.spawn()?;
-        services.wait_ready(true).await?;
-        services.wait_ready(false).await?;
+        services.wait_ready(&services.sales).await?;
+        services.wait_ready(&services.delivery).await?;
         Ok(services)
     }
 
-    async fn wait_ready(&self, sales: bool) -> anyhow::Result<()> {
-        let service = if sales { &self.sales } else { &self.delivery };
+    async fn wait_ready(&self, service: &Service) -> anyhow::Result<()> {
         let url = service.url("/health/ready");
         let ready = eventually(&format!("{} to be ready", service.name), || async {
             Ok(self.http.get(&url).send().await.ok().filter(|r| r.status() == StatusCode::OK).map(|_| ()))
@@ -262,7 +286,7 @@ impl Services {
     /// Starts Sales again after [`Services::kill_sales`] and waits until it is ready.
     pub async fn restart_sales(&mut self) -> anyhow::Result<()> {
         self.sales.spawn()?;
-        self.wait_ready(true).await
+        self.wait_ready(&self.sales).await
     }
 
     /// Kills Delivery with SIGKILL, as a crash would.
@@ -273,7 +297,43 @@ impl Services {
     /// Starts Delivery again after [`Services::kill_delivery`] and waits until it is ready.
     pub async fn restart_delivery(&mut self) -> anyhow::Result<()> {
         self.delivery.spawn()?;
-        self.wait_ready(false).await
+        self.wait_ready(&self.delivery).await
+    }
+
+    /// Starts another process of `kind` on the test's schemas, vhost and topic (a replica) and waits until
+    /// it is ready; returns its index for the other replica methods.
+    pub async fn add_replica(&mut self, kind: Kind) -> anyhow::Result<usize> {
+        let first = match kind {
+            Kind::Sales => &self.sales,
+            Kind::Delivery => &self.delivery,
+        };
+        let mut replica = first.replica(self.replicas.len() + 2)?;
+        replica.spawn()?;
+        self.wait_ready(&replica).await?;
+        self.replicas.push(replica);
+        Ok(self.replicas.len() - 1)
+    }
+
+    /// `http://{replica}{path}`.
+    pub fn replica_url(&self, replica: usize, path: &str) -> String {
+        self.replicas[replica].url(path)
+    }
+
+    /// Kills a replica with SIGKILL, as a crash would.
+    pub fn kill_replica(&mut self, replica: usize) {
+        self.replicas[replica].kill();
+    }
+
+    /// Stops a replica with SIGTERM and waits until it has shut down.
+    pub async fn stop_replica(&mut self, replica: usize) -> anyhow::Result<()> {
+        let Some(mut child) = self.replicas[replica].child.take() else { return Ok(()) };
+        tokio::task::spawn_blocking(move || {
+            let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+            ensure!(status.success(), "kill -TERM {} failed", child.id());
+            child.wait()?;
+            Ok(())
+        })
+        .await?
     }
 
     /// `http://{sales}{path}`.
@@ -417,6 +477,9 @@ impl Drop for Services {
     fn drop(&mut self) {
         self.sales.kill();
         self.delivery.kill();
+        for replica in &mut self.replicas {
+            replica.kill();
+        }
         let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
         let schemas = std::mem::take(&mut self.schemas);
         let _ = std::thread::spawn(move || {
