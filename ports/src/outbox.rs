@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orderflow_domain::EventId;
 use orderflow_messages::{CloudEvent, RoutingKey};
+use tokio::sync::watch;
 
 use crate::ReadError;
 use crate::backoff::Backoff;
@@ -157,43 +158,78 @@ impl OutboxRelay {
         Self { store, commands, audit, settings }
     }
 
-    /// Runs until the task is dropped: both destinations' loops and the periodic purge.
-    pub async fn run(self) {
+    /// Runs both destinations' loops and the periodic purge until `stop` turns true (or its sender is
+    /// gone). A round under way when the stop comes is finished, and then whatever is still owed in this
+    /// relay's share is published in full rounds (what the last requests and messages committed), so a
+    /// replica shut down this way leaves nothing half-published; a failure ends that drain and leaves the
+    /// rest to the other relays.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
         tokio::join!(
-            self.run_destination(Destination::Command),
-            self.run_destination(Destination::Audit),
-            self.purge()
+            self.run_destination(Destination::Command, stop.clone()),
+            self.run_destination(Destination::Audit, stop.clone()),
+            self.purge(stop)
         );
     }
 
-    async fn run_destination(&self, destination: Destination) {
+    async fn run_destination(&self, destination: Destination, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.settings.backoff, self.settings.max_backoff);
         loop {
-            match self.publish_batch(destination).await {
-                Ok(0) => self.store.wait_for_new(destination, self.settings.idle_poll).await,
+            let round = self.publish_batch(destination).await;
+            if stopped(&stop) {
+                match round {
+                    Ok(taken) if taken == self.settings.batch => continue,
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::warn!(error = %error, ?destination, "outbox relay stopped with rows still owed");
+                        return;
+                    }
+                }
+            }
+            match round {
+                Ok(0) => {
+                    tokio::select! {
+                        () = self.store.wait_for_new(destination, self.settings.idle_poll) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
                 Ok(taken) => {
                     backoff.reset();
                     if taken < self.settings.batch {
-                        tokio::time::sleep(self.settings.linger).await;
+                        tokio::select! {
+                            () = tokio::time::sleep(self.settings.linger) => {}
+                            _ = stop.changed() => {}
+                        }
                     }
                 }
                 Err(error) => {
                     let wait = backoff.next_wait();
                     tracing::warn!(error = %error, ?destination, retry_in = ?wait, "outbox relay round failed");
-                    match destination {
-                        Destination::Command => tokio::time::sleep(wait).await,
-                        Destination::Audit => self.audit.wait_until_reachable(wait).await,
+                    let waited = async {
+                        match destination {
+                            Destination::Command => tokio::time::sleep(wait).await,
+                            Destination::Audit => self.audit.wait_until_reachable(wait).await,
+                        }
+                    };
+                    tokio::select! {
+                        () = waited => {}
+                        _ = stop.changed() => {}
                     }
                 }
             }
         }
     }
 
-    async fn purge(&self) {
+    async fn purge(&self, mut stop: watch::Receiver<bool>) {
         let mut every = tokio::time::interval(self.settings.purge_every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            every.tick().await;
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.changed() => {}
+            }
+            if stopped(&stop) {
+                return;
+            }
             match self.store.purge(self.settings.retention).await {
                 Ok(deleted) => tracing::debug!(deleted, "inbox purged"),
                 Err(error) => tracing::warn!(%error, "inbox purge failed"),
@@ -273,6 +309,11 @@ impl OutboxRelay {
         }
         (published, failure)
     }
+}
+
+/// Whether the relay was asked to stop, or can no longer be (its stop's sender is gone).
+fn stopped(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
 }
 
 impl OutboxMessage {

@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::ensure;
+use futures::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
@@ -219,4 +220,76 @@ async fn every_order_completes_once_when_delivery_is_killed_mid_flow() -> anyhow
     all_delivered_once(&s, &ids, Duration::from_secs(150)).await?;
     assert_eq!(s.stock(SKU).await?, (700, 0));
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sales_replica_stopped_with_sigterm_answers_the_requests_in_flight_and_its_orders_complete()
+-> anyhow::Result<()> {
+    let mut s = Services::start(Options { autopilot: Some(("50ms", "50ms")), ..Options::default() }).await?;
+    let replica = s.add_replica(processes::Kind::Sales).await?;
+    s.put_product(SKU, 100, 10_000).await?;
+    let front = s.replica_url(replica, "/orders");
+    let stop = s.stop_replica(replica);
+    // A connection per request: once the replica stops accepting, a request can only be refused (or reset,
+    // if its connection still sat in the listener's backlog when the listener closed: it never reached the
+    // service); one that fails any other way was read and then dropped.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build()?;
+    let started = std::time::Instant::now();
+    // Requests go out back to back from 16 clients until 2 s after the SIGTERM.
+    let place = |i: usize| {
+        let (s, http, front) = (&s, &http, front.clone());
+        async move {
+            http.post(front)
+                .bearer_auth(&s.sales_token)
+                .header("Idempotency-Key", Uuid::new_v4().to_string())
+                .json(&support::order_body(&format!("handover-{i}"), &[(SKU, 1)]))
+                .send()
+                .await
+        }
+    };
+    let stop_at = Duration::from_millis(1500);
+    let (outcomes, stopped) = tokio::join!(
+        futures::stream::iter(0..2_000)
+            .map(place)
+            .take_while(move |_| std::future::ready(started.elapsed() < stop_at + Duration::from_secs(2)))
+            .buffer_unordered(16)
+            .collect::<Vec<_>>(),
+        async {
+            tokio::time::sleep(stop_at).await;
+            let stopping = started.elapsed();
+            stop.await.map(|()| (stopping, started.elapsed()))
+        }
+    );
+    let (stopping, exited) = stopped?;
+
+    let mut accepted = Vec::new();
+    for response in outcomes {
+        match response {
+            Ok(response) => accepted.push(string(&expect_status(response, StatusCode::CREATED).await?["id"])?),
+            Err(error) => ensure!(
+                error.is_connect() || reset(&error),
+                "a request was cut off instead of answered or refused: {error:?}"
+            ),
+        }
+    }
+    ensure!(accepted.len() > 50, "the replica took orders before it was stopped: {}", accepted.len());
+    s.wait_all_delivered(&accepted, Duration::from_secs(90)).await?;
+    println!(
+        "{} orders accepted by the replica; it exited {:?} after SIGTERM; all delivered",
+        accepted.len(),
+        exited - stopping
+    );
+    Ok(())
+}
+
+/// Whether the connection of a failed request was reset by the server.
+fn reset(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }

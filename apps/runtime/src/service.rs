@@ -15,6 +15,7 @@ use orderflow_ports::system::HealthCheck;
 use poem::web::Data;
 use poem::{EndpointExt, IntoResponse, Route, handler};
 use poem_openapi::{OpenApi, OpenApiService};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::http::{BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, readiness};
@@ -54,8 +55,11 @@ pub struct RunningService {
     addr: SocketAddr,
     workers: Vec<String>,
     server: Option<JoinHandle<()>>,
+    relay: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     consumer: Arc<dyn CommandConsumer>,
+    stop_http: watch::Sender<bool>,
+    stop_relay: watch::Sender<bool>,
 }
 
 impl RunningService {
@@ -91,18 +95,27 @@ impl RunningService {
         let app = routes.with(Observe { metrics }).with(SecurityHeaders);
 
         let name = parts.name;
+        let (stop_http, mut http_stopping) = watch::channel(false);
         let server = tokio::spawn(async move {
             match poem::listener::TcpAcceptor::from_tokio(listener) {
                 Ok(acceptor) => {
-                    if let Err(error) = poem::Server::new_with_acceptor(acceptor).run(app).await {
+                    let stopping = async move {
+                        let _ = http_stopping.wait_for(|stop| *stop).await;
+                    };
+                    let served = poem::Server::new_with_acceptor(acceptor)
+                        .run_with_graceful_shutdown(app, stopping, Some(SHUTDOWN_GRACE))
+                        .await;
+                    if let Err(error) = served {
                         tracing::error!(%error, service = name, "HTTP server stopped");
                     }
                 }
                 Err(error) => tracing::error!(%error, service = name, "HTTP listener unusable"),
             }
         });
+        let (stop_relay, relay_stopping) = watch::channel(false);
         let relay = OutboxRelay::new(parts.outbox, shared.publisher, shared.audit, parts.relay);
-        let mut tasks = vec![tokio::spawn(relay.run())];
+        let relay = tokio::spawn(relay.run(relay_stopping));
+        let mut tasks = Vec::new();
         let mut workers = vec!["outbox relay".to_owned()];
         for (queue, handler) in parts.handlers {
             workers.push(format!("consumer of {}", queue.as_str()));
@@ -118,7 +131,16 @@ impl RunningService {
             tasks.push(tokio::spawn(task));
         }
         tracing::info!(%addr, service = name, workers = ?workers, "listening");
-        Ok(Self { addr, workers, server: Some(server), tasks, consumer: shared.consumer })
+        Ok(Self {
+            addr,
+            workers,
+            server: Some(server),
+            relay: Some(relay),
+            tasks,
+            consumer: shared.consumer,
+            stop_http,
+            stop_relay,
+        })
     }
 
     /// What runs besides the HTTP server, by name: the relay, one consumer per queue, and the other tasks.
@@ -131,23 +153,35 @@ impl RunningService {
         self.addr
     }
 
-    /// Runs until SIGTERM or Ctrl-C (or until the server task ends, which it normally does not). On a
-    /// signal the consumers stop taking messages and settle those in flight (for up to
-    /// [`SHUTDOWN_GRACE`]); anything cut off after that was not acked, so the broker delivers it again.
+    /// Runs until SIGTERM or Ctrl-C (or until the server task ends, which it normally does not), then
+    /// hands over to the other replicas, each step for up to [`SHUTDOWN_GRACE`]: the server stops accepting
+    /// connections and answers the requests in flight; the consumers stop taking messages and settle those
+    /// in flight (anything cut off was not acked, so the broker delivers it again); the relay publishes
+    /// what those committed and releases its partitions.
     ///
     /// # Errors
     /// When the signal handler cannot be installed or the server panicked.
     pub async fn run_until_stopped(mut self) -> Result<(), BoxError> {
         let Some(server) = self.server.as_mut() else { return Ok(()) };
         tokio::select! {
-            result = server => result?,
-            signal = shutdown_signal() => {
-                signal?;
-                tracing::info!("shutting down: settling the messages in flight");
-                if tokio::time::timeout(SHUTDOWN_GRACE, self.consumer.shutdown()).await.is_err() {
-                    tracing::warn!("messages still in flight after {SHUTDOWN_GRACE:?}; the broker will redeliver them");
-                }
-            }
+            result = &mut *server => return Ok(result?),
+            signal = shutdown_signal() => signal?,
+        }
+        tracing::info!("shutting down: answering the requests in flight");
+        self.stop_http.send_replace(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+            tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; they are cut off");
+        }
+        tracing::info!("shutting down: settling the messages in flight");
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.consumer.shutdown()).await.is_err() {
+            tracing::warn!("messages still in flight after {SHUTDOWN_GRACE:?}; the broker will redeliver them");
+        }
+        tracing::info!("shutting down: publishing what is owed and releasing the outbox partitions");
+        self.stop_relay.send_replace(true);
+        if let Some(relay) = self.relay.as_mut()
+            && tokio::time::timeout(SHUTDOWN_GRACE, relay).await.is_err()
+        {
+            tracing::warn!("the relay still publishing after {SHUTDOWN_GRACE:?}; other replicas take over its rows");
         }
         Ok(())
     }
@@ -155,7 +189,7 @@ impl RunningService {
 
 impl Drop for RunningService {
     fn drop(&mut self) {
-        for task in self.server.iter().chain(&self.tasks) {
+        for task in self.server.iter().chain(&self.relay).chain(&self.tasks) {
             task.abort();
         }
     }

@@ -324,16 +324,20 @@ impl Services {
         self.replicas[replica].kill();
     }
 
-    /// Stops a replica with SIGTERM and waits until it has shut down.
-    pub async fn stop_replica(&mut self, replica: usize) -> anyhow::Result<()> {
-        let Some(mut child) = self.replicas[replica].child.take() else { return Ok(()) };
-        tokio::task::spawn_blocking(move || {
-            let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
-            ensure!(status.success(), "kill -TERM {} failed", child.id());
-            child.wait()?;
-            Ok(())
-        })
-        .await?
+    /// Stops a replica: the returned future sends SIGTERM when first polled and resolves once the process
+    /// has shut down. It borrows nothing, so requests can go on while it runs.
+    pub fn stop_replica(&mut self, replica: usize) -> impl Future<Output = anyhow::Result<()>> + 'static {
+        let child = self.replicas[replica].child.take();
+        async move {
+            let Some(mut child) = child else { return Ok(()) };
+            tokio::task::spawn_blocking(move || {
+                let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+                ensure!(status.success(), "kill -TERM {} failed", child.id());
+                child.wait()?;
+                Ok(())
+            })
+            .await?
+        }
     }
 
     /// `http://{sales}{path}`.
