@@ -46,6 +46,9 @@ cargo check --locked -p sales-api -p delivery-api
 echo "--- cargo build (the end-to-end tests run the service binaries as processes)"
 cargo build --workspace --bins --all-features --locked
 
+echo "--- Kubernetes manifests (infra/k8s)"
+bash infra/scripts/k8s-check.sh
+
 echo "--- cargo nextest"
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
