@@ -24,7 +24,8 @@
 # Environment: DATABASE_URL (the server; default postgres://postgres@127.0.0.1:5432/postgres — the scratch
 # databases are created next to it), AMQP_HOST (127.0.0.1:5672, guest/guest; rabbitmqctl must work),
 # KAFKA_PORT (9092), REDIS_URL (redis://127.0.0.1:6379), OAUTH_PORT (9000), SALES_PORT, DELIVERY_PORT,
-# CARGO_TARGET_DIR, SKIP_BUILD=1 (use the release binaries already in the target directory).
+# CARGO_TARGET_DIR, SKIP_BUILD=1 (use the release binaries already in the target directory), SALES_REPLICAS
+# (1; more runs that many sales-api processes on the same database and spreads the POSTs over them).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -61,6 +62,11 @@ topic="orders.audit.bench.$(date +%Y%m%d%H%M%S)"
 logs="$(mktemp -d -t orderflow-bench-e2e.XXXXXX)"
 sales_pid=""
 delivery_pid=""
+# SALES_REPLICAS=2 (or more) runs more sales-api processes on the next ports; the load is spread over them.
+sales_replicas="${SALES_REPLICAS:-1}"
+replica_pids=""
+sales_urls="http://127.0.0.1:$sales_port"
+pid_flags=""
 vhost_made=""
 services_started=""
 
@@ -78,6 +84,7 @@ cleanup() {
   set +e
   stop_service "$delivery_pid"
   stop_service "$sales_pid"
+  for pid in $replica_pids; do stop_service "$pid"; done
   if [ -n "$services_started" ]; then
     for name in sales-api delivery-api; do
       problems="$(grep -c '"level":"\(ERROR\|WARN\)"' "$logs/$name.log" 2>/dev/null)"
@@ -158,6 +165,16 @@ start_services() {
   wait_ready sales-api "$sales_port" "$sales_pid"
   delivery_pid="$(start_service delivery-api "$delivery_port" AUTOPILOT_SHIP_AFTER=50ms AUTOPILOT_DELIVER_AFTER=50ms)"
   wait_ready delivery-api "$delivery_port" "$delivery_pid"
+  pid_flags="--pid sales=$sales_pid --pid delivery=$delivery_pid"
+  local n port pid
+  for n in $(seq 2 "$sales_replicas"); do
+    port=$((sales_port + 10 + n))
+    pid="$(start_service sales-api "$port")"
+    wait_ready sales-api "$port" "$pid"
+    replica_pids="$replica_pids $pid"
+    sales_urls="$sales_urls,http://127.0.0.1:$port"
+    pid_flags="$pid_flags --pid sales-$n=$pid"
+  done
 }
 
 bench_e2e() { # $1 = output file, then the mode's options
@@ -165,10 +182,10 @@ bench_e2e() { # $1 = output file, then the mode's options
   shift
   machine
   RUST_LOG=warn "$bin/orderflow" bench e2e \
-    --sales "http://127.0.0.1:$sales_port" --issuer "$issuer" \
+    --sales "$sales_urls" --issuer "$issuer" \
     --database-url "$(db_url "$e2e_db")" --sales-schema sales --delivery-schema delivery \
-    --pid "sales=$sales_pid" --pid "delivery=$delivery_pid" "$@" | tee "$out"
-  for pid in "$sales_pid" "$delivery_pid"; do
+    $pid_flags "$@" | tee "$out"
+  for pid in "$sales_pid" "$delivery_pid" $replica_pids; do
     kill -0 "$pid" 2>/dev/null || { echo "a service (pid $pid) died during the run; see $logs" >&2; exit 1; }
   done
 }
@@ -225,8 +242,10 @@ if [ "$mode" != baseline ]; then
   # The baseline measures PostgreSQL alone: nothing of ours may run meanwhile.
   stop_service "$delivery_pid"
   stop_service "$sales_pid"
+  for pid in $replica_pids; do stop_service "$pid"; done
   delivery_pid=""
   sales_pid=""
+  replica_pids=""
 fi
 if [ "$mode" = all ] || [ "$mode" = baseline ]; then
   if [ "$mode" = baseline ]; then bash infra/scripts/postgres.sh; fi

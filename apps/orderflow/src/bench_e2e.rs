@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -91,9 +92,10 @@ impl FromStr for ServicePid {
 /// Options of `orderflow bench e2e`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct E2eOptions {
-    /// Base URL of the running Sales API.
-    #[arg(long, env = "SALES_URL", default_value = "http://127.0.0.1:8080")]
-    pub sales: String,
+    /// Base URL of the running Sales API; several, comma-separated, to spread the orders over replicas
+    /// in turn.
+    #[arg(long, env = "SALES_URL", default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    pub sales: Vec<String>,
     /// The OAuth2 issuer the services trust (discovery at /.well-known/openid-configuration).
     #[arg(long, env = "OAUTH_ISSUER", default_value = "http://127.0.0.1:9000")]
     pub issuer: String,
@@ -219,7 +221,10 @@ impl fmt::Display for E2eReport {
         writeln!(
             f,
             "target:          sales {}, issuer {}, schemas {}/{}",
-            o.sales, o.issuer, o.sales_schema, o.delivery_schema
+            o.sales.join(" "),
+            o.issuer,
+            o.sales_schema,
+            o.delivery_schema
         )?;
         match o.mode {
             Mode::Burst => writeln!(
@@ -343,7 +348,8 @@ pub async fn e2e(options: E2eOptions) -> anyhow::Result<E2eReport> {
         options.mode != Mode::Rate || (options.rate.is_finite() && options.rate > 0.0),
         "--rate must be a positive number of orders/s"
     );
-    let sales_url = options.sales.trim_end_matches('/').to_owned();
+    let sales: Vec<String> = options.sales.iter().map(|url| url.trim_end_matches('/').to_owned()).collect();
+    let first = sales.first().context("--sales names no Sales API")?.clone();
 
     let (db, driver) = tokio_postgres::connect(&options.database_url, NoTls)
         .await
@@ -363,9 +369,9 @@ pub async fn e2e(options: E2eOptions) -> anyhow::Result<E2eReport> {
     let token = crate::token::fetch(&options.issuer, &options.client_id, &options.client_secret, &[])
         .await
         .with_context(|| format!("a token for {}", options.client_id))?;
-    let skus = put_catalogue(&http, &sales_url, &admin_token, options.products).await?;
+    let skus = put_catalogue(&http, &first, &admin_token, options.products).await?;
 
-    let target = Arc::new(Target { http, sales: sales_url, bearer: format!("Bearer {token}"), skus });
+    let target = Arc::new(Target { http, sales, next: AtomicUsize::new(0), bearer: format!("Bearer {token}"), skus });
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let sampler = tokio::spawn(sample(
         options.database_url.clone(),
@@ -474,7 +480,9 @@ pub const HOPS: [&str; 4] = [
 /// What the load tasks share.
 struct Target {
     http: reqwest::Client,
-    sales: String,
+    /// The Sales APIs, taken in turn.
+    sales: Vec<String>,
+    next: AtomicUsize,
     bearer: String,
     skus: Vec<String>,
 }
@@ -631,7 +639,7 @@ async fn post_order(target: &Target, customer: &str, a: usize, b: usize) -> Post
     let started = Instant::now();
     let sent = target
         .http
-        .post(format!("{}/orders", target.sales))
+        .post(format!("{}/orders", target.sales[target.next.fetch_add(1, Ordering::Relaxed) % target.sales.len()]))
         .header(reqwest::header::AUTHORIZATION, &target.bearer)
         .header("Idempotency-Key", Uuid::new_v4().to_string())
         .json(&body)
