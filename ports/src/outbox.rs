@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use orderflow_domain::EventId;
 use orderflow_messages::{CloudEvent, RoutingKey};
 use tokio::sync::watch;
@@ -186,19 +187,11 @@ impl OutboxRelay {
                 }
             }
             match round {
-                Ok(0) => {
-                    tokio::select! {
-                        () = self.store.wait_for_new(destination, self.settings.idle_poll) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
+                Ok(0) => until_stopped(self.store.wait_for_new(destination, self.settings.idle_poll), &mut stop).await,
                 Ok(taken) => {
                     backoff.reset();
                     if taken < self.settings.batch {
-                        tokio::select! {
-                            () = tokio::time::sleep(self.settings.linger) => {}
-                            _ = stop.changed() => {}
-                        }
+                        until_stopped(tokio::time::sleep(self.settings.linger), &mut stop).await;
                     }
                 }
                 Err(error) => {
@@ -210,10 +203,7 @@ impl OutboxRelay {
                             Destination::Audit => self.audit.wait_until_reachable(wait).await,
                         }
                     };
-                    tokio::select! {
-                        () = waited => {}
-                        _ = stop.changed() => {}
-                    }
+                    until_stopped(waited, &mut stop).await;
                 }
             }
         }
@@ -223,10 +213,7 @@ impl OutboxRelay {
         let mut every = tokio::time::interval(self.settings.purge_every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                _ = stop.changed() => {}
-            }
+            until_stopped(every.tick().map(drop), &mut stop).await;
             if stopped(&stop) {
                 return;
             }
@@ -308,6 +295,14 @@ impl OutboxRelay {
             }
         }
         (published, failure)
+    }
+}
+
+/// Waits for `wait`, or less if the relay is asked to stop meanwhile.
+async fn until_stopped(wait: impl Future<Output = ()>, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        () = wait => {}
+        _ = stop.changed() => {}
     }
 }
 
