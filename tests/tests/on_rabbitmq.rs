@@ -230,9 +230,9 @@ async fn a_sales_replica_stopped_with_sigterm_answers_the_requests_in_flight_and
     s.put_product(SKU, 100, 10_000).await?;
     let front = s.replica_url(replica, "/orders");
     let stop = s.stop_replica(replica);
-    // A connection per request: once the replica stops accepting, a request can only be refused (or reset,
-    // if its connection still sat in the listener's backlog when the listener closed: it never reached the
-    // service); one that fails any other way was read and then dropped.
+    // A connection per request: once the replica stops accepting, a request can only be refused, or fail
+    // before it reached the service (its connection reset from the listener's backlog when the listener
+    // closed, or closed before the request was sent); one that fails any other way was read and dropped.
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build()?;
     let started = std::time::Instant::now();
     // Requests go out back to back from 16 clients until 2 s after the SIGTERM.
@@ -267,7 +267,7 @@ async fn a_sales_replica_stopped_with_sigterm_answers_the_requests_in_flight_and
         match response {
             Ok(response) => accepted.push(string(&expect_status(response, StatusCode::CREATED).await?["id"])?),
             Err(error) => ensure!(
-                error.is_connect() || reset(&error),
+                error.is_connect() || never_sent(&error),
                 "a request was cut off instead of answered or refused: {error:?}"
             ),
         }
@@ -282,11 +282,14 @@ async fn a_sales_replica_stopped_with_sigterm_answers_the_requests_in_flight_and
     Ok(())
 }
 
-/// Whether the connection of a failed request was reset by the server.
-fn reset(error: &reqwest::Error) -> bool {
+/// Whether a failed request never reached the service: its connection was reset by the server, or hyper
+/// cancelled the request because the connection closed before it could be sent.
+fn never_sent(error: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
-        if cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) {
+        let reset =
+            cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+        if reset || cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
             return true;
         }
         source = cause.source();
