@@ -21,7 +21,9 @@ use orderflow_ports::messaging::{
     AdminError, CommandConsumer, CommandPublisher, ConsumeError, ConsumerShutdown, DeadLetter, DeadLetterAdmin,
     DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError, Published,
 };
+use orderflow_ports::trace;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 /// The exchange every command is published to.
 pub const EXCHANGE: &str = "orderflow";
@@ -188,7 +190,7 @@ fn command_message(event: &CloudEvent) -> Result<(Vec<u8>, BasicProperties), Box
     let body = serde_json::to_vec(event)?;
     let mut headers = FieldTable::default();
     if let Some(traceparent) = &event.traceparent {
-        headers.insert("traceparent".into(), long_string(traceparent));
+        headers.insert(trace::TRACEPARENT.into(), long_string(traceparent));
     }
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
@@ -356,15 +358,25 @@ async fn settle_batch(
 ) -> Result<(), BoxError> {
     let messages: Vec<Delivery> = deliveries
         .iter()
-        .map(|delivery| Delivery {
-            queue,
-            message_id: delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()),
-            body: delivery.data.clone(),
-            retries: header_count(delivery.properties.headers().as_ref()),
+        .map(|delivery| {
+            let headers = delivery.properties.headers().as_ref();
+            let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
+            let retries = header_count(headers);
+            let traceparent = header_text(headers, trace::TRACEPARENT);
+            let span = trace::consumer_span(
+                "rabbitmq",
+                queue.as_str(),
+                message_id.as_deref(),
+                retries,
+                traceparent.as_deref(),
+            );
+            Delivery { queue, message_id, body: delivery.data.clone(), retries, span }
         })
         .collect();
+    let spans: Vec<&tracing::Span> = messages.iter().map(|m| &m.span).collect();
+    let joint = trace::batch_span(queue.as_str(), &spans);
     let started = std::time::Instant::now();
-    let mut outcomes = handler.handle_batch(&messages).await.into_iter();
+    let mut outcomes = handler.handle_batch(&messages).instrument(joint).await.into_iter();
     let elapsed = started.elapsed().as_secs_f64();
     let mut result = Ok(());
     for (delivery, message) in deliveries.into_iter().zip(&messages) {
@@ -372,7 +384,7 @@ async fn settle_batch(
         let outcome = outcomes
             .next()
             .unwrap_or_else(|| HandlerOutcome::Transient("the handler gave no outcome for this delivery".into()));
-        let settled = settle(channel, queue, retry_levels, delivery, message.retries, outcome).await;
+        let settled = settle(channel, queue, retry_levels, delivery, message, outcome).await;
         if let Err(error) = settled {
             result = result.and(Err(error));
         }
@@ -388,9 +400,10 @@ async fn settle(
     queue: RoutingKey,
     retry_levels: usize,
     delivery: lapin::message::Delivery,
-    retries: u32,
+    message: &Delivery,
     outcome: HandlerOutcome,
 ) -> Result<(), BoxError> {
+    let (retries, span) = (message.retries, &message.span);
     let headers = delivery.properties.headers().as_ref();
     let counted = |outcome: &str| crate::metrics::MESSAGES.with_label_values(&[queue.as_str(), outcome]).inc();
     let (target, error) = match outcome {
@@ -400,11 +413,13 @@ async fn settle(
             return Ok(());
         }
         HandlerOutcome::Transient(error) if usize::try_from(retries).is_ok_and(|r| r < retry_levels) => {
-            tracing::warn!(queue = queue.as_str(), retries, %error, "retrying later");
+            trace::mark_failed(span, &error);
+            tracing::warn!(parent: span, queue = queue.as_str(), retries, %error, "retrying later");
             (retry_queue(queue, usize::try_from(retries).unwrap_or(0) + 1), error)
         }
         HandlerOutcome::Transient(error) | HandlerOutcome::Permanent(error) => {
-            tracing::error!(queue = queue.as_str(), retries, %error, "dead-lettering");
+            trace::mark_failed(span, &error);
+            tracing::error!(parent: span, queue = queue.as_str(), retries, %error, "dead-lettering");
             (dead_letter_queue(queue), error)
         }
     };

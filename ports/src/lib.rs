@@ -10,6 +10,7 @@ pub mod payment;
 pub mod rate_limit;
 pub mod sales;
 pub mod system;
+pub mod trace;
 
 /// The boxed cause carried by every `Unexpected` variant.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_domain::Timestamp;
 use orderflow_messages::{CloudEvent, RoutingKey};
+use tracing::Instrument;
 
 use crate::BoxError;
 
@@ -83,7 +84,7 @@ pub trait AuditLog: Send + Sync {
 }
 
 /// A command as a consumer receives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Delivery {
     /// The queue it came from.
     pub queue: RoutingKey,
@@ -93,6 +94,9 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// How many times it has been retried so far.
     pub retries: u32,
+    /// Its CONSUMER span (see [`crate::trace::consumer_span`]): the handler does the delivery's work
+    /// inside it, so what the work sends continues the producer's trace.
+    pub span: tracing::Span,
 }
 
 impl Delivery {
@@ -127,9 +131,10 @@ pub trait MessageHandler: Send + Sync {
     /// their order. A handler that commits several in one transaction overrides this, and must give each
     /// the outcome it would have had alone: one that fails (a poison message) must not fail the others,
     /// which is usually done by handling the batch one by one when the joint commit fails. The default
-    /// handles them concurrently, each on its own.
+    /// handles them concurrently, each on its own and inside its span.
     async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<HandlerOutcome> {
-        futures::future::join_all(deliveries.iter().map(|delivery| self.handle(delivery))).await
+        let handled = deliveries.iter().map(|delivery| self.handle(delivery).instrument(delivery.span.clone()));
+        futures::future::join_all(handled).await
     }
 }
 

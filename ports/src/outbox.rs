@@ -10,10 +10,12 @@ use futures::FutureExt;
 use orderflow_domain::EventId;
 use orderflow_messages::{CloudEvent, RoutingKey};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::ReadError;
 use crate::backoff::Backoff;
 use crate::messaging::{AuditLog, CommandPublisher, PublishError};
+use crate::trace;
 
 /// A message to publish once the transaction that wrote it has committed.
 #[derive(Debug, Clone, PartialEq)]
@@ -250,11 +252,17 @@ impl OutboxRelay {
     /// broker confirmed is settled even if something before it failed: it is queued, and sending it again
     /// would only add a duplicate.
     async fn publish_commands(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
-        let commands: Vec<(RoutingKey, &CloudEvent)> =
-            rows.iter().filter_map(|row| row.command.map(|key| (key, &row.event))).collect();
+        let sent: Vec<(RoutingKey, Traced)> =
+            rows.iter().filter_map(|row| row.command.map(|key| (key, Traced::new(key.as_str(), &row.event)))).collect();
+        let commands: Vec<(RoutingKey, &CloudEvent)> = sent.iter().map(|(key, traced)| (*key, &traced.event)).collect();
         let outcome = self.commands.publish_all(&commands).await;
-        let confirmed: HashSet<EventId> =
-            commands.iter().zip(outcome.confirmed).filter(|(_, ok)| *ok).map(|((_, event), _)| event.id).collect();
+        let mut confirmed = HashSet::new();
+        for ((_, traced), ok) in sent.iter().zip(outcome.confirmed) {
+            match ok {
+                true => _ = confirmed.insert(traced.event.id),
+                false => traced.failed(outcome.failure.as_ref()),
+            }
+        }
         // A row taken for commands without a routing key owes nothing to the broker.
         let published = rows
             .iter()
@@ -278,7 +286,9 @@ impl OutboxRelay {
         let appended = futures::future::join_all(orders.into_iter().map(|(_, rows)| async move {
             let mut published = Vec::with_capacity(rows.len());
             for row in rows {
-                if let Err(error) = self.audit.append(&row.event).await {
+                let traced = Traced::new("audit", &row.event);
+                if let Err(error) = self.audit.append(&traced.event).instrument(traced.span.clone()).await {
+                    traced.failed(Some(&error));
                     return (published, Some(error));
                 }
                 published.push(row.id());
@@ -295,6 +305,33 @@ impl OutboxRelay {
             }
         }
         (published, failure)
+    }
+}
+
+/// A row as the relay sends it: inside its PRODUCER span, a child of the span that wrote the row, and
+/// carrying that span's trace context on to the consumer.
+struct Traced {
+    span: tracing::Span,
+    event: CloudEvent,
+}
+
+impl Traced {
+    fn new(destination: &str, stored: &CloudEvent) -> Self {
+        let span = trace::producer_span(destination, &stored.id.to_string(), stored.traceparent.as_deref());
+        let mut event = stored.clone();
+        if let Some(traceparent) = trace::traceparent_of(&span) {
+            event.traceparent = Some(traceparent);
+        }
+        Self { span, event }
+    }
+
+    /// The round logs the failure once; each row's span records it.
+    fn failed(&self, error: Option<&PublishError>) {
+        let error = match error.and_then(std::error::Error::source) {
+            Some(cause) => format!("not acknowledged: {cause}"),
+            None => "not acknowledged".to_owned(),
+        };
+        trace::mark_failed(&self.span, &error);
     }
 }
 

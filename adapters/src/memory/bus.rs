@@ -13,7 +13,9 @@ use orderflow_ports::messaging::{
     DeadLetterAdmin, DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError,
 };
 use orderflow_ports::system::Clock;
+use orderflow_ports::trace;
 use tokio::sync::{Semaphore, mpsc};
+use tracing::{Instrument, Span};
 
 use super::{inconsistent, lock};
 
@@ -88,7 +90,7 @@ impl InMemoryBus {
 
     /// Puts raw bytes on a queue, as a misbehaving producer could.
     pub fn send_raw(&self, queue: RoutingKey, message_id: Option<String>, body: Vec<u8>) {
-        self.sender(queue).send(Delivery { queue, message_id, body, retries: 0 });
+        self.sender(queue).send(Delivery { queue, message_id, body, retries: 0, span: Span::none() });
     }
 
     fn sender(&self, queue: RoutingKey) -> QueueSender {
@@ -108,13 +110,20 @@ impl InMemoryBus {
 impl CommandPublisher for InMemoryBus {
     async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).map_err(|e| PublishError::Unexpected(Box::new(e)))?;
-        let delivery = Delivery { queue: key, message_id: Some(event.id.to_string()), body, retries: 0 };
+        let delivery =
+            Delivery { queue: key, message_id: Some(event.id.to_string()), body, retries: 0, span: Span::none() };
         if self.sender(key).send(delivery) {
             Ok(())
         } else {
             Err(PublishError::Unexpected(inconsistent("queue closed")))
         }
     }
+}
+
+/// The one attribute of a CloudEvent the bus reads: its trace context.
+#[derive(serde::Deserialize)]
+struct Traced {
+    traceparent: Option<String>,
 }
 
 /// The most of a handler's error a dead letter keeps, as docs/design.md says of `x-error`.
@@ -141,7 +150,8 @@ impl Settle {
             }
             HandlerOutcome::Transient(error) => {
                 if let Some(delay) = usize::try_from(delivery.retries).ok().and_then(|i| self.delays.get(i)) {
-                    tracing::warn!(queue = queue.as_str(), retries = delivery.retries, %error, "retrying");
+                    trace::mark_failed(&delivery.span, &error);
+                    tracing::warn!(parent: &delivery.span, queue = queue.as_str(), retries = delivery.retries, %error, "retrying");
                     counted("retried");
                     let (sender, delay) = (self.sender.clone(), *delay);
                     // The retry waits on its own, so the rest of the batch is settled meanwhile.
@@ -155,7 +165,8 @@ impl Settle {
             }
             HandlerOutcome::Permanent(error) => error,
         };
-        tracing::error!(queue = queue.as_str(), retries = delivery.retries, %error, "dead-lettered");
+        trace::mark_failed(&delivery.span, &error);
+        tracing::error!(parent: &delivery.span, queue = queue.as_str(), retries = delivery.retries, %error, "dead-lettered");
         // As the broker's `x-error` header: at most 1000 characters.
         let error = error.chars().take(MAX_ERROR_CHARS).collect();
         counted("dead_lettered");
@@ -211,6 +222,17 @@ impl CommandConsumer for InMemoryBus {
                 }
             }
             sender.waiting.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            for delivery in &mut batch {
+                // The bus carries the trace context inside the CloudEvent, as its `traceparent` attribute.
+                let traceparent = serde_json::from_slice::<Traced>(&delivery.body).ok().and_then(|t| t.traceparent);
+                delivery.span = trace::consumer_span(
+                    "in_process",
+                    queue.as_str(),
+                    delivery.message_id.as_deref(),
+                    delivery.retries,
+                    traceparent.as_deref(),
+                );
+            }
             let settle = Settle {
                 queue,
                 sender: sender.clone(),
@@ -221,7 +243,9 @@ impl CommandConsumer for InMemoryBus {
             let handler = Arc::clone(&handler);
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
-                let outcomes = handler.handle_batch(&batch).await;
+                let spans: Vec<&Span> = batch.iter().map(|d| &d.span).collect();
+                let joint = trace::batch_span(queue.as_str(), &spans);
+                let outcomes = handler.handle_batch(&batch).instrument(joint).await;
                 let elapsed = started.elapsed().as_secs_f64();
                 let mut outcomes = outcomes.into_iter();
                 for delivery in batch {
@@ -279,8 +303,13 @@ impl DeadLetterAdmin for InMemoryBus {
         let mut kept = Vec::with_capacity(dead.len());
         for letter in dead.drain(..) {
             if letter.original_queue == queue && replayed < limit {
-                let delivery =
-                    Delivery { queue, message_id: letter.message_id.clone(), body: letter.body.clone(), retries: 0 };
+                let delivery = Delivery {
+                    queue,
+                    message_id: letter.message_id.clone(),
+                    body: letter.body.clone(),
+                    retries: 0,
+                    span: Span::none(),
+                };
                 if sender.send(delivery) {
                     replayed += 1;
                     continue;

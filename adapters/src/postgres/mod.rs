@@ -17,6 +17,7 @@ use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 type Outcome = Result<ChangeOutcome, ChangeError>;
 use tokio::sync::Notify;
 use tokio_postgres::NoTls;
+use tracing::Instrument;
 
 pub use delivery::PgDeliveryStore;
 pub use sales::PgSalesStore;
@@ -197,11 +198,24 @@ impl Database {
     }
 
     async fn begin_with(&self, sql: &str) -> Result<Tx, BoxError> {
+        // A transaction of a traced operation (a request, a delivery) is a span of it; the relay's and
+        // the jobs' own rounds are not traced, so they would only add a trace of one span each.
+        let span = match tracing::Span::current().is_none() {
+            true => tracing::Span::none(),
+            false => tracing::info_span!(
+                "transaction",
+                otel.name = "postgresql transaction",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
+                db.system.name = "postgresql",
+            ),
+        };
         let mut attempts = 3;
         loop {
-            let client = self.client().await?;
-            match client.batch_execute(sql).await {
-                Ok(()) => return Ok(Tx { client: Some(client) }),
+            let client = self.client().instrument(span.clone()).await?;
+            match client.batch_execute(sql).instrument(span.clone()).await {
+                Ok(()) => return Ok(Tx { client: Some(client), span }),
                 Err(error) if error.is_closed() && attempts > 1 => attempts -= 1,
                 Err(error) => return Err(error.into()),
             }
@@ -233,6 +247,8 @@ async fn refusals(
 /// error) it rolls back before the connection goes back to the pool.
 struct Tx {
     client: Option<deadpool_postgres::Object>,
+    /// Open as long as the transaction is.
+    span: tracing::Span,
 }
 
 impl Tx {
@@ -244,7 +260,10 @@ impl Tx {
     /// transaction is rolled back as on drop.
     async fn finish(mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
         let Some(client) = self.client.as_ref() else { return Ok(()) };
-        client.batch_execute(sql).await?;
+        if let Err(error) = client.batch_execute(sql).instrument(self.span.clone()).await {
+            orderflow_ports::trace::mark_failed(&self.span, &error.to_string());
+            return Err(error);
+        }
         self.client = None;
         Ok(())
     }

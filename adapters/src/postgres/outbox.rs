@@ -205,7 +205,7 @@ pub(super) async fn take(
         client.query_one(&lock, &lock_params),
         client.query(&read, &read_params)
     );
-    let tx = Tx { client: Some(client) };
+    let tx = Tx { client: Some(client), span: tracing::Span::none() };
     begun.map_err(failed)?;
     locked.map_err(failed)?;
     let rows = rows.map_err(failed)?;

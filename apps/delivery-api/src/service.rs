@@ -17,6 +17,7 @@ use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::system::{Clock, IdGenerator};
 use orderflow_ports::{Page, ReadError};
 use tokio::sync::Notify;
+use tracing::{Instrument, Span};
 
 /// How often a change is recomputed when another writer got there first.
 const MAX_ATTEMPTS: usize = 8;
@@ -67,8 +68,8 @@ pub struct NewShipment {
     pub order: ShipmentOrder,
     /// The message that asks for it.
     pub inbox: Option<InboxEntry>,
-    /// The trace the creation continues.
-    pub traceparent: Option<String>,
+    /// The message's span: what the creation sends belongs to its trace.
+    pub span: Span,
 }
 
 impl DeliveryService {
@@ -94,21 +95,23 @@ impl DeliveryService {
     ///
     /// # Errors
     /// See [`TransitionFailure`].
+    #[tracing::instrument(name = "ship", skip_all, fields(shipment_id = %id))]
     pub async fn ship(
         &self,
         id: ShipmentId,
         carrier: Carrier,
         tracking: TrackingNumber,
     ) -> Result<Shipment, TransitionFailure> {
-        self.transition(Target::Shipment(id), None, None, |s, at| s.ship(carrier.clone(), tracking.clone(), at)).await
+        self.transition(Target::Shipment(id), None, |s, at| s.ship(carrier.clone(), tracking.clone(), at)).await
     }
 
     /// Records that the parcel arrived.
     ///
     /// # Errors
     /// See [`TransitionFailure`].
+    #[tracing::instrument(name = "deliver", skip_all, fields(shipment_id = %id))]
     pub async fn deliver(&self, id: ShipmentId) -> Result<Shipment, TransitionFailure> {
-        self.transition(Target::Shipment(id), None, None, |s, at| s.deliver(at)).await
+        self.transition(Target::Shipment(id), None, |s, at| s.deliver(at)).await
     }
 
     /// Cancels the shipment of an order, as Sales asks when the customer cancels after paying; refused
@@ -117,13 +120,9 @@ impl DeliveryService {
     ///
     /// # Errors
     /// See [`TransitionFailure`].
-    pub async fn cancel_for_order(
-        &self,
-        order: OrderId,
-        inbox: InboxEntry,
-        traceparent: Option<String>,
-    ) -> Result<Shipment, TransitionFailure> {
-        self.transition(Target::Order(order), Some(inbox), traceparent, |s, at| Ok(s.cancel(at))).await
+    #[tracing::instrument(name = "cancel shipment", skip_all, fields(order_id = %order))]
+    pub async fn cancel_for_order(&self, order: OrderId, inbox: InboxEntry) -> Result<Shipment, TransitionFailure> {
+        self.transition(Target::Order(order), Some(inbox), |s, at| Ok(s.cancel(at))).await
     }
 
     /// The autopilot's step: advances, in one transaction, up to `limit` shipments that have waited
@@ -164,12 +163,8 @@ impl DeliveryService {
     ///
     /// # Errors
     /// [`TransitionFailure::Unexpected`] when the store fails.
-    pub async fn create(
-        &self,
-        order: ShipmentOrder,
-        inbox: Option<InboxEntry>,
-        traceparent: Option<String>,
-    ) -> Result<Shipment, TransitionFailure> {
+    #[tracing::instrument(name = "create shipment", skip_all, fields(order_id = %order.order_id))]
+    pub async fn create(&self, order: ShipmentOrder, inbox: Option<InboxEntry>) -> Result<Shipment, TransitionFailure> {
         // No read first: the store refuses a second shipment for the order, and a redelivered message is
         // recognised by the inbox — both cases then return the shipment that exists.
         let now = self.clock.now();
@@ -177,7 +172,7 @@ impl DeliveryService {
         let change = ShipmentChange {
             shipment: shipment.clone(),
             expected_version: None,
-            messages: self.messages(orderflow_messages::shipment_message(&event), now, traceparent),
+            messages: self.messages(orderflow_messages::shipment_message(&event), now),
             inbox,
         };
         match self.store.save(change).await {
@@ -196,6 +191,7 @@ impl DeliveryService {
     /// Creates the shipments of several paid orders, as [`DeliveryService::create`] would each, committed
     /// together; when the joint commit fails, each is created on its own, so one that cannot be fails
     /// alone. Results are in the batch's order.
+    #[tracing::instrument(name = "create shipments", skip_all, fields(count = orders.len()))]
     pub async fn create_all(&self, orders: Vec<NewShipment>) -> Vec<Result<(), TransitionFailure>> {
         let now = self.clock.now();
         let changes: Vec<ShipmentChange> = orders
@@ -203,8 +199,7 @@ impl DeliveryService {
             .map(|new| {
                 let (shipment, event) =
                     Shipment::create(ShipmentId::from_uuid(self.ids.new_id()), new.order.clone(), now);
-                let messages =
-                    self.messages(orderflow_messages::shipment_message(&event), now, new.traceparent.clone());
+                let messages = new.span.in_scope(|| self.messages(orderflow_messages::shipment_message(&event), now));
                 ShipmentChange { shipment, expected_version: None, messages, inbox: new.inbox.clone() }
             })
             .collect();
@@ -223,7 +218,7 @@ impl DeliveryService {
         }
         let mut results = Vec::with_capacity(orders.len());
         for new in orders {
-            results.push(self.create(new.order, new.inbox, new.traceparent).await.map(drop));
+            results.push(self.create(new.order, new.inbox).instrument(new.span).await.map(drop));
         }
         results
     }
@@ -244,7 +239,6 @@ impl DeliveryService {
         &self,
         target: Target,
         inbox: Option<InboxEntry>,
-        traceparent: Option<String>,
         transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
     ) -> Result<Shipment, TransitionFailure> {
         for _ in 0..MAX_ATTEMPTS {
@@ -258,7 +252,7 @@ impl DeliveryService {
             let change = ShipmentChange {
                 shipment: shipment.clone(),
                 expected_version: Some(version),
-                messages: self.messages(orderflow_messages::shipment_message(&event), now, traceparent.clone()),
+                messages: self.messages(orderflow_messages::shipment_message(&event), now),
                 inbox: inbox.clone(),
             };
             match self.store.save(change).await {
@@ -291,7 +285,7 @@ impl DeliveryService {
                     Ok(Step::Applied { state, event }) => Some(ShipmentChange {
                         shipment: state,
                         expected_version: Some(version),
-                        messages: self.messages(orderflow_messages::shipment_message(&event), now, None),
+                        messages: self.messages(orderflow_messages::shipment_message(&event), now),
                         inbox: None,
                     }),
                     Ok(Step::Unchanged(_)) | Err(_) => None,
@@ -305,8 +299,10 @@ impl DeliveryService {
         Ok(outcomes.iter().filter(|outcome| matches!(outcome, Ok(ChangeOutcome::Applied))).count())
     }
 
-    fn messages(&self, outgoing: Outgoing, at: Timestamp, traceparent: Option<String>) -> Vec<OutboxMessage> {
+    /// The outbox message of a change, continuing the trace of the current span.
+    fn messages(&self, outgoing: Outgoing, at: Timestamp) -> Vec<OutboxMessage> {
         let id = EventId::from_uuid(self.ids.new_id());
+        let traceparent = orderflow_ports::trace::current_traceparent();
         vec![OutboxMessage::from_outgoing(outgoing, id, Source::Delivery, at, traceparent)]
     }
 }

@@ -8,6 +8,7 @@ use orderflow_messages::{CancelRequested, OrderCreated};
 use orderflow_messages::{CloudEvent, Payload};
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::service::{Advanced, AutoStep, DeliveryService, NewShipment, TransitionFailure};
 
@@ -30,10 +31,10 @@ impl MessageHandler for OrderCommands {
             match creation.map(|event| (event.payload::<OrderCreated>(), event)) {
                 Some((Ok(order), event)) => {
                     let inbox = Some(delivery.inbox_entry(&event));
-                    created.push(NewShipment { order: order.into(), inbox, traceparent: event.traceparent });
+                    created.push(NewShipment { order: order.into(), inbox, span: delivery.span.clone() });
                     batched.push(i);
                 }
-                _ => outcomes[i] = Some(self.handle(delivery).await),
+                _ => outcomes[i] = Some(self.handle(delivery).instrument(delivery.span.clone()).await),
             }
         }
         for (i, result) in batched.into_iter().zip(self.service.create_all(created).await) {
@@ -48,14 +49,13 @@ impl MessageHandler for OrderCommands {
             Err(e) => return HandlerOutcome::Permanent(e.to_string()),
         };
         let inbox = delivery.inbox_entry(&event);
-        let trace = event.traceparent.clone();
         let result = match event.event_type.as_str() {
             OrderCreated::TYPE => match event.payload::<OrderCreated>() {
-                Ok(order) => self.service.create(order.into(), Some(inbox), trace).await.map(drop),
+                Ok(order) => self.service.create(order.into(), Some(inbox)).await.map(drop),
                 Err(e) => return HandlerOutcome::Permanent(e.to_string()),
             },
             CancelRequested::TYPE => match event.payload::<CancelRequested>() {
-                Ok(request) => self.service.cancel_for_order(request.order_id, inbox, trace).await.map(drop),
+                Ok(request) => self.service.cancel_for_order(request.order_id, inbox).await.map(drop),
                 Err(e) => return HandlerOutcome::Permanent(e.to_string()),
             },
             other => return HandlerOutcome::Permanent(format!("unknown event type {other}")),
@@ -229,7 +229,7 @@ mod tests {
         tokio::spawn(autopilot(service.clone(), AutopilotSettings { ship_after: second, deliver_after: second }));
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
-        let shipment = service.create(paid_order(), None, None).await.expect("created");
+        let shipment = service.create(paid_order(), None).await.expect("created");
         tokio::time::sleep(std::time::Duration::from_millis(1_050)).await;
         let at_due = status_of(&service, &shipment).await;
         tokio::time::sleep(second).await;

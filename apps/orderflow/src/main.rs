@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use delivery_api::workers::AutopilotSettings;
 use orderflow::dev::{DevOptions, DevStack};
 use orderflow_adapters::simulated::PaymentSettings;
+use orderflow_runtime::config::LogFormat;
+use orderflow_runtime::telemetry;
 
 #[derive(Parser)]
 #[command(name = "orderflow", version, about = "Run, try and operate orderflow")]
@@ -105,6 +107,13 @@ fn autopilot(ship_after: &str, deliver_after: &str) -> anyhow::Result<Option<Aut
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Dev { .. }) {
+        // Both services' spans go out as one service, `orderflow` (or OTEL_SERVICE_NAME).
+        let telemetry = telemetry::init(LogFormat::Pretty, "orderflow", "info,poem=warn,opentelemetry=warn")?;
+        let ran = run(cli.command).await;
+        telemetry.shutdown().await;
+        return ran;
+    }
     if matches!(cli.command, Command::Dlq(_) | Command::Audit(_)) {
         // The operator tools print their results on stdout: logs (warnings only by default; lapin repeats what
         // the error says) go to stderr.
@@ -121,7 +130,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .init();
     }
-    match cli.command {
+    run(cli.command).await
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Dev { sales_addr, delivery_addr, issuer_addr, ship_after, deliver_after, decline_above_minor } => {
             let options = DevOptions {
                 sales_addr,

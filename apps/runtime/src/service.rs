@@ -77,6 +77,8 @@ impl RunningService {
         let listener = tokio::net::TcpListener::bind(parts.http_addr).await?;
         let addr = listener.local_addr()?;
         let api = OpenApiService::new(parts.api, parts.name, parts.version).server(format!("http://{addr}"));
+        let observe =
+            Observe::new(metrics, &api.spec(), &["/openapi.json", "/health/live", "/health/ready", "/metrics"]);
         let spec = api.spec_endpoint();
         let docs = api.swagger_ui();
         let mut routes = Route::new()
@@ -92,7 +94,7 @@ impl RunningService {
             routes = routes.data(RateLimitQuota { burst }).boxed();
         }
         // Observe turns every error into a problem first; the headers then go on whatever answer it made.
-        let app = routes.with(Observe { metrics }).with(SecurityHeaders);
+        let app = routes.with(observe).with(SecurityHeaders);
 
         let name = parts.name;
         let (stop_http, mut http_stopping) = watch::channel(false);

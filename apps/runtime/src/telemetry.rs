@@ -1,14 +1,235 @@
-//! Logging: one subscriber for both services, JSON for log shippers or pretty for a terminal.
+//! Logs and traces: one `tracing` subscriber for the services and `orderflow dev` — JSON lines naming
+//! each line's trace and span for log shippers, or pretty for a terminal — and OpenTelemetry, which gives
+//! every span a trace context and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, exports the spans over OTLP.
+//!
+//! Only the standard `OTEL_*` variables configure it: the endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`, or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default,
+//! or `http/json`), `OTEL_EXPORTER_OTLP_HEADERS`/`_TIMEOUT`, `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`_ARG` (parent-based, always on, by default) and
+//! `OTEL_BSP_*`. Without an endpoint nothing is exported and nothing is said about it, but trace context
+//! is still continued from callers and carried in messages.
+
+use std::fmt;
+
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanExporter};
+use serde_json::{Map, Value};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Starts `tracing` with the configured format and `RUST_LOG` (default `info`).
-pub fn init(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,poem=warn,lapin=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
-        LogFormat::Pretty => builder.init(),
+/// What the services log when `RUST_LOG` is not set.
+pub const SERVICE_LOG_FILTER: &str = "info,poem=warn,lapin=warn,opentelemetry=warn";
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// An `OTEL_*` variable asks for something this build cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The exporter could not be built from the `OTEL_*` variables.
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+    /// A global subscriber was already installed.
+    #[error("logging was already set up: {0}")]
+    AlreadySet(String),
+}
+
+/// The running telemetry; [`Telemetry::shutdown`] exports what is still buffered.
+#[must_use = "shut it down when the service stops, or the last spans are lost"]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered and stops the exporter.
+    pub async fn shutdown(self) {
+        // The processor's shutdown blocks until its last export, which runs on this runtime.
+        let provider = self.provider;
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+}
+
+/// Starts logging with `format` and `RUST_LOG` (default `default_filter`), and tracing as the `OTEL_*`
+/// variables say; `service` names the service when `OTEL_SERVICE_NAME` does not. Call it inside the
+/// Tokio runtime: the exporter sends from it.
+///
+/// # Errors
+/// [`TelemetryError`] when an `OTEL_*` variable asks for what this build cannot do, or a subscriber is
+/// already installed.
+pub fn init(format: LogFormat, service: &str, default_filter: &str) -> Result<Telemetry, TelemetryError> {
+    let provider = tracer_provider(service, exporter()?);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("orderflow")));
+    let installed = match format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().fmt_fields(JsonFields::new()).event_format(JsonWithTrace))
+            .try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+    };
+    installed.map_err(|e| TelemetryError::AlreadySet(e.to_string()))?;
+    Ok(Telemetry { provider })
+}
+
+/// The provider every span goes through: with the exporter's batch processor when there is one, without
+/// any otherwise (spans still get the ids trace context is made of). Also installs the W3C trace context
+/// propagator the services read and write `traceparent` with.
+pub fn tracer_provider(service: &str, exporter: Option<impl SpanExporter + 'static>) -> SdkTracerProvider {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service.to_owned());
+    }
+    let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
+    if let Some(exporter) = exporter {
+        provider = provider.with_span_processor(BatchSpanProcessor::builder(exporter).build());
+    }
+    provider.build()
+}
+
+/// The OTLP exporter the variables ask for, `None` when no endpoint is set.
+fn exporter() -> Result<Option<opentelemetry_otlp::SpanExporter>, TelemetryError> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Ok(None);
+    }
+    let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_default();
+    // Named, since the exporter's own default follows its build features (JSON, here), not the spec.
+    let protocol = match protocol.as_str() {
+        "" | "http/protobuf" => Protocol::HttpBinary,
+        "http/json" => Protocol::HttpJson,
+        other => {
+            return Err(TelemetryError::Unsupported(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported; use http/protobuf or http/json"
+            )));
+        }
+    };
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol)
+        .with_http_client(Client::default())
+        .build()
+        .map(Some)
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))
+}
+
+/// The exporter's HTTP client: the services' own reqwest, run on the service's runtime (the batch
+/// processor exports from a thread of its own, which has none).
+#[derive(Debug)]
+struct Client {
+    http: reqwest::Client,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self { http: reqwest::Client::new(), runtime: tokio::runtime::Handle::try_current().ok() }
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for Client {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let request = reqwest::Request::try_from(request)?;
+        let http = self.http.clone();
+        let send = async move {
+            let response = http.execute(request).await?;
+            let mut built = Response::builder().status(response.status());
+            for (name, value) in response.headers() {
+                built = built.header(name, value);
+            }
+            Ok::<_, HttpError>(built.body(response.bytes().await?)?)
+        };
+        match &self.runtime {
+            Some(runtime) => runtime.spawn(send).await?,
+            None => Err("no Tokio runtime to export on".into()),
+        }
+    }
+}
+
+/// JSON lines as `tracing_subscriber`'s JSON format writes them (the event's fields flattened, the
+/// current span), plus `trace_id` and `span_id` of the span the line was logged in, so a log line
+/// leads to its trace and back.
+struct JsonWithTrace;
+
+impl<S, N> FormatEvent<S, N> for JsonWithTrace
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let metadata = event.metadata();
+        let mut line = Map::new();
+        line.insert("timestamp".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
+        line.insert("level".into(), metadata.level().as_str().into());
+        event.record(&mut JsonVisitor(&mut line));
+        line.insert("target".into(), metadata.target().into());
+        if let Some(span) = ctx.event_scope().and_then(|mut scope| scope.next()) {
+            let mut fields = span
+                .extensions()
+                .get::<FormattedFields<N>>()
+                .and_then(|f| serde_json::from_str::<Map<String, Value>>(f).ok())
+                .unwrap_or_default();
+            fields.insert("name".into(), span.name().into());
+            line.insert("span".into(), fields.into());
+            let context = tracing::dispatcher::get_default(|d| tracing_opentelemetry::get_otel_context(&span.id(), d));
+            if let Some(context) = context {
+                let span = context.span();
+                let ids = span.span_context();
+                if ids.is_valid() {
+                    line.insert("trace_id".into(), ids.trace_id().to_string().into());
+                    line.insert("span_id".into(), ids.span_id().to_string().into());
+                }
+            }
+        }
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+/// Collects an event's fields into a JSON object, as the JSON format does.
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u128(&mut self, field: &tracing::field::Field, value: u128) {
+        let value = u64::try_from(value).map_or_else(|_| value.to_string().into(), Value::from);
+        self.0.insert(field.name().into(), value);
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
     }
 }

@@ -4,6 +4,12 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: sales_api::config::SalesConfig = orderflow_runtime::config::parse();
-    orderflow_runtime::telemetry::init(config.shared.log_format);
-    sales_api::Application::build(config.setup()).await?.run_until_stopped().await
+    let telemetry = orderflow_runtime::telemetry::init(
+        config.shared.log_format,
+        "sales-api",
+        orderflow_runtime::telemetry::SERVICE_LOG_FILTER,
+    )?;
+    let ran = async { sales_api::Application::build(config.setup()).await?.run_until_stopped().await }.await;
+    telemetry.shutdown().await;
+    ran
 }

@@ -22,6 +22,8 @@ use orderflow_ports::sales::{
 use orderflow_ports::system::{Clock, IdGenerator};
 use orderflow_ports::{Page, ReadError};
 
+use tracing::{Instrument, Span};
+
 use crate::pressure::BackPressure;
 
 /// How long an idempotency key is remembered.
@@ -91,8 +93,8 @@ pub struct PaymentRequest {
     pub amount: Money,
     /// The message that asks for it.
     pub inbox: InboxEntry,
-    /// The trace it continues.
-    pub traceparent: Option<String>,
+    /// The message's span: the charge and what its verdict sends belong to its trace.
+    pub span: Span,
 }
 
 /// What Delivery reports about an order's shipment.
@@ -137,8 +139,8 @@ pub struct Reported {
     pub report: Report,
     /// The message.
     pub inbox: InboxEntry,
-    /// The trace it continues.
-    pub traceparent: Option<String>,
+    /// The message's span: what the change sends belongs to its trace.
+    pub span: Span,
 }
 
 /// A transition of an existing order, for [`SalesService::transition_all`].
@@ -154,8 +156,8 @@ struct BatchTransition<'a> {
     read: Option<Order>,
     /// The message that caused the change.
     inbox: Option<InboxEntry>,
-    /// The trace the change continues.
-    traceparent: Option<String>,
+    /// The span of the message that asks for it, which what the change sends continues.
+    span: Span,
     /// The change.
     transition: Transition<'a>,
 }
@@ -188,11 +190,11 @@ impl SalesService {
     ///
     /// # Errors
     /// See [`PlaceOrderError`]; nothing is stored in any error case.
+    #[tracing::instrument(name = "place order", skip_all)]
     pub async fn place_order(
         &self,
         request: OrderRequest,
         idempotency: Option<Idempotency>,
-        traceparent: Option<String>,
     ) -> Result<PlaceOutcome, PlaceOrderError> {
         if self.pressure.overloaded() {
             return Err(PlaceOrderError::Overloaded);
@@ -203,7 +205,7 @@ impl SalesService {
         let now = self.clock.now();
         let id = OrderId::from_uuid(self.ids.new_id());
         let (order, event) = Order::place(id, request, |sku| prices.get(sku).copied(), now)?;
-        let messages = self.messages(orderflow_messages::order_messages(&event, &order), now, traceparent);
+        let messages = self.messages(orderflow_messages::order_messages(&event, &order), now);
         let idempotency = idempotency.map(|i| IdempotencyRecord {
             client: i.client,
             key: i.key.as_str().to_owned(),
@@ -262,8 +264,9 @@ impl SalesService {
     ///
     /// # Errors
     /// See [`TransitionFailure`].
-    pub async fn cancel_order(&self, id: OrderId, traceparent: Option<String>) -> Result<Order, TransitionFailure> {
-        self.transition(id, None, traceparent, |order, at| order.cancel(at)).await
+    #[tracing::instrument(name = "cancel order", skip_all, fields(order_id = %id))]
+    pub async fn cancel_order(&self, id: OrderId) -> Result<Order, TransitionFailure> {
+        self.transition(id, None, |order, at| order.cancel(at)).await
     }
 
     /// The catalogue in SKU order, a page of `limit` after `after`.
@@ -300,6 +303,7 @@ impl SalesService {
     /// order still awaiting payment is charged: a request delivered again for a settled or cancelled order
     /// takes no money. Should the customer have cancelled while the charge ran, the money goes back.
     /// Results are in the requests' order.
+    #[tracing::instrument(name = "take payments", skip_all, fields(count = requests.len()))]
     pub async fn take_payments(&self, requests: Vec<PaymentRequest>) -> Vec<Result<(), SettleFailure>> {
         let ids: Vec<OrderId> = requests.iter().map(|r| r.order_id).collect();
         let orders: HashMap<OrderId, Order> = match self.store.orders_by_id(&ids).await {
@@ -317,7 +321,7 @@ impl SalesService {
             match orders.get(&r.order_id) {
                 None => Err(SettleFailure::Transition(TransitionFailure::NotFound)),
                 Some(order) if order.status != OrderStatus::PendingPayment => Ok(None),
-                Some(order) => Ok(Some(self.payments.charge(order.id, r.amount).await?)),
+                Some(order) => Ok(Some(self.payments.charge(order.id, r.amount).instrument(r.span.clone()).await?)),
             }
         });
         let charged = futures::future::join_all(charges).await;
@@ -335,7 +339,7 @@ impl SalesService {
                         id: r.order_id,
                         read: orders.get(&r.order_id).cloned(),
                         inbox: Some(r.inbox),
-                        traceparent: r.traceparent,
+                        span: r.span,
                         transition: Box::new(move |o, at| o.settle_payment(&verdict, at)),
                     });
                 }
@@ -362,11 +366,12 @@ impl SalesService {
     /// and after that it is applied whatever came, so the order still converges. A cancelled shipment
     /// is refunded after the cancellation commits (refunds are idempotent, so a failed one is retried
     /// with the report, whose transition is then a no-op).
+    #[tracing::instrument(name = "apply reports", skip_all, fields(count = reports.len()))]
     pub async fn apply_reports(&self, reports: Vec<Reported>) -> Vec<Result<(), SettleFailure>> {
         let mut results: Vec<Option<Result<(), SettleFailure>>> = Vec::with_capacity(reports.len());
         let mut batch = Vec::new();
         let mut batched = Vec::new();
-        for Reported { report, inbox, traceparent } in reports {
+        for Reported { report, inbox, span } in reports {
             let (id, transition): (OrderId, Transition<'static>) = match report {
                 Report::Shipped { order_id, carrier, tracking_number } => {
                     (order_id, Box::new(move |o, at| o.mark_shipped(carrier.clone(), tracking_number.clone(), at)))
@@ -375,23 +380,22 @@ impl SalesService {
                     (order_id, Box::new(move |o, at| o.mark_delivered_by(carrier.clone(), tracking_number.clone(), at)))
                 }
                 Report::DeliveredUntracked { order_id, first_arrival } => {
-                    results.push(Some(self.delivered_untracked(order_id, first_arrival, inbox, traceparent).await));
+                    let applied = self.delivered_untracked(order_id, first_arrival, inbox).instrument(span).await;
+                    results.push(Some(applied));
                     continue;
                 }
                 Report::ShipmentCancelled { order_id } => {
-                    let cancelled = self
-                        .transition(order_id, Some(inbox), traceparent, |o, at| o.confirm_shipment_cancelled(at))
-                        .await;
-                    results.push(Some(match cancelled {
-                        Ok(_) => self.payments.refund(order_id).await.map_err(SettleFailure::from),
-                        Err(failure) => Err(failure.into()),
-                    }));
+                    let refunded = async {
+                        self.transition(order_id, Some(inbox), |o, at| o.confirm_shipment_cancelled(at)).await?;
+                        self.payments.refund(order_id).await.map_err(SettleFailure::from)
+                    };
+                    results.push(Some(refunded.instrument(span).await));
                     continue;
                 }
             };
             batched.push(results.len());
             results.push(None);
-            batch.push(BatchTransition { id, read: None, inbox: Some(inbox), traceparent, transition });
+            batch.push(BatchTransition { id, read: None, inbox: Some(inbox), span, transition });
         }
         for (i, result) in batched.into_iter().zip(self.transition_all(batch).await) {
             results[i] = Some(result.map(drop).map_err(SettleFailure::from));
@@ -405,10 +409,9 @@ impl SalesService {
         id: OrderId,
         first_arrival: bool,
         inbox: InboxEntry,
-        traceparent: Option<String>,
     ) -> Result<(), SettleFailure> {
         let early = AtomicBool::new(false);
-        self.transition(id, Some(inbox), traceparent, |o, at| {
+        self.transition(id, Some(inbox), |o, at| {
             let unshipped = matches!(o.status, OrderStatus::PendingShipment | OrderStatus::CancellationRequested);
             if unshipped && first_arrival {
                 early.store(true, Ordering::Relaxed);
@@ -426,7 +429,6 @@ impl SalesService {
         &self,
         id: OrderId,
         inbox: Option<InboxEntry>,
-        traceparent: Option<String>,
         transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
     ) -> Result<Order, TransitionFailure> {
         for _ in 0..MAX_ATTEMPTS {
@@ -443,7 +445,7 @@ impl SalesService {
             };
             let change = OrderChange {
                 stock: StockEffect::between(Some(from), order.status),
-                messages: self.messages(orderflow_messages::order_messages(&event, &order), now, traceparent.clone()),
+                messages: self.messages(orderflow_messages::order_messages(&event, &order), now),
                 expected_version: version,
                 inbox: inbox.clone(),
                 order: order.clone(),
@@ -500,11 +502,9 @@ impl SalesService {
                     Ok(Step::Applied { state, event }) => {
                         changes.push(OrderChange {
                             stock: StockEffect::between(Some(from), state.status),
-                            messages: self.messages(
-                                orderflow_messages::order_messages(&event, &state),
-                                now,
-                                t.traceparent.clone(),
-                            ),
+                            messages: t
+                                .span
+                                .in_scope(|| self.messages(orderflow_messages::order_messages(&event, &state), now)),
                             expected_version: version,
                             inbox: t.inbox.clone(),
                             order: state,
@@ -532,13 +532,15 @@ impl SalesService {
         for (t, result) in batch.iter().zip(results) {
             done.push(match result {
                 Some(result) => result,
-                None => self.transition(t.id, t.inbox.clone(), t.traceparent.clone(), &*t.transition).await,
+                None => self.transition(t.id, t.inbox.clone(), &*t.transition).instrument(t.span.clone()).await,
             });
         }
         done
     }
 
-    fn messages(&self, outgoing: Vec<Outgoing>, at: Timestamp, traceparent: Option<String>) -> Vec<OutboxMessage> {
+    /// The outbox messages of a change, continuing the trace of the current span.
+    fn messages(&self, outgoing: Vec<Outgoing>, at: Timestamp) -> Vec<OutboxMessage> {
+        let traceparent = orderflow_ports::trace::current_traceparent();
         outgoing
             .into_iter()
             .map(|o| {
@@ -610,7 +612,7 @@ mod tests {
             key: IdempotencyKey::parse("retry-me").unwrap(),
             fingerprint: "same body".into(),
         };
-        let place = || service.place_order(request(), Some(key.clone()), None);
+        let place = || service.place_order(request(), Some(key.clone()));
 
         let PlaceOutcome::Created(first) = place().await.unwrap() else { panic!("the first placement creates") };
         clock.advance(Duration::from_secs(23 * 3600));

@@ -83,7 +83,7 @@ impl MessageHandler for PaymentWorker {
                 order_id: request.order_id,
                 amount: request.amount,
                 inbox,
-                traceparent: event.traceparent,
+                span: delivery.span.clone(),
             })
         };
         settle(deliveries, decode, |requests| self.service.take_payments(requests)).await
@@ -118,7 +118,7 @@ impl DeliveryReports {
             }
             other => return Err(HandlerOutcome::Permanent(format!("unknown event type {other}"))),
         };
-        Ok(Reported { report, inbox, traceparent: event.traceparent })
+        Ok(Reported { report, inbox, span: delivery.span.clone() })
     }
 }
 

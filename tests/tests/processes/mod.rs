@@ -57,6 +57,8 @@ pub struct Options {
     pub rate_limit_routes: Option<&'static str>,
     /// `OAUTH_ISSUER` of both, and where the test's tokens come from, instead of [`issuer`].
     pub issuer: Option<String>,
+    /// More variables of both services (`OTEL_*`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             rate_limit: None,
             rate_limit_routes: None,
             issuer: None,
+            env: Vec::new(),
         }
     }
 }
@@ -201,6 +204,7 @@ impl Services {
                 ("RUST_LOG", "info".to_owned()),
             ]
             .into_iter()
+            .chain(options.env.iter().cloned())
             .map(|(k, v)| (k.to_owned(), v))
             .collect()
         };

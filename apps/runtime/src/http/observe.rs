@@ -1,8 +1,11 @@
-//! Per-request observability: a correlation id on every request and log line, Prometheus metrics per
-//! operation, and the conversion of every error into a problem.
+//! Per-request observability: a SERVER span continuing the caller's trace, a correlation id on every
+//! request and log line, Prometheus metrics per operation, and the conversion of every error into a
+//! problem.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use orderflow_ports::trace;
 use poem::http::StatusCode;
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::OperationId;
@@ -42,17 +45,52 @@ impl HttpMetrics {
     }
 }
 
-/// The middleware: correlation id, span, metrics, and problem+json for every error.
+/// The middleware: correlation id, SERVER span, metrics, and problem+json for every error.
 pub struct Observe {
-    /// Where to record.
-    pub metrics: HttpMetrics,
+    metrics: HttpMetrics,
+    routes: Arc<Routes>,
+}
+
+impl Observe {
+    /// Records in `metrics`; names the SERVER spans by the route a request matches: the paths of the
+    /// OpenAPI document `spec` (JSON) and the `fixed` paths served beside it.
+    pub fn new(metrics: HttpMetrics, spec: &str, fixed: &[&str]) -> Self {
+        let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let mut templates: Vec<Vec<String>> = fixed.iter().map(|path| segments(path)).collect();
+        templates.extend(spec["paths"].as_object().into_iter().flatten().map(|(path, _)| segments(path)));
+        Self { metrics, routes: Arc::new(Routes { templates }) }
+    }
+}
+
+/// The route templates a service serves, to name a request's span before the router has seen it (a
+/// span's name cannot change once it started).
+struct Routes {
+    templates: Vec<Vec<String>>,
+}
+
+impl Routes {
+    /// The template `path` matches (`/orders/{id}` for `/orders/0190…`), literal segments winning.
+    fn matching(&self, path: &str) -> Option<String> {
+        let path: Vec<&str> = path.split('/').collect();
+        let fits = |template: &[String]| {
+            template.len() == path.len()
+                && template.iter().zip(&path).all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
+        };
+        let literal = |template: &[String]| template.iter().filter(|t| !t.starts_with('{')).count();
+        let best = self.templates.iter().filter(|t| fits(t)).max_by_key(|t| literal(t))?;
+        Some(best.join("/"))
+    }
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.split('/').map(str::to_owned).collect()
 }
 
 impl<E: Endpoint> Middleware<E> for Observe {
     type Output = ObserveEndpoint<E>;
 
     fn transform(&self, inner: E) -> Self::Output {
-        ObserveEndpoint { inner, metrics: self.metrics.clone() }
+        ObserveEndpoint { inner, metrics: self.metrics.clone(), routes: Arc::clone(&self.routes) }
     }
 }
 
@@ -60,6 +98,7 @@ impl<E: Endpoint> Middleware<E> for Observe {
 pub struct ObserveEndpoint<E> {
     inner: E,
     metrics: HttpMetrics,
+    routes: Arc<Routes>,
 }
 
 impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
@@ -68,7 +107,23 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
     async fn call(&self, req: Request) -> poem::Result<Self::Output> {
         let request_id = correlation_id(&req);
         let method = req.method().to_string();
-        let span = tracing::info_span!("http", %request_id, %method, path = %req.uri().path());
+        let route = self.routes.matching(req.uri().path());
+        let name = match &route {
+            Some(route) => format!("{method} {route}"),
+            None => method.clone(),
+        };
+        let span = tracing::info_span!(
+            "http",
+            %request_id,
+            otel.name = %name,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            url.path = %req.uri().path(),
+            http.route = route.as_deref(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        trace::continue_trace(&span, req.header(trace::TRACEPARENT));
         let started = Instant::now();
         let mut response = match self.inner.call(req).instrument(span.clone()).await {
             Ok(output) => output.into_response(),
@@ -76,6 +131,10 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         };
         let operation = response.data::<OperationId>().map_or("unmatched", |id| id.0);
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+        }
         self.metrics.requests.with_label_values(&[operation, method.as_str(), status.as_str()]).inc();
         self.metrics.latency.with_label_values(&[operation, method.as_str()]).observe(started.elapsed().as_secs_f64());
         span.in_scope(|| tracing::info!(%operation, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis(), "request"));
@@ -129,4 +188,24 @@ pub fn into_problem(error: poem::Error) -> Response {
         _ => Problem::internal(&error),
     };
     problem.as_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_named_by_the_route_it_matches_with_literal_segments_winning() {
+        let spec = r#"{"paths": {"/orders": {}, "/orders/{id}": {}, "/orders/{id}/cancel": {}, "/shipments/by-order/{order_id}": {}, "/shipments/{id}": {}}}"#;
+        let metrics = HttpMetrics::register(&prometheus::Registry::new()).expect("registers");
+        let routes = Observe::new(metrics, spec, &["/health/live"]).routes;
+
+        assert_eq!(routes.matching("/orders").as_deref(), Some("/orders"));
+        assert_eq!(routes.matching("/orders/0190aa").as_deref(), Some("/orders/{id}"));
+        assert_eq!(routes.matching("/orders/0190aa/cancel").as_deref(), Some("/orders/{id}/cancel"));
+        assert_eq!(routes.matching("/shipments/by-order/42").as_deref(), Some("/shipments/by-order/{order_id}"));
+        assert_eq!(routes.matching("/health/live").as_deref(), Some("/health/live"));
+        assert_eq!(routes.matching("/orders/"), None, "an empty segment is no id");
+        assert_eq!(routes.matching("/nowhere"), None);
+    }
 }

@@ -43,7 +43,9 @@ impl OrdersApi {
         /// Any unique string (e.g. a UUID), at most 255 characters; remembered for 24 hours.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
-        #[oai(name = "traceparent")] traceparent: Header<Option<String>>,
+        /// W3C trace context to continue (read by the tracing middleware, like on every endpoint).
+        #[oai(name = "traceparent")]
+        _traceparent: Header<Option<String>>,
         body: StrictJson<PlaceOrderRequest>,
     ) -> poem::Result<PlaceResponse> {
         let principal = auth.require("orders:write")?;
@@ -58,7 +60,7 @@ impl OrdersApi {
                 Some(Idempotency { client: principal.client_id.clone(), key, fingerprint })
             }
         };
-        let outcome = self.service.place_order(request, idempotency, traceparent.0).await.map_err(place_failed)?;
+        let outcome = self.service.place_order(request, idempotency).await.map_err(place_failed)?;
         let (order, replayed) = match outcome {
             PlaceOutcome::Created(order) => (order, None),
             PlaceOutcome::Replayed(order) => (order, Some("true".to_owned())),
@@ -125,14 +127,13 @@ impl OrdersApi {
         &self,
         auth: BearerAuth,
         id: Path<String>,
-        #[oai(name = "traceparent")] traceparent: Header<Option<String>>,
+        /// W3C trace context to continue (read by the tracing middleware, like on every endpoint).
+        #[oai(name = "traceparent")]
+        _traceparent: Header<Option<String>>,
     ) -> poem::Result<OrderResponse> {
         auth.require("orders:write")?;
-        let order = self
-            .service
-            .cancel_order(OrderId::from_uuid(parse_id(&id.0, "id")?), traceparent.0)
-            .await
-            .map_err(transition_failed)?;
+        let order =
+            self.service.cancel_order(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(transition_failed)?;
         Ok(OrderResponse::Ok(Json(order.into())))
     }
 }
