@@ -60,9 +60,29 @@ pub static OUTBOX_BACKLOG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// Age in seconds of the oldest owed outbox row, by schema (0 when none is owed).
+/// Age in seconds of the oldest outbox row owed to a destination, by schema (0 when none is owed).
 pub static OUTBOX_OLDEST_SECONDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    gauge("orderflow_outbox_oldest_seconds", "Age of the oldest unpublished outbox row, by schema", &["schema"])
+    gauge(
+        "orderflow_outbox_oldest_seconds",
+        "Age of the oldest unpublished outbox row, by schema and destination",
+        &["schema", "destination"],
+    )
+});
+
+/// Time from an outbox row's commit until its destination acknowledged it, by destination (`command`,
+/// `audit`): the relay's latency, as each service sees its own rows.
+pub static OUTBOX_LAG_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "orderflow_outbox_lag_seconds",
+        "Time from an outbox row's commit until its destination acknowledged it, by destination",
+        &["destination"],
+        LATENCY_BUCKETS.to_vec(),
+    )
+});
+
+/// Messages in each dead-letter queue the service consumes from, sampled periodically.
+pub static DLQ_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge("orderflow_dlq_depth", "Messages in the dead-letter queue of each consumed queue", &["queue"])
 });
 
 /// Single-order cache lookups, by result (`hit`, `miss`, `error`).

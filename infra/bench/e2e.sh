@@ -25,7 +25,9 @@
 # databases are created next to it), AMQP_HOST (127.0.0.1:5672, guest/guest; rabbitmqctl must work),
 # KAFKA_PORT (9092), REDIS_URL (redis://127.0.0.1:6379), OAUTH_PORT (9000), SALES_PORT, DELIVERY_PORT,
 # CARGO_TARGET_DIR, SKIP_BUILD=1 (use the release binaries already in the target directory), SALES_REPLICAS
-# (1; more runs that many sales-api processes on the same database and spreads the POSTs over them).
+# (1; more runs that many sales-api processes on the same database and spreads the POSTs over them), and
+# any OTEL_* variable, passed on to both services (OTEL_EXPORTER_OTLP_ENDPOINT measures tracing with an
+# exporter; infra/bench/otlp-sink.py is a receiver that accepts and counts).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -137,7 +139,9 @@ fresh_scratch() {
 start_service() { # $1 = name, $2 = port, then extra VAR=value; prints the pid
   local name=$1 port=$2
   shift 2
-  env -i PATH="$PATH" HOME="$HOME" \
+  local otel=()
+  mapfile -t otel < <(env | grep -E '^OTEL_[A-Z_]+=' || true)
+  env -i PATH="$PATH" HOME="$HOME" "${otel[@]}" \
     DATABASE_URL="$(db_url "$e2e_db")" \
     AMQP_URL="amqp://guest:guest@$amqp_host/$vhost" \
     KAFKA_BROKERS="127.0.0.1:$kafka_port" AUDIT_TOPIC="$topic" \

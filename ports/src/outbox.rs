@@ -1,6 +1,7 @@
 //! The transactional outbox: messages written with the state change that caused them, and the relay that
 //! publishes them afterwards through the command-publisher and audit-log ports.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,6 @@ use futures::FutureExt;
 use orderflow_domain::EventId;
 use orderflow_messages::{CloudEvent, RoutingKey};
 use tokio::sync::watch;
-use tracing::Instrument;
 
 use crate::ReadError;
 use crate::backoff::Backoff;
@@ -148,6 +148,7 @@ pub struct OutboxRelay {
     commands: Arc<dyn CommandPublisher>,
     audit: Arc<dyn AuditLog>,
     settings: RelaySettings,
+    on_published: Option<fn(Destination, &CloudEvent)>,
 }
 
 impl OutboxRelay {
@@ -158,7 +159,14 @@ impl OutboxRelay {
         audit: Arc<dyn AuditLog>,
         settings: RelaySettings,
     ) -> Self {
-        Self { store, commands, audit, settings }
+        Self { store, commands, audit, settings, on_published: None }
+    }
+
+    /// Has the relay call `observe` for each row its destination acknowledged (to measure how long rows
+    /// wait, say).
+    #[must_use]
+    pub fn on_published(self, observe: fn(Destination, &CloudEvent)) -> Self {
+        Self { on_published: Some(observe), ..self }
     }
 
     /// Runs both destinations' loops and the periodic purge until `stop` turns true (or its sender is
@@ -241,6 +249,12 @@ impl OutboxRelay {
             Destination::Command => self.publish_commands(rows).await,
             Destination::Audit => self.append_audit(rows).await,
         };
+        if let Some(observe) = self.on_published {
+            let acknowledged: HashSet<&EventId> = published.iter().collect();
+            rows.iter()
+                .filter(|row| acknowledged.contains(&row.event.id))
+                .for_each(|row| observe(destination, &row.event));
+        }
         batch.settle(&published).await?;
         match failure {
             Some(error) => Err(error.into()),
@@ -254,7 +268,8 @@ impl OutboxRelay {
     async fn publish_commands(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
         let sent: Vec<(RoutingKey, Traced)> =
             rows.iter().filter_map(|row| row.command.map(|key| (key, Traced::new(key.as_str(), &row.event)))).collect();
-        let commands: Vec<(RoutingKey, &CloudEvent)> = sent.iter().map(|(key, traced)| (*key, &traced.event)).collect();
+        let commands: Vec<(RoutingKey, &CloudEvent)> =
+            sent.iter().map(|(key, traced)| (*key, &*traced.event)).collect();
         let outcome = self.commands.publish_all(&commands).await;
         let mut confirmed = HashSet::new();
         for ((_, traced), ok) in sent.iter().zip(outcome.confirmed) {
@@ -287,7 +302,7 @@ impl OutboxRelay {
             let mut published = Vec::with_capacity(rows.len());
             for row in rows {
                 let traced = Traced::new("audit", &row.event);
-                if let Err(error) = self.audit.append(&traced.event).instrument(traced.span.clone()).await {
+                if let Err(error) = self.audit.append(&traced.event).await {
                     traced.failed(Some(&error));
                     return (published, Some(error));
                 }
@@ -308,30 +323,35 @@ impl OutboxRelay {
     }
 }
 
-/// A row as the relay sends it: inside its PRODUCER span, a child of the span that wrote the row, and
-/// carrying that span's trace context on to the consumer.
-struct Traced {
-    span: tracing::Span,
-    event: CloudEvent,
+/// A row as the relay sends it. Of a sampled trace: inside its PRODUCER span, a child of the span that
+/// wrote the row, and carrying that span's trace context on to the consumer. Otherwise as stored, with the
+/// writer's trace context: a span nobody records would only cost the relay its time.
+struct Traced<'a> {
+    span: Option<tracing::Span>,
+    event: Cow<'a, CloudEvent>,
 }
 
-impl Traced {
-    fn new(destination: &str, stored: &CloudEvent) -> Self {
+impl<'a> Traced<'a> {
+    fn new(destination: &str, stored: &'a CloudEvent) -> Self {
+        if !stored.traceparent.as_deref().is_some_and(trace::sampled) {
+            return Self { span: None, event: Cow::Borrowed(stored) };
+        }
         let span = trace::producer_span(destination, &stored.id.to_string(), stored.traceparent.as_deref());
         let mut event = stored.clone();
         if let Some(traceparent) = trace::traceparent_of(&span) {
             event.traceparent = Some(traceparent);
         }
-        Self { span, event }
+        Self { span: Some(span), event: Cow::Owned(event) }
     }
 
     /// The round logs the failure once; each row's span records it.
     fn failed(&self, error: Option<&PublishError>) {
+        let Some(span) = &self.span else { return };
         let error = match error.and_then(std::error::Error::source) {
             Some(cause) => format!("not acknowledged: {cause}"),
             None => "not acknowledged".to_owned(),
         };
-        trace::mark_failed(&self.span, &error);
+        trace::mark_failed(span, &error);
     }
 }
 

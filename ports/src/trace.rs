@@ -31,6 +31,15 @@ pub fn traceparent_of(span: &Span) -> Option<String> {
     carrier.remove(TRACEPARENT)
 }
 
+/// Whether `traceparent` says its trace is sampled (its flags' lowest bit), so its spans are recorded.
+pub fn sampled(traceparent: &str) -> bool {
+    traceparent
+        .rsplit('-')
+        .next()
+        .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+        .is_some_and(|flags| flags & 1 == 1)
+}
+
 /// Makes `span` a child of the remote span `traceparent` names. A missing or malformed one leaves
 /// `span` where it is (a root, or a child of the span current when it was created).
 pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
@@ -125,5 +134,19 @@ pub fn batch_span(queue: &str, spans: &[&Span]) -> Span {
             }
             span
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_traceparent_with_the_sampled_flag_is_sampled() {
+        assert!(sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"));
+        assert!(!sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        assert!(!sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz"));
+        assert!(!sampled(""));
     }
 }

@@ -5,7 +5,7 @@
 mod support;
 
 use anyhow::{Context, ensure};
-use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -32,10 +32,7 @@ async fn an_order_placed_with_a_traceparent_is_one_trace_from_the_sales_request_
 -> anyhow::Result<()> {
     let exporter = InMemorySpanExporter::default();
     let provider = orderflow_runtime::telemetry::tracer_provider("orderflow", Some(exporter.clone()));
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("info"))
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
-        .try_init()?;
+    tracing_subscriber::registry().with(orderflow_runtime::telemetry::traces(&provider)).try_init()?;
     let h = Harness::start().await?;
     h.put_product(SKU, 1999, 10).await?;
 

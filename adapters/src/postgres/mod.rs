@@ -17,7 +17,6 @@ use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 type Outcome = Result<ChangeOutcome, ChangeError>;
 use tokio::sync::Notify;
 use tokio_postgres::NoTls;
-use tracing::Instrument;
 
 pub use delivery::PgDeliveryStore;
 pub use sales::PgSalesStore;
@@ -213,8 +212,8 @@ impl Database {
         };
         let mut attempts = 3;
         loop {
-            let client = self.client().instrument(span.clone()).await?;
-            match client.batch_execute(sql).instrument(span.clone()).await {
+            let client = self.client().await?;
+            match client.batch_execute(sql).await {
                 Ok(()) => return Ok(Tx { client: Some(client), span }),
                 Err(error) if error.is_closed() && attempts > 1 => attempts -= 1,
                 Err(error) => return Err(error.into()),
@@ -260,7 +259,7 @@ impl Tx {
     /// transaction is rolled back as on drop.
     async fn finish(mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
         let Some(client) = self.client.as_ref() else { return Ok(()) };
-        if let Err(error) = client.batch_execute(sql).instrument(self.span.clone()).await {
+        if let Err(error) = client.batch_execute(sql).await {
             orderflow_ports::trace::mark_failed(&self.span, &error.to_string());
             return Err(error);
         }

@@ -310,17 +310,19 @@ pub(super) async fn observe(pool: deadpool_postgres::Pool, schema: String) {
             .query_one(
                 "SELECT (SELECT count(*) FROM command_outbox),
                         (SELECT count(*) FROM audit_outbox),
-                        COALESCE(extract(epoch FROM now() - LEAST(
-                            (SELECT created_at FROM command_outbox ORDER BY seq LIMIT 1),
-                            (SELECT created_at FROM audit_outbox ORDER BY seq LIMIT 1))), 0)::bigint",
+                        COALESCE(extract(epoch FROM now() -
+                            (SELECT created_at FROM command_outbox ORDER BY seq LIMIT 1)), 0)::bigint,
+                        COALESCE(extract(epoch FROM now() -
+                            (SELECT created_at FROM audit_outbox ORDER BY seq LIMIT 1)), 0)::bigint",
                 &[],
             )
             .await;
         if let Ok(row) = row {
-            let metrics = &crate::metrics::OUTBOX_BACKLOG;
-            metrics.with_label_values(&[schema.as_str(), "command"]).set(row.get(0));
-            metrics.with_label_values(&[schema.as_str(), "audit"]).set(row.get(1));
-            crate::metrics::OUTBOX_OLDEST_SECONDS.with_label_values(&[schema.as_str()]).set(row.get(2));
+            let (backlog, oldest) = (&crate::metrics::OUTBOX_BACKLOG, &crate::metrics::OUTBOX_OLDEST_SECONDS);
+            for (i, destination) in ["command", "audit"].into_iter().enumerate() {
+                backlog.with_label_values(&[schema.as_str(), destination]).set(row.get(i));
+                oldest.with_label_values(&[schema.as_str(), destination]).set(row.get(i + 2));
+            }
         }
     }
 }

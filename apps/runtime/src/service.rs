@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use orderflow_adapters::metrics::{DLQ_DEPTH, OUTBOX_LAG_SECONDS};
 use orderflow_messages::RoutingKey;
 use orderflow_ports::BoxError;
-use orderflow_ports::messaging::{CommandConsumer, MessageHandler};
-use orderflow_ports::outbox::{OutboxRelay, OutboxStore, RelaySettings};
+use orderflow_ports::messaging::{CommandConsumer, DeadLetterAdmin, MessageHandler};
+use orderflow_ports::outbox::{Destination, OutboxRelay, OutboxStore, RelaySettings};
 use orderflow_ports::system::HealthCheck;
 use poem::web::Data;
 use poem::{EndpointExt, IntoResponse, Route, handler};
@@ -115,10 +116,20 @@ impl RunningService {
             }
         });
         let (stop_relay, relay_stopping) = watch::channel(false);
-        let relay = OutboxRelay::new(parts.outbox, shared.publisher, shared.audit, parts.relay);
+        let relay = OutboxRelay::new(parts.outbox, shared.publisher, shared.audit, parts.relay).on_published(
+            |destination, event| {
+                let waited = (chrono::Utc::now() - event.time).to_std().unwrap_or_default();
+                let destination = match destination {
+                    Destination::Command => "command",
+                    Destination::Audit => "audit",
+                };
+                OUTBOX_LAG_SECONDS.with_label_values(&[destination]).observe(waited.as_secs_f64());
+            },
+        );
         let relay = tokio::spawn(relay.run(relay_stopping));
-        let mut tasks = Vec::new();
-        let mut workers = vec!["outbox relay".to_owned()];
+        let consumed: Vec<RoutingKey> = parts.handlers.iter().map(|(queue, _)| *queue).collect();
+        let mut tasks = vec![tokio::spawn(sample_dead_letters(Arc::clone(&shared.dead_letters), consumed))];
+        let mut workers = vec!["outbox relay".to_owned(), "dead-letter gauge".to_owned()];
         for (queue, handler) in parts.handlers {
             workers.push(format!("consumer of {}", queue.as_str()));
             let consumer = Arc::clone(&shared.consumer);
@@ -193,6 +204,24 @@ impl Drop for RunningService {
     fn drop(&mut self) {
         for task in self.server.iter().chain(&self.relay).chain(&self.tasks) {
             task.abort();
+        }
+    }
+}
+
+/// Every 15 s, sets `orderflow_dlq_depth` of each consumed queue's dead-letter queue (alerts watch it).
+async fn sample_dead_letters(admin: Arc<dyn DeadLetterAdmin>, queues: Vec<RoutingKey>) {
+    let mut every = tokio::time::interval(Duration::from_secs(15));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match admin.queues(&queues).await {
+            Ok(depths) => {
+                for dlq in depths {
+                    let depth = i64::try_from(dlq.depth).unwrap_or(i64::MAX);
+                    DLQ_DEPTH.with_label_values(&[dlq.queue.as_str()]).set(depth);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "dead-letter depths unavailable"),
         }
     }
 }
