@@ -49,6 +49,9 @@ cargo build --workspace --bins --all-features --locked
 echo "--- Kubernetes manifests (infra/k8s)"
 bash infra/scripts/k8s-check.sh
 
+echo "--- alert rules and their unit tests (infra/prometheus; installs Debian's prometheus if missing)"
+bash infra/scripts/prometheus-check.sh
+
 echo "--- cargo nextest"
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci

@@ -68,6 +68,8 @@ pub struct BackPressure {
 impl BackPressure {
     /// Back-pressure with `limits`; not overloaded until [`BackPressure::watch`] says so.
     pub fn new(limits: PressureLimits) -> Self {
+        // Served from the start, so dashboards and alerts read 0 rather than nothing.
+        OVERLOADED.with_label_values(&[] as &[&str]).set(0);
         Self { limits, overloaded: AtomicBool::new(false) }
     }
 
