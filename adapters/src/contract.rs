@@ -57,6 +57,7 @@ macro_rules! delivery_store_contract {
             a_batch_of_creations_creates_each_new_shipment_once,
             shipments_filter_by_status_and_page_keyset,
             due_shipments_come_longest_waiting_first,
+            a_due_shipment_carries_the_trace_of_its_creation,
         );
     };
 }

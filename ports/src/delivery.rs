@@ -21,6 +21,16 @@ pub struct ShipmentChange {
     pub inbox: Option<InboxEntry>,
 }
 
+/// A shipment the autopilot may advance, with the trace context of the change that created it (what
+/// its creation's messages carried), which the autopilot's step continues.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Due {
+    /// The shipment.
+    pub shipment: Shipment,
+    /// The creation's `traceparent`, when it had one.
+    pub traceparent: Option<String>,
+}
+
 /// Filters of the shipment list.
 #[derive(Debug, Clone, Default)]
 pub struct ShipmentQuery {
@@ -91,5 +101,5 @@ pub trait DeliveryStore: OutboxStore {
     ///
     /// # Errors
     /// [`ReadError::Unexpected`] when the store fails.
-    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Shipment>, ReadError>;
+    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Due>, ReadError>;
 }

@@ -1,14 +1,15 @@
 //! One order's trace across both services in one process (`orderflow dev`'s adapters), its spans caught
 //! by an in-memory exporter: the client's `traceparent` is continued by the Sales request, the relay's
-//! publications, Delivery's handling and what Delivery sends back.
+//! publications, Delivery's handling, the autopilot's steps and what Delivery sends back.
 
 mod support;
 
 use anyhow::{Context, ensure};
+use delivery_api::workers::AutopilotSettings;
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+use orderflow::dev::DevOptions;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
 use support::{Harness, SKU, order_body, string};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -33,7 +34,11 @@ async fn an_order_placed_with_a_traceparent_is_one_trace_from_the_sales_request_
     let exporter = InMemorySpanExporter::default();
     let provider = orderflow_runtime::telemetry::tracer_provider("orderflow", Some(exporter.clone()));
     tracing_subscriber::registry().with(orderflow_runtime::telemetry::traces(&provider)).try_init()?;
-    let h = Harness::start().await?;
+    let autopilot = AutopilotSettings {
+        ship_after: std::time::Duration::from_millis(50),
+        deliver_after: std::time::Duration::from_millis(50),
+    };
+    let h = Harness::start_with(DevOptions { autopilot: Some(autopilot), ..DevOptions::for_tests() }).await?;
     h.put_product(SKU, 1999, 10).await?;
 
     let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
@@ -45,21 +50,11 @@ async fn an_order_placed_with_a_traceparent_is_one_trace_from_the_sales_request_
         .await?;
     ensure!(placed.status() == StatusCode::CREATED, "POST /orders answered {}", placed.status());
     let id = string(&placed.json::<serde_json::Value>().await?["id"])?;
-    h.wait_for_status(&id, "pending_shipment").await?;
-    let shipment = string(&h.shipment_of(&id).await?["id"])?;
-    // The staff's client continues the same trace when it ships.
-    let shipped = h
-        .staff(Method::POST, &format!("/shipments/{shipment}/ship"))
-        .header("traceparent", format!("00-{TRACE_ID}-b7ad6b7169203331-01"))
-        .json(&json!({ "carrier": "DHL", "tracking_number": "TRACK-TRACED" }))
-        .send()
-        .await?;
-    ensure!(shipped.status() == StatusCode::OK, "ship answered {}", shipped.status());
-    h.wait_for_status(&id, "shipped").await?;
-    // The audit records are appended by the relay after the commits the waits above saw.
-    let audited = support::eventually("the shipped order's audit record", || async {
+    h.wait_for_status(&id, "delivered").await?;
+    // The audit records are appended by the relay after the commits the wait above saw.
+    let audited = support::eventually("the delivered order's audit record", || async {
         let events = h.stack.audit.events();
-        Ok(events.iter().any(|e| e.subject == id && e.event_type == "orderflow.order.shipped.v1").then_some(events))
+        Ok(events.iter().any(|e| e.subject == id && e.event_type == "orderflow.order.delivered.v1").then_some(events))
     })
     .await?;
     provider.force_flush()?;
@@ -79,15 +74,19 @@ async fn an_order_placed_with_a_traceparent_is_one_trace_from_the_sales_request_
     for published in ["publish payments.requested", "publish orders.created", "publish audit"] {
         assert!(has(SpanKind::Producer, published), "the relay's {published} is in the trace:\n{all}");
     }
-    for consumed in ["process payments.requested", "process orders.created", "process orders.shipped"] {
+    let consumed =
+        ["process payments.requested", "process orders.created", "process orders.shipped", "process orders.delivered"];
+    for consumed in consumed {
         assert!(has(SpanKind::Consumer, consumed), "{consumed} is in the trace:\n{all}");
     }
     let delivery_consumer = spans.iter().find(|s| s.name == "process orders.created").context("Delivery's consumer")?;
     assert_eq!(attribute(delivery_consumer, "messaging.destination.name").as_deref(), Some("orders.created"));
-    assert!(
-        has(SpanKind::Producer, "publish orders.shipped"),
-        "what Delivery sends back to Sales is published in the same trace:\n{all}"
-    );
+    for step in ["autopilot ship", "autopilot deliver"] {
+        assert!(has(SpanKind::Internal, step), "the {step} step continues the order's trace:\n{all}");
+    }
+    for sent_back in ["publish orders.shipped", "publish orders.delivered"] {
+        assert!(has(SpanKind::Producer, sent_back), "what Delivery sends back ({sent_back}) is in the trace:\n{all}");
+    }
 
     let traced: Vec<_> = audited.iter().filter(|e| e.subject == id).collect();
     ensure!(!traced.is_empty(), "the order has audit records");

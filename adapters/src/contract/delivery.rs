@@ -10,7 +10,7 @@ use orderflow_domain::{
 };
 use orderflow_messages::ShipmentLine;
 use orderflow_messages::Source;
-use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::delivery::{DeliveryStore, Due, ShipmentChange, ShipmentQuery};
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use uuid::Uuid;
@@ -348,13 +348,40 @@ pub async fn due_shipments_come_longest_waiting_first(store: Arc<dyn DeliverySto
     }
     let shipped = save(store, shipping(&saved[2], later(t0, 6))).await;
 
-    let due = store.due(ShipmentStatus::Pending, later(t0, 5), 100).await.expect("listed");
+    let due = |status, cutoff, limit| async move {
+        let due = store.due(status, cutoff, limit).await.expect("listed");
+        due.into_iter().map(|d| d.shipment).collect::<Vec<_>>()
+    };
     let expected = [3, 1, 5, 0].map(|i| saved[i].id);
-    assert_eq!(ids(&due), expected, "pending and changed before t0+5, longest waiting first");
-    let first_two = store.due(ShipmentStatus::Pending, later(t0, 5), 2).await.expect("listed");
+    let pending = due(ShipmentStatus::Pending, later(t0, 5), 100).await;
+    assert_eq!(ids(&pending), expected, "pending and changed before t0+5, longest waiting first");
+    let first_two = due(ShipmentStatus::Pending, later(t0, 5), 2).await;
     assert_eq!(ids(&first_two), expected[..2], "no more than the limit, the longest waiting kept");
-    let due_shipped = store.due(ShipmentStatus::Shipped, later(t0, 7), 100).await.expect("listed");
+    let due_shipped = due(ShipmentStatus::Shipped, later(t0, 7), 100).await;
     assert_eq!(ids(&due_shipped), [shipped.id], "only the shipped one, once its change is before the cutoff");
-    let not_yet = store.due(ShipmentStatus::Shipped, later(t0, 6), 100).await.expect("listed");
+    let not_yet = due(ShipmentStatus::Shipped, later(t0, 6), 100).await;
     assert_eq!(not_yet, vec![], "changed at the cutoff is not before it");
+}
+
+/// A due shipment comes with the trace context its creation's messages carried, kept through its later
+/// changes, so the autopilot's steps continue the order's trace; one created without any has none.
+pub async fn a_due_shipment_carries_the_trace_of_its_creation(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let t0 = later(super::fixtures::now(), -1000);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = creation(OrderId::from_uuid(Uuid::now_v7()), t0);
+    for message in &mut traced.messages {
+        message.event.traceparent = Some(traceparent.to_owned());
+    }
+    let traced = save(store, traced).await;
+    let shipped = save(store, shipping(&traced, later(t0, 1))).await;
+    let untraced = save(store, creation(OrderId::from_uuid(Uuid::now_v7()), t0)).await;
+
+    let due = store.due(ShipmentStatus::Shipped, later(t0, 2), 100).await.expect("listed");
+    let mine: Vec<&Due> = due.iter().filter(|d| d.shipment.id == shipped.id).collect();
+    assert_eq!(mine.len(), 1, "the shipped one is due");
+    assert_eq!(mine[0].traceparent.as_deref(), Some(traceparent), "its creation's trace, kept through shipping");
+    let pending = store.due(ShipmentStatus::Pending, later(t0, 2), 100).await.expect("listed");
+    let other = pending.iter().find(|d| d.shipment.id == untraced.id).expect("the untraced one is due");
+    assert_eq!(other.traceparent, None, "a creation without trace context leaves none");
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orderflow_domain::{OrderId, Shipment, ShipmentId, ShipmentStatus, Timestamp};
-use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::delivery::{DeliveryStore, Due, ShipmentChange, ShipmentQuery};
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::{Page, ReadError};
 
@@ -18,6 +18,8 @@ struct State {
     shipments: BTreeMap<ShipmentId, Shipment>,
     by_order: HashMap<OrderId, ShipmentId>,
     inbox: HashSet<(String, String)>,
+    /// The trace context each shipment's creation carried.
+    traces: HashMap<ShipmentId, String>,
 }
 
 /// Delivery persistence in memory.
@@ -59,6 +61,11 @@ impl DeliveryStore for InMemoryDeliveryStore {
         if let Some(entry) = inbox {
             state.inbox.insert(entry);
         }
+        if change.expected_version.is_none()
+            && let Some(traceparent) = change.messages.first().and_then(|m| m.event.traceparent.clone())
+        {
+            state.traces.insert(shipment.id, traceparent);
+        }
         state.by_order.insert(shipment.order.order_id, shipment.id);
         state.shipments.insert(shipment.id, shipment);
         self.outbox.push(change.messages);
@@ -90,12 +97,15 @@ impl DeliveryStore for InMemoryDeliveryStore {
         Ok(page(&mut items, query.limit, |s| s.id))
     }
 
-    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Shipment>, ReadError> {
+    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Due>, ReadError> {
         let state = lock(&self.state);
-        let mut due: Vec<Shipment> =
-            state.shipments.values().filter(|s| s.status == status && s.updated_at < before).cloned().collect();
+        let mut due: Vec<&Shipment> =
+            state.shipments.values().filter(|s| s.status == status && s.updated_at < before).collect();
         due.sort_by_key(|s| (s.updated_at, s.id));
         due.truncate(limit);
-        Ok(due)
+        Ok(due
+            .into_iter()
+            .map(|s| Due { shipment: s.clone(), traceparent: state.traces.get(&s.id).cloned() })
+            .collect())
     }
 }

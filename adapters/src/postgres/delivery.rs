@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use orderflow_domain::{Carrier, OrderId, Shipment, ShipmentId, ShipmentStatus, Timestamp, TrackingNumber};
-use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::delivery::{DeliveryStore, Due, ShipmentChange, ShipmentQuery};
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::{BoxError, Page, ReadError};
@@ -52,6 +52,11 @@ fn read_failed(error: impl Into<BoxError>) -> ReadError {
     ReadError::Unexpected(error.into())
 }
 
+/// The trace context a creation's messages carry, which the shipment keeps for the autopilot.
+fn creation_trace(change: &ShipmentChange) -> Option<String> {
+    change.messages.first().and_then(|m| m.event.traceparent.clone())
+}
+
 /// Writes one change inside `tx`: the inbox entry, the shipment, its outbox rows. A conflict or a missing
 /// shipment is reported before anything but the inbox entry is written.
 async fn write(tx: &Tx, change: &ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
@@ -68,8 +73,8 @@ async fn write(tx: &Tx, change: &ShipmentChange) -> Result<ChangeOutcome, Change
             let statement = tx
                 .prepare_cached(
                     "INSERT INTO shipments (id, order_id, status, carrier, tracking_number, order_data, version,
-                                            created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING",
+                                            created_at, updated_at, traceparent)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (order_id) DO NOTHING",
                 )
                 .await
                 .map_err(failed)?;
@@ -85,6 +90,7 @@ async fn write(tx: &Tx, change: &ShipmentChange) -> Result<ChangeOutcome, Change
                     &version,
                     &s.created_at,
                     &s.updated_at,
+                    &creation_trace(change),
                 ],
             )
             .await
@@ -163,12 +169,13 @@ async fn write_batch(
             creations.iter().map(|&i| i32::try_from(changes[i].shipment.version)).collect::<Result<_, _>>()?;
         let created_at: Vec<_> = creations.iter().map(|&i| changes[i].shipment.created_at).collect();
         let updated_at: Vec<_> = creations.iter().map(|&i| changes[i].shipment.updated_at).collect();
+        let traces = column(&creation_trace);
         let statement = tx
             .prepare_cached(
                 "INSERT INTO shipments (id, order_id, status, carrier, tracking_number, order_data, version,
-                                        created_at, updated_at)
+                                        created_at, updated_at, traceparent)
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                                      $7::int[], $8::timestamptz[], $9::timestamptz[])
+                                      $7::int[], $8::timestamptz[], $9::timestamptz[], $10::text[])
                  ON CONFLICT (order_id) DO NOTHING
                  RETURNING id",
             )
@@ -176,7 +183,18 @@ async fn write_batch(
         let rows = tx
             .query(
                 &statement,
-                &[&ids, &order_ids, &statuses, &carriers, &tracking, &orders, &versions, &created_at, &updated_at],
+                &[
+                    &ids,
+                    &order_ids,
+                    &statuses,
+                    &carriers,
+                    &tracking,
+                    &orders,
+                    &versions,
+                    &created_at,
+                    &updated_at,
+                    &traces,
+                ],
             )
             .await?;
         let created: std::collections::HashSet<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
@@ -304,17 +322,21 @@ impl DeliveryStore for PgDeliveryStore {
         Ok(Page { items, next })
     }
 
-    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Shipment>, ReadError> {
+    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Due>, ReadError> {
         let client = self.db.client().await.map_err(ReadError::Unexpected)?;
         let limit = i64::try_from(limit).map_err(read_failed)?;
         // Served by the index on (status, updated_at).
         let statement = client
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM shipments WHERE status = $1 AND updated_at < $2 ORDER BY updated_at, id LIMIT $3"
+                "SELECT {COLUMNS}, traceparent FROM shipments WHERE status = $1 AND updated_at < $2
+                 ORDER BY updated_at, id LIMIT $3"
             ))
             .await
             .map_err(read_failed)?;
         let rows = client.query(&statement, &[&status.as_str(), &before, &limit]).await.map_err(read_failed)?;
-        rows.iter().map(shipment_from).collect::<Result<Vec<_>, _>>().map_err(ReadError::Unexpected)
+        rows.iter()
+            .map(|row| Ok(Due { shipment: shipment_from(row)?, traceparent: row.try_get("traceparent")? }))
+            .collect::<Result<Vec<_>, BoxError>>()
+            .map_err(ReadError::Unexpected)
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orderflow_domain::{Money, Order, OrderId, ProductName, Shipment, ShipmentId, ShipmentStatus, Sku, Timestamp};
 use orderflow_messages::CloudEvent;
-use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::delivery::{DeliveryStore, Due, ShipmentChange, ShipmentQuery};
 use orderflow_ports::outbox::{Backlog, Destination, OutboxBatch, OutboxStore};
 use orderflow_ports::sales::{
     ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
@@ -162,7 +162,7 @@ impl<S: DeliveryStore> DeliveryStore for Isolated<S> {
     async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError> {
         self.store.shipments(query).await
     }
-    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Shipment>, ReadError> {
+    async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Due>, ReadError> {
         self.store.due(status, before, limit).await
     }
 }

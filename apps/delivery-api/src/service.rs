@@ -10,11 +10,12 @@ use orderflow_domain::{
     TrackingNumber, TransitionError,
 };
 use orderflow_messages::{Outgoing, Source};
-use orderflow_ports::delivery::{DeliveryStore, ShipmentChange, ShipmentQuery};
+use orderflow_ports::delivery::{DeliveryStore, Due, ShipmentChange, ShipmentQuery};
 use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::system::{Clock, IdGenerator};
+use orderflow_ports::trace;
 use orderflow_ports::{Page, ReadError};
 use tokio::sync::Notify;
 use tracing::{Instrument, Span};
@@ -51,6 +52,19 @@ pub enum AutoStep {
     Ship,
     /// Deliver a shipped one.
     Deliver,
+}
+
+impl AutoStep {
+    /// The span of this step on shipment `id`, continuing the trace of its creation (`traceparent`).
+    fn span(self, id: ShipmentId, traceparent: &str) -> Span {
+        let name = match self {
+            Self::Ship => "autopilot ship",
+            Self::Deliver => "autopilot deliver",
+        };
+        let span = tracing::info_span!(parent: None, "autopilot", otel.name = name, shipment_id = %id);
+        trace::continue_trace(&span, Some(traceparent));
+        span
+    }
 }
 
 /// What one autopilot step over due shipments did.
@@ -145,7 +159,7 @@ impl DeliveryService {
         let more = due.len() == limit;
         let carrier = Carrier::parse("autopilot").map_err(|e| TransitionFailure::Unexpected(Box::new(e)))?;
         let changed = self
-            .transition_all(due, |shipment, at| match step {
+            .transition_all(step, due, |shipment, at| match step {
                 AutoStep::Ship => {
                     let tracking = format!("AUTO-{}", shipment.id.as_uuid().simple());
                     match TrackingNumber::parse(&tracking) {
@@ -268,28 +282,37 @@ impl DeliveryService {
         Err(TransitionFailure::Contended)
     }
 
-    /// Applies `transition` to each of `shipments` as they were read and commits every change in one
-    /// transaction. A shipment someone changed since is left as it is (whoever asks again sees it anew);
-    /// a transition the state machine refuses is skipped. Returns how many shipments changed.
+    /// Applies `transition` to each of the `due` shipments as they were read and commits every change in
+    /// one transaction. A shipment someone changed since is left as it is (whoever asks again sees it
+    /// anew); a transition the state machine refuses is skipped. Each step continues the trace of its
+    /// shipment's creation: of a sampled trace in a span of its own, otherwise by sending on the
+    /// creation's context. Returns how many shipments changed.
     async fn transition_all(
         &self,
-        shipments: Vec<Shipment>,
+        step: AutoStep,
+        due: Vec<Due>,
         transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
     ) -> Result<usize, TransitionFailure> {
         let now = self.clock.now();
-        let changes: Vec<ShipmentChange> = shipments
+        let mut spans = Vec::new();
+        let changes: Vec<ShipmentChange> = due
             .into_iter()
-            .filter_map(|shipment| {
+            .filter_map(|Due { shipment, traceparent }| {
                 let version = shipment.version;
-                match transition(shipment, now) {
-                    Ok(Step::Applied { state, event }) => Some(ShipmentChange {
-                        shipment: state,
-                        expected_version: Some(version),
-                        messages: self.messages(orderflow_messages::shipment_message(&event), now),
-                        inbox: None,
-                    }),
-                    Ok(Step::Unchanged(_)) | Err(_) => None,
-                }
+                let (id, Ok(Step::Applied { state, event })) = (shipment.id, transition(shipment, now)) else {
+                    return None;
+                };
+                let outgoing = orderflow_messages::shipment_message(&event);
+                let messages = match traceparent.as_deref().filter(|t| trace::sampled(t)) {
+                    Some(sampled) => {
+                        let span = step.span(id, sampled);
+                        let messages = span.in_scope(|| self.messages(outgoing, now));
+                        spans.push(span);
+                        messages
+                    }
+                    None => self.messages_continuing(outgoing, now, traceparent),
+                };
+                Some(ShipmentChange { shipment: state, expected_version: Some(version), messages, inbox: None })
             })
             .collect();
         if changes.is_empty() {
@@ -301,8 +324,17 @@ impl DeliveryService {
 
     /// The outbox message of a change, continuing the trace of the current span.
     fn messages(&self, outgoing: Outgoing, at: Timestamp) -> Vec<OutboxMessage> {
+        self.messages_continuing(outgoing, at, trace::current_traceparent())
+    }
+
+    /// The outbox message of a change, continuing `traceparent`.
+    fn messages_continuing(
+        &self,
+        outgoing: Outgoing,
+        at: Timestamp,
+        traceparent: Option<String>,
+    ) -> Vec<OutboxMessage> {
         let id = EventId::from_uuid(self.ids.new_id());
-        let traceparent = orderflow_ports::trace::current_traceparent();
         vec![OutboxMessage::from_outgoing(outgoing, id, Source::Delivery, at, traceparent)]
     }
 }
