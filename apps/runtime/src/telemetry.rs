@@ -121,7 +121,11 @@ where
 pub fn tracer_provider(service: &str, exporter: Option<impl SpanExporter + 'static>) -> SdkTracerProvider {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    // The default name only where the variables name none (`OTEL_SERVICE_NAME`, or `service.name` in
+    // `OTEL_RESOURCE_ATTRIBUTES`, which the builder reads).
+    let attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    let named = attributes.split(',').any(|pair| pair.trim_start().starts_with("service.name="));
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() && !named {
         resource = resource.with_service_name(service.to_owned());
     }
     let provider = SdkTracerProvider::builder().with_resource(resource.build());
