@@ -154,6 +154,9 @@ pub struct RssPeak {
     pub hwm_kib: u64,
     /// Samples read (0: the process could not be read).
     pub samples: usize,
+    /// CPU time (user + system, clock ticks) at the first and at the last sample: what the process spent
+    /// during the run, which depends less on how fast the machine happens to be than throughput does.
+    pub cpu_ticks: Option<(u64, u64)>,
 }
 
 /// What a run measured.
@@ -327,6 +330,17 @@ impl fmt::Display for E2eReport {
                     r.service.pid,
                     mib(r.sampled_max_kib),
                     mib(r.hwm_kib)
+                )?;
+            }
+        }
+        for r in &self.rss {
+            // Linux reports /proc CPU times in USER_HZ, which is 100 on every architecture it runs on.
+            if let Some((first, last)) = r.cpu_ticks.filter(|_| self.delivered > 0) {
+                let per_thousand = (last - first) as f64 / 100.0 * 1000.0 / self.delivered as f64;
+                writeln!(
+                    f,
+                    "CPU:             {} (pid {}): {per_thousand:.3} s per 1,000 delivered orders (user + system)",
+                    r.service.name, r.service.pid
                 )?;
             }
         }
@@ -748,7 +762,10 @@ async fn sample(
     let mut samples = Samples {
         max_backlog: [0, 0],
         backlog_samples: 0,
-        rss: pids.into_iter().map(|service| RssPeak { service, sampled_max_kib: 0, hwm_kib: 0, samples: 0 }).collect(),
+        rss: pids
+            .into_iter()
+            .map(|service| RssPeak { service, sampled_max_kib: 0, hwm_kib: 0, samples: 0, cpu_ticks: None })
+            .collect(),
     };
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -771,6 +788,11 @@ async fn sample(
                 peak.hwm_kib = peak.hwm_kib.max(hwm);
                 peak.samples += 1;
             }
+            if let Some(ticks) =
+                std::fs::read_to_string(format!("/proc/{}/stat", peak.service.pid)).ok().and_then(|s| cpu_ticks(&s))
+            {
+                peak.cpu_ticks = Some((peak.cpu_ticks.map_or(ticks, |(first, _)| first), ticks));
+            }
         }
         if last {
             break;
@@ -779,6 +801,14 @@ async fn sample(
     drop(db);
     let _ = driver.await;
     Ok(samples)
+}
+
+/// User + system CPU time (clock ticks) of a `/proc/PID/stat` line: its 14th and 15th fields, counted
+/// after the command name, which may hold spaces and parentheses.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are the 12th and 13th here.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// `VmRSS` and `VmHWM` (KiB) of a `/proc/PID/status` text.
@@ -890,6 +920,13 @@ mod tests {
         let status = "Name:\tsales-api\nVmPeak:\t  900 kB\nVmHWM:\t   54321 kB\nVmRSS:\t   12345 kB\n";
         assert_eq!(memory_kib(status), Some((12345, 54321)));
         assert_eq!(memory_kib("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn cpu_time_comes_from_proc_stat_whatever_the_command_name() {
+        let stat = "4242 (sales (api) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 9 0 100 0 0";
+        assert_eq!(cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(cpu_ticks("4242 (truncated) S 1"), None);
     }
 
     #[test]
