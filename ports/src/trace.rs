@@ -49,13 +49,6 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
     }
 }
 
-/// Links `span` to the remote span `traceparent` names, when there is one.
-pub fn link(span: &Span, traceparent: Option<&str>) {
-    if let Some(linked) = remote(traceparent) {
-        span.add_link(linked);
-    }
-}
-
 fn remote(traceparent: Option<&str>) -> Option<SpanContext> {
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent?.to_owned())]);
     let context = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
