@@ -27,7 +27,7 @@ pub const HEADER_TYPE: &str = "ce_type";
 /// Header carrying the CloudEvent id (the event id consumers de-duplicate on).
 pub const HEADER_ID: &str = "ce_id";
 /// Header carrying the W3C trace context, when the event has one.
-pub const HEADER_TRACEPARENT: &str = "traceparent";
+pub const HEADER_TRACEPARENT: &str = orderflow_ports::trace::TRACEPARENT;
 
 /// How long metadata look-ups (readiness, topic layout) may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);

@@ -3,13 +3,8 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    use orderflow_runtime::telemetry;
     let config: delivery_api::config::DeliveryConfig = orderflow_runtime::config::parse();
-    let telemetry = orderflow_runtime::telemetry::init(
-        config.shared.log_format,
-        "delivery-api",
-        orderflow_runtime::telemetry::SERVICE_LOG_FILTER,
-    )?;
-    let ran = async { delivery_api::Application::build(config.setup()).await?.run_until_stopped().await }.await;
-    telemetry.shutdown().await;
-    ran
+    let serve = async { delivery_api::Application::build(config.setup()).await?.run_until_stopped().await };
+    telemetry::traced(config.shared.log_format, "delivery-api", telemetry::SERVICE_LOG_FILTER, serve).await
 }

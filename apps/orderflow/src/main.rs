@@ -109,10 +109,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Dev { .. }) {
         // Both services' spans go out as one service, `orderflow` (or OTEL_SERVICE_NAME).
-        let telemetry = telemetry::init(LogFormat::Pretty, "orderflow", "info,poem=warn,opentelemetry=warn")?;
-        let ran = run(cli.command).await;
-        telemetry.shutdown().await;
-        return ran;
+        let filter = "info,poem=warn,opentelemetry=warn";
+        return telemetry::traced(LogFormat::Pretty, "orderflow", filter, run(cli.command)).await;
     }
     if matches!(cli.command, Command::Dlq(_) | Command::Audit(_)) {
         // The operator tools print their results on stdout: logs (warnings only by default; lapin repeats what

@@ -87,6 +87,23 @@ pub fn init(format: LogFormat, service: &str, default_filter: &str) -> Result<Te
     Ok(Telemetry { provider })
 }
 
+/// Runs `work` between [`init`] and [`Telemetry::shutdown`], so the spans buffered when it ends,
+/// however it ends, are still exported.
+///
+/// # Errors
+/// What `work` returns, or [`TelemetryError`] (converted) when telemetry cannot start.
+pub async fn traced<E: From<TelemetryError>>(
+    format: LogFormat,
+    service: &str,
+    default_filter: &str,
+    work: impl Future<Output = Result<(), E>>,
+) -> Result<(), E> {
+    let telemetry = init(format, service, default_filter)?;
+    let result = work.await;
+    telemetry.shutdown().await;
+    result
+}
+
 /// The layer that makes `tracing` spans OpenTelemetry spans of `provider`. Traces do not depend on
 /// `RUST_LOG`: the spans carry the trace context messages continue, so they exist at any log level; of
 /// the events, only warnings and errors go onto the spans.
