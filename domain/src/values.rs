@@ -157,7 +157,7 @@ macro_rules! schema {
     };
 }
 
-schema!(Sku, { "type": "string", "pattern": "^[A-Z0-9][A-Z0-9._-]{0,63}$" });
+schema!(Sku, { "type": "string", "pattern": Sku::PATTERN });
 schema!(Quantity, { "type": "integer", "minimum": 1, "maximum": 10000 });
 schema!(Currency, { "type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 code" });
 schema!(CountryCode, { "type": "string", "pattern": "^[A-Z]{2}$", "description": "ISO 3166-1 alpha-2 code" });
@@ -212,6 +212,9 @@ impl IdempotencyKey {
 pub struct Sku(String);
 
 impl Sku {
+    /// The rule of [`Sku::parse`] as a regular expression, for schemas.
+    pub const PATTERN: &'static str = "^[A-Z0-9][A-Z0-9._-]{0,63}$";
+
     /// Validates `raw` (case-sensitive: SKUs are upper case).
     ///
     /// # Errors

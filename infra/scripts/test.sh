@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of every crate.
-# It installs and starts what the tests need: the Rust tools, PostgreSQL, RabbitMQ, Redis, Kafka (tansu)
-# and the OAuth2 server (oidc-provider). Adapter and end-to-end tests run against the real servers, each
-# test in a schema, vhost, key prefix or topic of its own. Run it from anywhere:
+# It installs and starts what the tests need: the Rust tools, PostgreSQL, RabbitMQ, Redis, Kafka (tansu),
+# the OAuth2 server (oidc-provider) and schemathesis (API fuzzing). Adapter and end-to-end tests run against
+# the real servers, each test in a schema, vhost, key prefix or topic of its own. Run it from anywhere:
 #   bash infra/scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -51,6 +51,9 @@ bash infra/scripts/k8s-check.sh
 
 echo "--- alert rules and their unit tests (infra/prometheus; installs Debian's prometheus if missing)"
 bash infra/scripts/prometheus-check.sh
+
+echo "--- schemathesis for the API fuzzing test (infra/scripts/api-fuzz.sh; pinned, in a virtualenv)"
+bash infra/scripts/api-fuzz.sh --install
 
 echo "--- cargo nextest"
 profile=default

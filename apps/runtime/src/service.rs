@@ -19,7 +19,7 @@ use poem_openapi::{OpenApi, OpenApiService};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::http::{BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, readiness};
+use crate::http::{BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, exact_document, readiness};
 use crate::wiring::Connected;
 
 /// How long a stopping service waits for the messages it is handling.
@@ -78,10 +78,15 @@ impl RunningService {
         let listener = tokio::net::TcpListener::bind(parts.http_addr).await?;
         let addr = listener.local_addr()?;
         let api = OpenApiService::new(parts.api, parts.name, parts.version).server(format!("http://{addr}"));
-        let observe =
-            Observe::new(metrics, &api.spec(), &["/openapi.json", "/health/live", "/health/ready", "/metrics"]);
-        let spec = api.spec_endpoint();
-        let docs = api.swagger_ui();
+        let raw = api.spec();
+        let observe = Observe::new(metrics, &raw, &["/openapi.json", "/health/live", "/health/ready", "/metrics"]);
+        // One document for clients and for the page that shows it to people.
+        let document = exact_document(&raw, &shared.issuer);
+        let docs_page = api.swagger_ui_html().replace(&raw, &document);
+        let spec = poem::endpoint::make_sync(move |_| {
+            poem::Response::builder().content_type("application/json").body(document.clone())
+        });
+        let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_page.clone()));
         let mut routes = Route::new()
             .nest("/", api.with(BodyLimit { max: parts.body_limit }))
             .at("/openapi.json", spec)

@@ -204,6 +204,7 @@ impl Wiring {
             auth: AuthContext { verifier, limiter, routes, policy: self.limits.policy },
             rate_limit_burst: self.limits.rate.map(|(_, burst)| burst),
             health,
+            issuer: self.issuer.clone(),
         })
     }
 }
@@ -225,6 +226,8 @@ pub struct Connected {
     pub rate_limit_burst: Option<u32>,
     /// What `/health/ready` checks besides the store.
     pub health: Vec<Arc<dyn HealthCheck>>,
+    /// The issuer whose tokens are trusted (`OAUTH_ISSUER`), named in the OpenAPI documents.
+    pub issuer: String,
 }
 
 impl Connected {

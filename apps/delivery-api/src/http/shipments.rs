@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use orderflow_domain::{Carrier, InvalidValue, OrderId, Shipment, ShipmentId, ShipmentStatus, TrackingNumber};
 use orderflow_ports::delivery::ShipmentQuery;
-use orderflow_runtime::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
+use orderflow_runtime::http::{
+    BearerAuth, IdCursor, Listing, Lookup, PathId, Problem, Problems, Scope, StrictJson, Text, Transition,
+    TransitionWithBody, page_limit,
+};
 use poem::http::StatusCode;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -27,6 +30,17 @@ pub enum ShipmentStatusDto {
     Shipped,
     Delivered,
     Cancelled,
+}
+
+impl From<ShipmentStatusDto> for ShipmentStatus {
+    fn from(s: ShipmentStatusDto) -> Self {
+        match s {
+            ShipmentStatusDto::Pending => Self::Pending,
+            ShipmentStatusDto::Shipped => Self::Shipped,
+            ShipmentStatusDto::Delivered => Self::Delivered,
+            ShipmentStatusDto::Cancelled => Self::Cancelled,
+        }
+    }
 }
 
 /// A shipment.
@@ -76,7 +90,7 @@ pub struct ShipmentList {
     pub items: Vec<ShipmentDto>,
     /// Pass as `cursor` for the next page; `null` on the last.
     #[oai(nullable)]
-    pub next_cursor: Option<String>,
+    pub next_cursor: Option<IdCursor>,
 }
 
 /// `POST /shipments/{id}/ship` body.
@@ -84,16 +98,16 @@ pub struct ShipmentList {
 #[serde(deny_unknown_fields)]
 pub struct ShipRequest {
     /// Who carries it.
-    pub carrier: String,
+    pub carrier: Text<64>,
     /// The carrier's tracking number.
-    pub tracking_number: String,
+    pub tracking_number: Text<64>,
 }
 
 fn invalid(e: InvalidValue) -> Problem {
     Problem::invalid(e.field, e.reason)
 }
 
-fn failed(error: TransitionFailure) -> poem::Error {
+fn failed(error: TransitionFailure) -> Problem {
     match error {
         TransitionFailure::NotFound => Problem::not_found("the shipment"),
         TransitionFailure::NotAllowed(e) => {
@@ -104,10 +118,9 @@ fn failed(error: TransitionFailure) -> poem::Error {
         }
         TransitionFailure::Unexpected(e) => Problem::unavailable(e.as_ref()),
     }
-    .into()
 }
 
-fn found(shipment: Option<Shipment>) -> poem::Result<Json<ShipmentDto>> {
+fn found(shipment: Option<Shipment>) -> Result<Json<ShipmentDto>, Problems<Lookup>> {
     shipment.map(|s| Json(s.into())).ok_or_else(|| Problem::not_found("the shipment").into())
 }
 
@@ -117,34 +130,36 @@ impl ShipmentsApi {
     #[oai(path = "/shipments", method = "get", operation_id = "list_shipments")]
     async fn list(
         &self,
-        auth: BearerAuth,
-        /// One of the shipment statuses.
-        status: Query<Option<String>>,
+        #[oai(scope = "Scope::ShipmentsRead")] auth: BearerAuth,
+        /// Only shipments in this status.
+        status: Query<Option<ShipmentStatusDto>>,
         /// Page size, 1-100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
         /// `next_cursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<Json<ShipmentList>> {
-        auth.require("shipments:read")?;
-        let status = status.0.map(|s| ShipmentStatus::parse(&s)).transpose().map_err(invalid)?;
-        let after =
-            cursor.0.map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(ShipmentId::from_uuid))).transpose()?;
-        let query = ShipmentQuery { status, limit: page_limit(limit.0)?, after };
+        cursor: Query<Option<IdCursor>>,
+    ) -> Result<Json<ShipmentList>, Problems<Listing>> {
+        auth.require(Scope::ShipmentsRead)?;
+        let after = cursor.0.map(|c| ShipmentId::from_uuid(c.0));
+        let query = ShipmentQuery { status: status.0.map(Into::into), limit: page_limit(limit.0)?, after };
         let page = self.service.shipments(query).await.map_err(|e| Problem::unavailable(&e))?;
         Ok(Json(ShipmentList {
             items: page.items.into_iter().map(Into::into).collect(),
-            next_cursor: page.next.map(|id| encode_cursor(&id.to_string())),
+            next_cursor: page.next.map(|id| IdCursor(id.as_uuid())),
         }))
     }
 
     /// One shipment.
     #[oai(path = "/shipments/:id", method = "get", operation_id = "get_shipment")]
-    async fn get(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<ShipmentDto>> {
-        auth.require("shipments:read")?;
+    async fn get(
+        &self,
+        #[oai(scope = "Scope::ShipmentsRead")] auth: BearerAuth,
+        id: Path<PathId>,
+    ) -> Result<Json<ShipmentDto>, Problems<Lookup>> {
+        auth.require(Scope::ShipmentsRead)?;
         found(
             self.service
-                .find(Target::Shipment(ShipmentId::from_uuid(parse_id(&id.0, "id")?)))
+                .find(Target::Shipment(ShipmentId::from_uuid(id.0.parse("id")?)))
                 .await
                 .map_err(|e| Problem::unavailable(&e))?,
         )
@@ -152,11 +167,15 @@ impl ShipmentsApi {
 
     /// The shipment of an order.
     #[oai(path = "/shipments/by-order/:order_id", method = "get", operation_id = "get_shipment_by_order")]
-    async fn by_order(&self, auth: BearerAuth, order_id: Path<String>) -> poem::Result<Json<ShipmentDto>> {
-        auth.require("shipments:read")?;
+    async fn by_order(
+        &self,
+        #[oai(scope = "Scope::ShipmentsRead")] auth: BearerAuth,
+        order_id: Path<PathId>,
+    ) -> Result<Json<ShipmentDto>, Problems<Lookup>> {
+        auth.require(Scope::ShipmentsRead)?;
         found(
             self.service
-                .find(Target::Order(OrderId::from_uuid(parse_id(&order_id.0, "order_id")?)))
+                .find(Target::Order(OrderId::from_uuid(order_id.0.parse("order_id")?)))
                 .await
                 .map_err(|e| Problem::unavailable(&e))?,
         )
@@ -166,23 +185,27 @@ impl ShipmentsApi {
     #[oai(path = "/shipments/:id/ship", method = "post", operation_id = "ship_shipment")]
     async fn ship(
         &self,
-        auth: BearerAuth,
-        id: Path<String>,
+        #[oai(scope = "Scope::ShipmentsWrite")] auth: BearerAuth,
+        id: Path<PathId>,
         body: StrictJson<ShipRequest>,
-    ) -> poem::Result<Json<ShipmentDto>> {
-        auth.require("shipments:write")?;
-        let carrier = Carrier::parse(&body.0.carrier).map_err(invalid)?;
-        let tracking = TrackingNumber::parse(&body.0.tracking_number).map_err(invalid)?;
-        let id = ShipmentId::from_uuid(parse_id(&id.0, "id")?);
+    ) -> Result<Json<ShipmentDto>, Problems<TransitionWithBody>> {
+        auth.require(Scope::ShipmentsWrite)?;
+        let carrier = Carrier::parse(body.0.carrier.as_str()).map_err(invalid)?;
+        let tracking = TrackingNumber::parse(body.0.tracking_number.as_str()).map_err(invalid)?;
+        let id = ShipmentId::from_uuid(id.0.parse("id")?);
         let shipment = self.service.ship(id, carrier, tracking).await.map_err(failed)?;
         Ok(Json(shipment.into()))
     }
 
     /// Confirm the parcel arrived.
     #[oai(path = "/shipments/:id/deliver", method = "post", operation_id = "deliver_shipment")]
-    async fn deliver(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<ShipmentDto>> {
-        auth.require("shipments:write")?;
-        let shipment = self.service.deliver(ShipmentId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(failed)?;
+    async fn deliver(
+        &self,
+        #[oai(scope = "Scope::ShipmentsWrite")] auth: BearerAuth,
+        id: Path<PathId>,
+    ) -> Result<Json<ShipmentDto>, Problems<Transition>> {
+        auth.require(Scope::ShipmentsWrite)?;
+        let shipment = self.service.deliver(ShipmentId::from_uuid(id.0.parse("id")?)).await.map_err(failed)?;
         Ok(Json(shipment.into()))
     }
 }

@@ -8,8 +8,8 @@ use orderflow_ports::auth::{AuthError, Principal, TokenVerifier};
 use orderflow_ports::rate_limit::{RateDecision, RateLimiter};
 use poem::Request;
 use poem::http::{HeaderName, StatusCode, header};
-use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
+use poem_openapi::{OAuthScopes, SecurityScheme};
 
 use super::Problem;
 
@@ -76,9 +76,32 @@ pub struct RateLimitQuota {
     pub burst: u32,
 }
 
-/// An authenticated caller. Every operation but health, metrics and docs takes one.
+/// The scopes operations need; each operation declares its own in the document
+/// (`#[oai(scope = "Scope::OrdersRead")]` on its `BearerAuth`) and demands it with [`BearerAuth::require`].
+#[derive(Debug, Clone, Copy, OAuthScopes)]
+pub enum Scope {
+    /// Read orders and the catalogue.
+    #[oai(rename = "orders:read")]
+    OrdersRead,
+    /// Place and cancel orders.
+    #[oai(rename = "orders:write")]
+    OrdersWrite,
+    /// Read shipments.
+    #[oai(rename = "shipments:read")]
+    ShipmentsRead,
+    /// Ship and deliver.
+    #[oai(rename = "shipments:write")]
+    ShipmentsWrite,
+    /// Manage the catalogue and the dead-letter queues.
+    #[oai(rename = "admin")]
+    Admin,
+}
+
+/// An authenticated caller: a bearer JWT from the configured issuer (its discovery document is the
+/// scheme's `openIdConnectUrl`, filled in when the service starts). Every operation but health, metrics
+/// and docs takes one.
 #[derive(SecurityScheme)]
-#[oai(ty = "bearer", bearer_format = "JWT", checker = "authenticate")]
+#[oai(ty = "openid_connect", openid_connect_url = "/.well-known/openid-configuration", checker = "authenticate")]
 pub struct BearerAuth(pub Principal);
 
 impl BearerAuth {
@@ -86,7 +109,8 @@ impl BearerAuth {
     ///
     /// # Errors
     /// 403 `insufficient_scope` otherwise.
-    pub fn require(&self, scope: &str) -> Result<&Principal, Problem> {
+    pub fn require(&self, scope: Scope) -> Result<&Principal, Problem> {
+        let scope = scope.name();
         if self.0.has_scope(scope) {
             Ok(&self.0)
         } else {

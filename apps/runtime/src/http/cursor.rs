@@ -1,34 +1,123 @@
-//! Opaque pagination cursors: the last key of a page, base64url-encoded so clients do not build them.
+//! Ids in paths, and pagination: page sizes, and opaque cursors — the id that ended a page, as the 22 base64url characters
+//! of its 16 bytes, so every string of the documented pattern is a cursor the server accepts (a position
+//! in the list).
+
+use std::borrow::Cow;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type};
+use serde_json::Value;
+use uuid::Uuid;
 
 use super::Problem;
 
-/// Encodes a page key.
-pub fn encode_cursor(key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(key)
+/// The documented pattern: 16 bytes in base64url without padding (the last character carries the final
+/// two bits, so it is one of `AQgw`).
+const PATTERN: &str = "^[A-Za-z0-9_-]{21}[AQgw]$";
+
+/// A page's `next_cursor` and the `cursor` that asks for the page after it: the id that ended the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdCursor(pub Uuid);
+
+impl IdCursor {
+    fn encode(self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0.as_bytes())
+    }
+
+    fn decode(cursor: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+        Uuid::from_slice(&bytes).ok().map(Self)
+    }
 }
 
-/// Decodes a cursor this API issued, parsing the key with `parse`.
-///
-/// # Errors
-/// A 400 [`Problem`] on field `cursor` when it is not one.
-pub fn decode_cursor<K>(cursor: &str, parse: impl FnOnce(&str) -> Option<K>) -> Result<K, Problem> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|key| parse(&key))
-        .ok_or_else(|| Problem::invalid("cursor", "is not a cursor this API issued"))
+impl Type for IdCursor {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        let mut schema = MetaSchema::new("string");
+        schema.pattern = Some(PATTERN.to_owned());
+        MetaSchemaRef::Inline(Box::new(schema))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
 }
 
-/// Parses an id from a path segment.
-///
-/// # Errors
-/// A 400 [`Problem`] on `field` when it is not a UUID.
-pub fn parse_id(raw: &str, field: &str) -> Result<uuid::Uuid, Problem> {
-    raw.parse().map_err(|_| Problem::invalid(field, "must be a UUID"))
+impl ParseFromParameter for IdCursor {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Self::decode(value).ok_or_else(|| ParseError::custom("is not a cursor this API issued"))
+    }
+}
+
+impl ParseFromJSON for IdCursor {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(cursor)) => Self::parse_from_parameter(&cursor),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for IdCursor {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.encode()))
+    }
+}
+
+/// An id in a request path, documented as `format: uuid`. The path router cannot say which parameter it
+/// failed to parse, so the text is taken as sent and [`PathId::parse`] names the field at fault.
+#[derive(Debug, Clone)]
+pub struct PathId(String);
+
+impl PathId {
+    /// The UUID.
+    ///
+    /// # Errors
+    /// A 400 [`Problem`] on `field` when the text is not a UUID.
+    pub fn parse(&self, field: &str) -> Result<Uuid, Problem> {
+        self.0.parse().map_err(|_| Problem::invalid(field, "must be a UUID"))
+    }
+}
+
+impl Type for PathId {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string(uuid)".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "uuid")))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ParseFromParameter for PathId {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Ok(Self(value.to_owned()))
+    }
 }
 
 /// Checks a page size: 1–100, default 20.
@@ -45,13 +134,30 @@ pub fn page_limit(limit: Option<i64>) -> Result<usize, Problem> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use regex::Regex;
+
     use super::*;
 
     #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let cursor = encode_cursor("SKU-1");
-        assert_eq!(decode_cursor(&cursor, |k| Some(k.to_owned())).unwrap(), "SKU-1");
-        assert!(decode_cursor("%%%", |k| Some(k.to_owned())).is_err());
-        assert!(decode_cursor(&cursor, |_| None::<String>).is_err());
+    fn garbage_is_no_cursor() {
+        for garbage in ["%%%", "bm90LWFuLWlk", "", "AAAAAAAAAAAAAAAAAAAAAB"] {
+            assert!(IdCursor::parse_from_parameter(garbage).is_err(), "{garbage}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn cursors_round_trip_and_match_their_documented_pattern(bytes in any::<[u8; 16]>()) {
+            let cursor = IdCursor(Uuid::from_bytes(bytes));
+            let text = cursor.encode();
+            prop_assert!(Regex::new(PATTERN).expect("compiles").is_match(&text), "{}", text);
+            prop_assert_eq!(IdCursor::parse_from_parameter(&text).expect("decodes"), cursor);
+        }
+
+        #[test]
+        fn every_string_of_the_pattern_is_a_cursor(text in "[A-Za-z0-9_-]{21}[AQgw]") {
+            prop_assert!(IdCursor::parse_from_parameter(&text).is_ok(), "{}", text);
+        }
     }
 }

@@ -11,7 +11,21 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
-use super::{BearerAuth, Problem};
+use super::{BearerAuth, Problem, Problems, Scope};
+use crate::refusals;
+
+refusals!(
+    /// Listing the dead-letter queues: nothing beyond what every operation can answer.
+    Overview:
+);
+refusals!(
+    /// Operating on one queue: none this service consumes.
+    OneQueue: 404
+);
+refusals!(
+    /// Operating on some letters of one queue: a malformed limit, or no such queue.
+    SomeLetters: 400, 404
+);
 
 /// The dead-letter endpoints of one service, over the queues it consumes.
 pub struct DlqApi {
@@ -117,8 +131,8 @@ fn limit(raw: Option<i64>, default: usize) -> Result<usize, Problem> {
 impl DlqApi {
     /// The dead-letter queues of this service with their depths (admin).
     #[oai(path = "/", method = "get", operation_id = "list_dlqs")]
-    async fn list(&self, auth: BearerAuth) -> poem::Result<Json<DlqList>> {
-        auth.require("admin")?;
+    async fn list(&self, #[oai(scope = "Scope::Admin")] auth: BearerAuth) -> Result<Json<DlqList>, Problems<Overview>> {
+        auth.require(Scope::Admin)?;
         let queues = self.admin.queues(&self.queues).await.map_err(|e| failed(&e))?;
         Ok(Json(DlqList {
             items: queues
@@ -132,11 +146,11 @@ impl DlqApi {
     #[oai(path = "/:queue", method = "get", operation_id = "peek_dlq")]
     async fn peek(
         &self,
-        auth: BearerAuth,
+        #[oai(scope = "Scope::Admin")] auth: BearerAuth,
         queue: Path<String>,
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] limit: Query<Option<i64>>,
-    ) -> poem::Result<Json<DlqEntries>> {
-        auth.require("admin")?;
+    ) -> Result<Json<DlqEntries>, Problems<SomeLetters>> {
+        auth.require(Scope::Admin)?;
         let queue = self.queue(&queue.0)?;
         let letters = self.admin.peek(queue, self::limit(limit.0, 20)?).await.map_err(|e| failed(&e))?;
         Ok(Json(DlqEntries { items: letters.into_iter().map(Into::into).collect() }))
@@ -146,11 +160,11 @@ impl DlqApi {
     #[oai(path = "/:queue/replay", method = "post", operation_id = "replay_dlq")]
     async fn replay(
         &self,
-        auth: BearerAuth,
+        #[oai(scope = "Scope::Admin")] auth: BearerAuth,
         queue: Path<String>,
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] limit: Query<Option<i64>>,
-    ) -> poem::Result<Json<DlqOutcome>> {
-        auth.require("admin")?;
+    ) -> Result<Json<DlqOutcome>, Problems<SomeLetters>> {
+        auth.require(Scope::Admin)?;
         let queue = self.queue(&queue.0)?;
         let replayed = self.admin.replay(queue, self::limit(limit.0, 1000)?).await.map_err(|e| failed(&e))?;
         Ok(Json(DlqOutcome { count: replayed as u64 }))
@@ -158,8 +172,12 @@ impl DlqApi {
 
     /// Deletes every dead letter of a queue (admin).
     #[oai(path = "/:queue", method = "delete", operation_id = "purge_dlq")]
-    async fn purge(&self, auth: BearerAuth, queue: Path<String>) -> poem::Result<Json<DlqOutcome>> {
-        auth.require("admin")?;
+    async fn purge(
+        &self,
+        #[oai(scope = "Scope::Admin")] auth: BearerAuth,
+        queue: Path<String>,
+    ) -> Result<Json<DlqOutcome>, Problems<OneQueue>> {
+        auth.require(Scope::Admin)?;
         let queue = self.queue(&queue.0)?;
         let purged = self.admin.purge(queue).await.map_err(|e| failed(&e))?;
         Ok(Json(DlqOutcome { count: purged }))

@@ -5,19 +5,25 @@
 mod auth;
 mod cursor;
 mod dlq;
+mod document;
 mod headers;
 mod json;
 mod limit;
 mod observe;
 mod problem;
 mod ready;
+mod refusals;
+mod text;
 
-pub use auth::{AuthContext, BearerAuth, RateLimitPolicy, RateLimitQuota, RouteLimit};
-pub use cursor::{decode_cursor, encode_cursor, page_limit, parse_id};
+pub use auth::{AuthContext, BearerAuth, RateLimitPolicy, RateLimitQuota, RouteLimit, Scope};
+pub use cursor::{IdCursor, PathId, page_limit};
 pub use dlq::DlqApi;
+pub use document::exact_document;
 pub use headers::SecurityHeaders;
 pub use json::StrictJson;
 pub use limit::BodyLimit;
 pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, into_problem};
 pub use problem::Problem;
 pub use ready::readiness;
+pub use refusals::{Listing, Lookup, Problems, Refusals, Transition, TransitionWithBody};
+pub use text::{FreeText, Pattern, Shape, Text, trimmed};

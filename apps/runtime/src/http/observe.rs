@@ -56,29 +56,41 @@ impl Observe {
     /// OpenAPI document `spec` (JSON) and the `fixed` paths served beside it.
     pub fn new(metrics: HttpMetrics, spec: &str, fixed: &[&str]) -> Self {
         let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
-        let mut templates: Vec<Vec<String>> = fixed.iter().map(|path| segments(path)).collect();
-        templates.extend(spec["paths"].as_object().into_iter().flatten().map(|(path, _)| segments(path)));
+        let mut templates: Vec<(Vec<String>, String)> =
+            fixed.iter().map(|path| (segments(path), "GET".to_owned())).collect();
+        templates.extend(spec["paths"].as_object().into_iter().flatten().map(|(path, operations)| {
+            let methods: Vec<String> =
+                operations.as_object().into_iter().flat_map(|o| o.keys()).map(|m| m.to_uppercase()).collect();
+            (segments(path), methods.join(", "))
+        }));
         Self { metrics, routes: Arc::new(Routes { templates }) }
     }
 }
 
-/// The route templates a service serves, to name a request's span before the router has seen it (a
-/// span's name cannot change once it started).
+/// The route templates a service serves with their methods, to name a request's span before the router
+/// has seen it (a span's name cannot change once it started) and to say what a 405 allows.
 struct Routes {
-    templates: Vec<Vec<String>>,
+    templates: Vec<(Vec<String>, String)>,
+}
+
+/// A route template a request matched.
+struct Matched<'a> {
+    template: String,
+    /// Its methods, as an `Allow` header lists them.
+    methods: &'a str,
 }
 
 impl Routes {
     /// The template `path` matches (`/orders/{id}` for `/orders/0190…`), literal segments winning.
-    fn matching(&self, path: &str) -> Option<String> {
+    fn matching(&self, path: &str) -> Option<Matched<'_>> {
         let path: Vec<&str> = path.split('/').collect();
         let fits = |template: &[String]| {
             template.len() == path.len()
                 && template.iter().zip(&path).all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
         };
         let literal = |template: &[String]| template.iter().filter(|t| !t.starts_with('{')).count();
-        let best = self.templates.iter().filter(|t| fits(t)).max_by_key(|t| literal(t))?;
-        Some(best.join("/"))
+        let (template, methods) = self.templates.iter().filter(|(t, _)| fits(t)).max_by_key(|(t, _)| literal(t))?;
+        Some(Matched { template: template.join("/"), methods })
     }
 }
 
@@ -107,8 +119,9 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
     async fn call(&self, req: Request) -> poem::Result<Self::Output> {
         let request_id = correlation_id(&req);
         let method = req.method().to_string();
-        let route = self.routes.matching(req.uri().path());
-        let name = match &route {
+        let matched = self.routes.matching(req.uri().path());
+        let route = matched.as_ref().map(|m| m.template.as_str());
+        let name = match route {
             Some(route) => format!("{method} {route}"),
             None => method.clone(),
         };
@@ -120,7 +133,7 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             otel.status_code = tracing::field::Empty,
             http.request.method = %method,
             url.path = %req.uri().path(),
-            http.route = route.as_deref(),
+            http.route = route,
             http.response.status_code = tracing::field::Empty,
         );
         trace::continue_trace(&span, req.header(trace::TRACEPARENT));
@@ -140,6 +153,11 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         span.in_scope(|| tracing::info!(%operation, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis(), "request"));
         if let Ok(value) = request_id.parse() {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED
+            && let Some(Ok(allowed)) = matched.map(|m| m.methods.parse())
+        {
+            response.headers_mut().insert(poem::http::header::ALLOW, allowed);
         }
         Ok(response)
     }
@@ -196,16 +214,18 @@ mod tests {
 
     #[test]
     fn a_request_is_named_by_the_route_it_matches_with_literal_segments_winning() {
-        let spec = r#"{"paths": {"/orders": {}, "/orders/{id}": {}, "/orders/{id}/cancel": {}, "/shipments/by-order/{order_id}": {}, "/shipments/{id}": {}}}"#;
+        let spec = r#"{"paths": {"/orders": {"get": {}, "post": {}}, "/orders/{id}": {"get": {}}, "/orders/{id}/cancel": {"post": {}}, "/shipments/by-order/{order_id}": {"get": {}}, "/shipments/{id}": {"get": {}}}}"#;
         let metrics = HttpMetrics::register(&prometheus::Registry::new()).expect("registers");
         let routes = Observe::new(metrics, spec, &["/health/live"]).routes;
 
-        assert_eq!(routes.matching("/orders").as_deref(), Some("/orders"));
-        assert_eq!(routes.matching("/orders/0190aa").as_deref(), Some("/orders/{id}"));
-        assert_eq!(routes.matching("/orders/0190aa/cancel").as_deref(), Some("/orders/{id}/cancel"));
-        assert_eq!(routes.matching("/shipments/by-order/42").as_deref(), Some("/shipments/by-order/{order_id}"));
-        assert_eq!(routes.matching("/health/live").as_deref(), Some("/health/live"));
-        assert_eq!(routes.matching("/orders/"), None, "an empty segment is no id");
-        assert_eq!(routes.matching("/nowhere"), None);
+        let template = |path: &str| routes.matching(path).map(|m| m.template);
+        assert_eq!(template("/orders").as_deref(), Some("/orders"));
+        assert_eq!(template("/orders/0190aa").as_deref(), Some("/orders/{id}"));
+        assert_eq!(template("/orders/0190aa/cancel").as_deref(), Some("/orders/{id}/cancel"));
+        assert_eq!(template("/shipments/by-order/42").as_deref(), Some("/shipments/by-order/{order_id}"));
+        assert_eq!(template("/health/live").as_deref(), Some("/health/live"));
+        assert_eq!(template("/orders/"), None, "an empty segment is no id");
+        assert_eq!(template("/nowhere"), None);
+        assert_eq!(routes.matching("/orders").map(|m| m.methods), Some("GET, POST"), "what a 405 allows");
     }
 }

@@ -5,18 +5,41 @@ use orderflow_domain::{
     Address, Currency, CustomerId, InvalidValue, Money, Order, OrderRequest, OrderStatus, Quantity, RawAddress, Sku,
 };
 use orderflow_ports::sales::Product;
-use orderflow_runtime::http::Problem;
+use orderflow_runtime::http::{IdCursor, Pattern, Problem, Shape, Text, trimmed};
 use poem_openapi::{Enum, Object};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// A SKU, documented with the rule [`Sku::parse`] applies.
+pub type SkuText = Pattern<SkuShape>;
+
+/// The [`Shape`] of a SKU.
+pub enum SkuShape {}
+
+impl Shape for SkuShape {
+    fn pattern() -> String {
+        Sku::PATTERN.to_owned()
+    }
+}
+
+/// A country code, which the domain trims first.
+pub enum CountryShape {}
+
+impl Shape for CountryShape {
+    fn pattern() -> String {
+        trimmed("[A-Z]{2}")
+    }
+}
 
 /// Money in minor units of a currency.
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MoneyDto {
     /// Amount in minor units (cents).
+    #[oai(validator(minimum(value = "0"), maximum(value = "10000000000000")))]
     pub amount_minor: i64,
     /// ISO 4217 code.
+    #[oai(validator(pattern = "^[A-Z]{3}$"))]
     pub currency: String,
 }
 
@@ -38,30 +61,30 @@ impl MoneyDto {
 #[serde(deny_unknown_fields)]
 pub struct AddressDto {
     /// Recipient.
-    pub name: String,
+    pub name: Text<200>,
     /// Street and number.
-    pub line1: String,
-    /// Optional second line.
+    pub line1: Text<200>,
+    /// Optional second line; blank means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[oai(skip_serializing_if_is_none)]
-    pub line2: Option<String>,
+    #[oai(skip_serializing_if_is_none, nullable)]
+    pub line2: Option<Text<200, true>>,
     /// City.
-    pub city: String,
+    pub city: Text<100>,
     /// Postal code.
-    pub postal_code: String,
+    pub postal_code: Text<20>,
     /// ISO 3166-1 alpha-2 country code.
-    pub country: String,
+    pub country: Pattern<CountryShape>,
 }
 
 impl From<Address> for AddressDto {
     fn from(a: Address) -> Self {
         Self {
-            name: a.name,
-            line1: a.line1,
-            line2: a.line2,
-            city: a.city,
-            postal_code: a.postal_code,
-            country: a.country.as_str().to_owned(),
+            name: a.name.into(),
+            line1: a.line1.into(),
+            line2: a.line2.map(Into::into),
+            city: a.city.into(),
+            postal_code: a.postal_code.into(),
+            country: a.country.as_str().to_owned().into(),
         }
     }
 }
@@ -71,8 +94,9 @@ impl From<Address> for AddressDto {
 #[serde(deny_unknown_fields)]
 pub struct LineRequest {
     /// The product.
-    pub sku: String,
+    pub sku: SkuText,
     /// How many (1–10,000).
+    #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
     pub quantity: i64,
 }
 
@@ -81,8 +105,9 @@ pub struct LineRequest {
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
     /// Who orders.
-    pub customer_id: String,
+    pub customer_id: Text<64>,
     /// 1–100 lines, each SKU once.
+    #[oai(validator(min_items = 1, max_items = 100))]
     pub lines: Vec<LineRequest>,
     /// Where to ship.
     pub shipping_address: AddressDto,
@@ -92,7 +117,7 @@ impl PlaceOrderRequest {
     /// Validates the request, naming the field at fault.
     pub fn parse(&self) -> Result<OrderRequest, Problem> {
         let invalid = |e: InvalidValue| Problem::invalid(e.field, e.reason);
-        let customer_id = CustomerId::parse(&self.customer_id).map_err(invalid)?;
+        let customer_id = CustomerId::parse(self.customer_id.as_str()).map_err(invalid)?;
         if self.lines.len() > OrderRequest::MAX_LINES {
             return Err(Problem::invalid("lines", format!("must contain at most {} lines", OrderRequest::MAX_LINES)));
         }
@@ -103,7 +128,7 @@ impl PlaceOrderRequest {
             .map(|(i, l)| {
                 let at = format!("lines[{i}]");
                 Ok((
-                    Sku::parse(&l.sku).map_err(|e| e.within(&at))?,
+                    Sku::parse(l.sku.as_str()).map_err(|e| e.within(&at))?,
                     Quantity::new(l.quantity).map_err(|e| e.within(&at))?,
                 ))
             })
@@ -111,12 +136,12 @@ impl PlaceOrderRequest {
             .map_err(invalid)?;
         let a = &self.shipping_address;
         let address = Address::parse(RawAddress {
-            name: &a.name,
-            line1: &a.line1,
-            line2: a.line2.as_deref(),
-            city: &a.city,
-            postal_code: &a.postal_code,
-            country: &a.country,
+            name: a.name.as_str(),
+            line1: a.line1.as_str(),
+            line2: a.line2.as_ref().map(Text::as_str),
+            city: a.city.as_str(),
+            postal_code: a.postal_code.as_str(),
+            country: a.country.as_str(),
         })
         .map_err(|e| invalid(e.within("shipping_address")))?;
         OrderRequest::new(customer_id, lines, address).map_err(invalid)
@@ -136,6 +161,20 @@ pub enum OrderStatusDto {
     Cancelled,
     Shipped,
     Delivered,
+}
+
+impl From<OrderStatusDto> for OrderStatus {
+    fn from(s: OrderStatusDto) -> Self {
+        match s {
+            OrderStatusDto::PendingPayment => Self::PendingPayment,
+            OrderStatusDto::PendingShipment => Self::PendingShipment,
+            OrderStatusDto::PaymentFailed => Self::PaymentFailed,
+            OrderStatusDto::CancellationRequested => Self::CancellationRequested,
+            OrderStatusDto::Cancelled => Self::Cancelled,
+            OrderStatusDto::Shipped => Self::Shipped,
+            OrderStatusDto::Delivered => Self::Delivered,
+        }
+    }
 }
 
 impl From<OrderStatus> for OrderStatusDto {
@@ -214,7 +253,7 @@ pub struct OrderList {
     pub items: Vec<OrderDto>,
     /// Pass as `cursor` to get the next page; `null` on the last.
     #[oai(nullable)]
-    pub next_cursor: Option<String>,
+    pub next_cursor: Option<IdCursor>,
 }
 
 /// One entry of an order's timeline.
@@ -241,10 +280,11 @@ pub struct Timeline {
 #[serde(deny_unknown_fields)]
 pub struct PutProductRequest {
     /// Display name.
-    pub name: String,
+    pub name: Text<200>,
     /// Unit price.
     pub price: MoneyDto,
     /// Units on hand.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     pub stock: i64,
 }
 
@@ -282,5 +322,5 @@ pub struct ProductList {
     pub items: Vec<ProductDto>,
     /// Pass as `cursor` to get the next page; `null` on the last.
     #[oai(nullable)]
-    pub next_cursor: Option<String>,
+    pub next_cursor: Option<SkuText>,
 }

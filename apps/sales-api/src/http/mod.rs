@@ -31,7 +31,7 @@ fn read_failed(error: &ReadError) -> Problem {
     Problem::unavailable(error)
 }
 
-fn transition_failed(error: TransitionFailure) -> poem::Error {
+fn transition_failed(error: TransitionFailure) -> Problem {
     use poem::http::StatusCode;
     match error {
         TransitionFailure::NotFound => Problem::not_found("the order"),
@@ -46,7 +46,6 @@ fn transition_failed(error: TransitionFailure) -> poem::Error {
         ),
         TransitionFailure::Unexpected(e) => Problem::unavailable(e.as_ref()),
     }
-    .into()
 }
 
 /// The Sales operations, with the dead-letter endpoints of the queues Sales consumes.

@@ -1,16 +1,18 @@
 //! `/orders`: place, read, list, follow and cancel orders.
 
-use orderflow_domain::{IdempotencyKey, OrderId, OrderStatus};
+use orderflow_domain::{CustomerId, IdempotencyKey, OrderId};
 use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome};
-use orderflow_runtime::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit, parse_id};
+use orderflow_runtime::http::{
+    BearerAuth, IdCursor, Listing, Lookup, PathId, Problem, Problems, Scope, StrictJson, Text, Transition, page_limit,
+};
+use orderflow_runtime::refusals;
 use poem::http::{StatusCode, header};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
-use super::dto::{OrderDto, OrderList, PlaceOrderRequest, Timeline, TimelineEntry};
+use super::dto::{OrderDto, OrderList, OrderStatusDto, PlaceOrderRequest, Timeline, TimelineEntry};
 use super::{ApiTags, read_failed, transition_failed};
 use crate::service::{Idempotency, PlaceOrderError, SalesService};
 
@@ -18,6 +20,12 @@ use crate::service::{Idempotency, PlaceOrderError, SalesService};
 pub struct OrdersApi {
     pub(crate) service: SalesService,
 }
+
+refusals!(
+    /// Placing an order: a malformed body or key, out of stock or the key in flight, too large, not JSON,
+    /// unknown SKUs or the key reused.
+    Placing: 400, 409, 413, 415, 422
+);
 
 #[derive(ApiResponse)]
 enum PlaceResponse {
@@ -39,16 +47,16 @@ impl OrdersApi {
     #[oai(path = "/orders", method = "post", operation_id = "place_order")]
     async fn place(
         &self,
-        auth: BearerAuth,
-        /// Any unique string (e.g. a UUID), at most 255 characters; remembered for 24 hours.
-        #[oai(name = "Idempotency-Key")]
+        #[oai(scope = "Scope::OrdersWrite")] auth: BearerAuth,
+        /// Any unique string of 1-255 printable ASCII characters (e.g. a UUID); remembered for 24 hours.
+        #[oai(name = "Idempotency-Key", validator(pattern = "^[!-~]{1,255}$"))]
         idempotency_key: Header<Option<String>>,
         /// W3C trace context to continue (read by the tracing middleware, like on every endpoint).
         #[oai(name = "traceparent")]
         _traceparent: Header<Option<String>>,
         body: StrictJson<PlaceOrderRequest>,
-    ) -> poem::Result<PlaceResponse> {
-        let principal = auth.require("orders:write")?;
+    ) -> Result<PlaceResponse, Problems<Placing>> {
+        let principal = auth.require(Scope::OrdersWrite)?;
         let request = body.0.parse()?;
         let idempotency = match idempotency_key.0 {
             None => None,
@@ -71,10 +79,13 @@ impl OrdersApi {
 
     /// One order (cached; never older than its last committed change).
     #[oai(path = "/orders/:id", method = "get", operation_id = "get_order")]
-    async fn get(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<OrderResponse> {
-        auth.require("orders:read")?;
-        let order =
-            self.service.order(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(|e| read_failed(&e))?;
+    async fn get(
+        &self,
+        #[oai(scope = "Scope::OrdersRead")] auth: BearerAuth,
+        id: Path<PathId>,
+    ) -> Result<OrderResponse, Problems<Lookup>> {
+        auth.require(Scope::OrdersRead)?;
+        let order = self.service.order(OrderId::from_uuid(id.0.parse("id")?)).await.map_err(|e| read_failed(&e))?;
         order.map(|o| OrderResponse::Ok(Json(o.into()))).ok_or_else(|| Problem::not_found("the order").into())
     }
 
@@ -82,35 +93,46 @@ impl OrdersApi {
     #[oai(path = "/orders", method = "get", operation_id = "list_orders")]
     async fn list(
         &self,
-        auth: BearerAuth,
-        customer_id: Query<Option<String>>,
-        /// One of the order statuses.
-        status: Query<Option<String>>,
+        #[oai(scope = "Scope::OrdersRead")] auth: BearerAuth,
+        /// Only this customer's orders.
+        customer_id: Query<Option<Text<64>>>,
+        /// Only orders in this status.
+        status: Query<Option<OrderStatusDto>>,
         /// Page size, 1-100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
         /// `next_cursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<Json<OrderList>> {
-        auth.require("orders:read")?;
-        let status =
-            status.0.map(|s| OrderStatus::parse(&s)).transpose().map_err(|e| Problem::invalid(e.field, e.reason))?;
-        let after =
-            cursor.0.map(|c| decode_cursor(&c, |k| k.parse::<Uuid>().ok().map(OrderId::from_uuid))).transpose()?;
-        let query = OrderQuery { customer_id: customer_id.0, status, limit: page_limit(limit.0)?, after };
+        cursor: Query<Option<IdCursor>>,
+    ) -> Result<Json<OrderList>, Problems<Listing>> {
+        auth.require(Scope::OrdersRead)?;
+        let after = cursor.0.map(|c| OrderId::from_uuid(c.0));
+        let query = OrderQuery {
+            customer_id: customer_id
+                .0
+                .map(|c| CustomerId::parse(c.as_str()))
+                .transpose()
+                .map_err(|e| Problem::invalid(e.field, e.reason))?
+                .map(String::from),
+            status: status.0.map(Into::into),
+            limit: page_limit(limit.0)?,
+            after,
+        };
         let page = self.service.orders(query).await.map_err(|e| read_failed(&e))?;
         Ok(Json(OrderList {
             items: page.items.into_iter().map(Into::into).collect(),
-            next_cursor: page.next.map(|id| encode_cursor(&id.to_string())),
+            next_cursor: page.next.map(|id| IdCursor(id.as_uuid())),
         }))
     }
 
     /// The order's lifecycle events, oldest first.
     #[oai(path = "/orders/:id/events", method = "get", operation_id = "get_order_events")]
-    async fn events(&self, auth: BearerAuth, id: Path<String>) -> poem::Result<Json<Timeline>> {
-        auth.require("orders:read")?;
-        let events =
-            self.service.timeline(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(|e| read_failed(&e))?;
+    async fn events(
+        &self,
+        #[oai(scope = "Scope::OrdersRead")] auth: BearerAuth,
+        id: Path<PathId>,
+    ) -> Result<Json<Timeline>, Problems<Lookup>> {
+        auth.require(Scope::OrdersRead)?;
+        let events = self.service.timeline(OrderId::from_uuid(id.0.parse("id")?)).await.map_err(|e| read_failed(&e))?;
         let events = events.ok_or_else(|| Problem::not_found("the order"))?;
         Ok(Json(Timeline {
             items: events
@@ -125,22 +147,22 @@ impl OrdersApi {
     #[oai(path = "/orders/:id/cancel", method = "post", operation_id = "cancel_order")]
     async fn cancel(
         &self,
-        auth: BearerAuth,
-        id: Path<String>,
+        #[oai(scope = "Scope::OrdersWrite")] auth: BearerAuth,
+        id: Path<PathId>,
         /// W3C trace context to continue (read by the tracing middleware, like on every endpoint).
         #[oai(name = "traceparent")]
         _traceparent: Header<Option<String>>,
-    ) -> poem::Result<OrderResponse> {
-        auth.require("orders:write")?;
+    ) -> Result<OrderResponse, Problems<Transition>> {
+        auth.require(Scope::OrdersWrite)?;
         let order =
-            self.service.cancel_order(OrderId::from_uuid(parse_id(&id.0, "id")?)).await.map_err(transition_failed)?;
+            self.service.cancel_order(OrderId::from_uuid(id.0.parse("id")?)).await.map_err(transition_failed)?;
         Ok(OrderResponse::Ok(Json(order.into())))
     }
 }
 
-fn place_failed(error: PlaceOrderError) -> poem::Error {
+fn place_failed(error: PlaceOrderError) -> Problem {
     use orderflow_domain::PricingError;
-    let problem = match error {
+    match error {
         PlaceOrderError::Pricing(PricingError::UnknownSkus(skus))
         | PlaceOrderError::Store(PlaceError::UnknownSkus(skus)) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -157,9 +179,13 @@ fn place_failed(error: PlaceOrderError) -> poem::Error {
             "the products are priced in different currencies; place separate orders",
         )
         .with_field("lines"),
-        PlaceOrderError::Pricing(PricingError::TotalTooLarge) => {
-            Problem::invalid("lines", "the order total is larger than the system accepts")
-        }
+        PlaceOrderError::Pricing(PricingError::TotalTooLarge) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "total-too-large",
+            "Total too large",
+            "at catalogue prices the order total is larger than the system accepts; place smaller orders",
+        )
+        .with_field("lines"),
         PlaceOrderError::Store(PlaceError::InsufficientStock(skus)) => Problem::new(
             StatusCode::CONFLICT,
             "insufficient-stock",
@@ -189,6 +215,5 @@ fn place_failed(error: PlaceOrderError) -> poem::Error {
         )
         .with_header(header::RETRY_AFTER, "1"),
         other => Problem::internal(&other),
-    };
-    problem.into()
+    }
 }

@@ -2,13 +2,14 @@
 
 use orderflow_domain::{InvalidValue, ProductName, Sku};
 use orderflow_ports::sales::PutProductError;
-use orderflow_runtime::http::{BearerAuth, Problem, StrictJson, decode_cursor, encode_cursor, page_limit};
+use orderflow_runtime::http::{BearerAuth, Listing, Lookup, Problem, Problems, Scope, StrictJson, page_limit};
+use orderflow_runtime::refusals;
 use poem::http::StatusCode;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 
-use super::dto::{ProductDto, ProductList, PutProductRequest};
+use super::dto::{ProductDto, ProductList, PutProductRequest, SkuText};
 use super::{ApiTags, read_failed};
 use crate::service::SalesService;
 
@@ -16,6 +17,12 @@ use crate::service::SalesService;
 pub struct ProductsApi {
     pub(crate) service: SalesService,
 }
+
+refusals!(
+    /// Creating or updating a product: a malformed SKU or body, stock below the reservations, too large,
+    /// not JSON.
+    Upsert: 400, 409, 413, 415
+);
 
 fn invalid(e: InvalidValue) -> Problem {
     Problem::invalid(e.field, e.reason)
@@ -31,27 +38,32 @@ impl ProductsApi {
     #[oai(path = "/products", method = "get", operation_id = "list_products")]
     async fn list(
         &self,
-        auth: BearerAuth,
+        #[oai(scope = "Scope::OrdersRead")] auth: BearerAuth,
         /// Page size, 1-100 (default 20).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
         /// `next_cursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<Json<ProductList>> {
-        auth.require("orders:read")?;
-        let after = cursor.0.map(|c| decode_cursor(&c, |k| Sku::parse(k).ok())).transpose()?;
+        cursor: Query<Option<SkuText>>,
+    ) -> Result<Json<ProductList>, Problems<Listing>> {
+        auth.require(Scope::OrdersRead)?;
+        let after =
+            cursor.0.map(|c| Sku::parse(c.as_str()).map_err(|e| Problem::invalid("cursor", e.reason))).transpose()?;
         let page = self.service.products(page_limit(limit.0)?, after).await.map_err(|e| read_failed(&e))?;
         Ok(Json(ProductList {
             items: page.items.into_iter().map(Into::into).collect(),
-            next_cursor: page.next.map(|sku| encode_cursor(sku.as_str())),
+            next_cursor: page.next.map(|sku| sku.as_str().to_owned().into()),
         }))
     }
 
     /// One product with its stock and reservations.
     #[oai(path = "/products/:sku", method = "get", operation_id = "get_product")]
-    async fn get(&self, auth: BearerAuth, sku: Path<String>) -> poem::Result<Json<ProductDto>> {
-        auth.require("orders:read")?;
-        let sku = parse_sku(&sku.0)?;
+    async fn get(
+        &self,
+        #[oai(scope = "Scope::OrdersRead")] auth: BearerAuth,
+        sku: Path<SkuText>,
+    ) -> Result<Json<ProductDto>, Problems<Lookup>> {
+        auth.require(Scope::OrdersRead)?;
+        let sku = parse_sku(sku.0.as_str())?;
         let found = self.service.product(sku).await.map_err(|e| read_failed(&e))?;
         found.map(|p| Json(p.into())).ok_or_else(|| Problem::not_found("the product").into())
     }
@@ -60,14 +72,14 @@ impl ProductsApi {
     #[oai(path = "/products/:sku", method = "put", operation_id = "put_product")]
     async fn put(
         &self,
-        auth: BearerAuth,
-        sku: Path<String>,
+        #[oai(scope = "Scope::Admin")] auth: BearerAuth,
+        sku: Path<SkuText>,
         body: StrictJson<PutProductRequest>,
-    ) -> poem::Result<Json<ProductDto>> {
-        auth.require("admin")?;
-        let sku = parse_sku(&sku.0)?;
+    ) -> Result<Json<ProductDto>, Problems<Upsert>> {
+        auth.require(Scope::Admin)?;
+        let sku = parse_sku(sku.0.as_str())?;
         let body = body.0;
-        let name = ProductName::parse(&body.name).map_err(invalid)?;
+        let name = ProductName::parse(body.name.as_str()).map_err(invalid)?;
         let price = body.price.parse().map_err(|e| invalid(e.within("price")))?;
         let stock = u32::try_from(body.stock)
             .ok()
