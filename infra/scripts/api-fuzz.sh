@@ -10,6 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
+mkdir -p "$target_dir" && target_dir="$(cd "$target_dir" && pwd)"
 venv="$target_dir/fuzz-tools"
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q '4.32.5'; then
   echo "--- installing schemathesis"
@@ -21,6 +22,9 @@ fi
 : "${FUZZ_TOKEN:?FUZZ_TOKEN must hold a token with every scope (the admin client)}"
 [ $# -gt 0 ] || { echo "usage: FUZZ_TOKEN=... $0 URL..." >&2; exit 2; }
 export FUZZ_TOKEN
+# Schemathesis keeps a cache in its working directory: keep it out of the source tree.
+mkdir -p "$target_dir/fuzz-run"
+cd "$target_dir/fuzz-run"
 status=0
 for url in "$@"; do
   echo "--- schemathesis: $url/openapi.json"
