@@ -22,6 +22,15 @@ impl Shape for SkuShape {
     }
 }
 
+/// An `Idempotency-Key` header, as [`orderflow_domain::IdempotencyKey::parse`] accepts it.
+pub enum IdempotencyKeyShape {}
+
+impl Shape for IdempotencyKeyShape {
+    fn pattern() -> String {
+        "^[!-~]{1,255}$".to_owned()
+    }
+}
+
 /// A country code, which the domain trims first.
 pub enum CountryShape {}
 

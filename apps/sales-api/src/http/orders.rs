@@ -3,7 +3,8 @@
 use orderflow_domain::{CustomerId, IdempotencyKey, OrderId};
 use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome};
 use orderflow_runtime::http::{
-    BearerAuth, IdCursor, Listing, Lookup, PathId, Problem, Problems, Scope, StrictJson, Text, Transition, page_limit,
+    BearerAuth, IdCursor, Listing, Lookup, PathId, Pattern, Problem, Problems, Scope, StrictJson, Text, Transition,
+    page_limit,
 };
 use orderflow_runtime::refusals;
 use poem::http::{StatusCode, header};
@@ -12,7 +13,9 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use sha2::{Digest, Sha256};
 
-use super::dto::{OrderDto, OrderList, OrderStatusDto, PlaceOrderRequest, Timeline, TimelineEntry};
+use super::dto::{
+    IdempotencyKeyShape, OrderDto, OrderList, OrderStatusDto, PlaceOrderRequest, Timeline, TimelineEntry,
+};
 use super::{ApiTags, read_failed, transition_failed};
 use crate::service::{Idempotency, PlaceOrderError, SalesService};
 
@@ -49,8 +52,8 @@ impl OrdersApi {
         &self,
         #[oai(scope = "Scope::OrdersWrite")] auth: BearerAuth,
         /// Any unique string of 1-255 printable ASCII characters (e.g. a UUID); remembered for 24 hours.
-        #[oai(name = "Idempotency-Key", validator(pattern = "^[!-~]{1,255}$"))]
-        idempotency_key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<Pattern<IdempotencyKeyShape>>>,
         /// W3C trace context to continue (read by the tracing middleware, like on every endpoint).
         #[oai(name = "traceparent")]
         _traceparent: Header<Option<String>>,
@@ -61,7 +64,7 @@ impl OrdersApi {
         let idempotency = match idempotency_key.0 {
             None => None,
             Some(raw) => {
-                let key = IdempotencyKey::parse(&raw).map_err(|e| Problem::invalid(e.field, e.reason))?;
+                let key = IdempotencyKey::parse(raw.as_str()).map_err(|e| Problem::invalid(e.field, e.reason))?;
                 // The request as it was sent: the same key with another body is refused.
                 let canonical = serde_json::to_vec(&body.0).unwrap_or_default();
                 let fingerprint = format!("{:x}", Sha256::digest(&canonical));
