@@ -62,9 +62,9 @@ macro_rules! delivery_store_contract {
     };
 }
 
-/// Expands to one `#[tokio::test]` per [`contract::outbox`](crate::contract::outbox) check (the outbox
-/// table and the relay over it), each run on a fresh fixture made by `$new`: a closure returning a future
-/// of an `impl OutboxFixture + 'static` over an empty store, usually
+/// Expands to one `#[tokio::test]` per [`contract::outbox`](crate::contract::outbox) check, each run on a
+/// fresh fixture made by `$new`: a closure returning a future of an `impl OutboxFixture + 'static` over an
+/// empty store, usually
 /// [`SalesOutbox`](crate::contract::outbox::SalesOutbox) or
 /// [`DeliveryOutbox`](crate::contract::outbox::DeliveryOutbox), e.g.
 /// `outbox_store_contract!(|| async { SalesOutbox::new(InMemorySalesStore::new()) });`.
@@ -81,8 +81,6 @@ macro_rules! outbox_store_contract {
             a_row_with_one_destination_left_is_owed_to_only_that_one,
             a_row_without_destinations_is_never_taken,
             wait_for_new_returns_when_a_row_is_written,
-            the_relay_publishes_every_row_once_and_leaves_nothing_owed,
-            rows_stay_owed_while_the_publisher_fails_and_publish_after_it_recovers,
         );
     };
 }

@@ -1,24 +1,21 @@
-//! The `OutboxStore` contract, and the relay over it: commit order, batches held against other takers,
-//! per-destination settling, wake-ups, and at-least-once publishing through a failing broker. Rows are written through the store's
-//! own write methods, via an [`OutboxFixture`].
+//! The `OutboxStore` contract: commit order, batches held against other takers, per-destination settling
+//! and wake-ups. Rows are written through the store's own write methods, via an [`OutboxFixture`] (which
+//! the relay's tests in `orderflow-runtime` use too).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use orderflow_domain::ShipmentOrder;
 use orderflow_domain::{CustomerId, EventId, OrderId, Shipment, ShipmentId};
-use orderflow_messages::{CloudEvent, RoutingKey};
+use orderflow_messages::RoutingKey;
 use orderflow_ports::delivery::{DeliveryStore, ShipmentChange};
-use orderflow_ports::messaging::{CommandPublisher, PublishError};
-use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxRelay, OutboxStore, RelaySettings};
+use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{PlaceOutcome, SalesStore};
 use uuid::Uuid;
 
 use super::fixtures::{OrderDraft, address, eur, message, message_ids, name, owed, sku};
-use crate::memory::{BusSettings, InMemoryAuditLog, InMemoryBus};
-use crate::system::SystemClock;
 
 /// A store under test as an outbox, with a way to write rows through its own write methods.
 #[async_trait]
@@ -287,127 +284,4 @@ pub async fn wait_for_new_returns_when_a_row_is_written(fixture: Arc<dyn OutboxF
     writer.await.expect("the writer finished");
     assert!(waited < Duration::from_secs(4), "wait_for_new ignored the write and slept {waited:?}");
     assert_eq!(owed(outbox.as_ref(), Destination::Command).await, vec![row.id()]);
-}
-
-/// A command publisher that refuses while `failing` is set, and records what it passed on.
-struct FlakyPublisher {
-    inner: Arc<dyn CommandPublisher>,
-    failing: AtomicBool,
-    attempts: AtomicU32,
-    published: Mutex<Vec<(RoutingKey, EventId)>>,
-}
-
-impl FlakyPublisher {
-    fn new(failing: bool) -> Self {
-        let bus = InMemoryBus::new(BusSettings::default(), Arc::new(SystemClock));
-        Self {
-            inner: Arc::new(bus),
-            failing: AtomicBool::new(failing),
-            attempts: AtomicU32::new(0),
-            published: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn published(&self) -> Vec<(RoutingKey, EventId)> {
-        self.published.lock().expect("not poisoned").clone()
-    }
-}
-
-#[async_trait]
-impl CommandPublisher for FlakyPublisher {
-    async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError> {
-        self.attempts.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(PublishError::Unexpected("the broker is down".into()));
-        }
-        self.inner.publish(key, event).await?;
-        self.published.lock().expect("not poisoned").push((key, event.id));
-        Ok(())
-    }
-}
-
-fn relay(fixture: &dyn OutboxFixture, commands: Arc<FlakyPublisher>, audit: Arc<InMemoryAuditLog>) -> OutboxRelay {
-    let settings = RelaySettings { batch: 2, ..RelaySettings::default() };
-    OutboxRelay::new(fixture.outbox(), commands, audit, settings)
-}
-
-/// Runs the relay's rounds for `destination` until one takes nothing.
-async fn drain(relay: &OutboxRelay, destination: Destination) {
-    for _ in 0..100 {
-        if relay.publish_batch(destination).await.expect("the round publishes") == 0 {
-            return;
-        }
-    }
-    panic!("the relay still took rows after 100 rounds");
-}
-
-fn audit_ids(audit: &InMemoryAuditLog) -> Vec<EventId> {
-    audit.events().iter().map(|e| e.id).collect()
-}
-
-/// The relay publishes every row once to each of its destinations, commands and audit records each in
-/// row order, and leaves nothing owed.
-pub async fn the_relay_publishes_every_row_once_and_leaves_nothing_owed(fixture: Arc<dyn OutboxFixture>) {
-    let placed = message(None, true);
-    let payment = message(Some(RoutingKey::PaymentsRequested), false);
-    let both = message(Some(RoutingKey::OrdersCreated), true);
-    let later_audit = message(None, true);
-    fixture.write(vec![placed.clone(), payment.clone()]).await;
-    fixture.write(vec![both.clone()]).await;
-    fixture.write(vec![later_audit.clone()]).await;
-    let commands = Arc::new(FlakyPublisher::new(false));
-    let audit = Arc::new(InMemoryAuditLog::new());
-    let relay = relay(fixture.as_ref(), Arc::clone(&commands), Arc::clone(&audit));
-
-    drain(&relay, Destination::Command).await;
-    drain(&relay, Destination::Audit).await;
-
-    assert_eq!(
-        commands.published(),
-        vec![(RoutingKey::PaymentsRequested, payment.id()), (RoutingKey::OrdersCreated, both.id())],
-        "each command is published once, in row order"
-    );
-    assert_eq!(
-        audit_ids(&audit),
-        vec![placed.id(), both.id(), later_audit.id()],
-        "each audit record is appended once, in row order"
-    );
-    for destination in [Destination::Command, Destination::Audit] {
-        assert_eq!(owed(fixture.outbox().as_ref(), destination).await, vec![], "nothing is owed");
-        assert_eq!(relay.publish_batch(destination).await.expect("an idle round"), 0, "an idle round does nothing");
-    }
-    assert_eq!(commands.published().len(), 2, "nothing is published twice");
-    assert_eq!(audit.events().len(), 3, "nothing is appended twice");
-}
-
-/// While the command publisher fails, commands stay owed and the audit stream is not held back; once it
-/// recovers, every owed command is published exactly once.
-pub async fn rows_stay_owed_while_the_publisher_fails_and_publish_after_it_recovers(fixture: Arc<dyn OutboxFixture>) {
-    let placed = message(None, true);
-    let payment = message(Some(RoutingKey::PaymentsRequested), false);
-    let created = message(Some(RoutingKey::OrdersCreated), false);
-    fixture.write(vec![placed.clone(), payment.clone()]).await;
-    fixture.write(vec![created.clone()]).await;
-    let commands = Arc::new(FlakyPublisher::new(true));
-    let audit = Arc::new(InMemoryAuditLog::new());
-    let relay = relay(fixture.as_ref(), Arc::clone(&commands), Arc::clone(&audit));
-
-    assert!(relay.publish_batch(Destination::Command).await.is_err(), "a round through a failing publisher fails");
-    drain(&relay, Destination::Audit).await;
-    assert!(relay.publish_batch(Destination::Command).await.is_err(), "the commands are still owed and tried again");
-    assert!(commands.attempts.load(Ordering::SeqCst) >= 2, "the relay tried again");
-    assert_eq!(commands.published(), vec![], "nothing reached the broker");
-    assert_eq!(audit_ids(&audit), vec![placed.id()], "the audit stream was not held back by the broker");
-
-    commands.failing.store(false, Ordering::SeqCst);
-    drain(&relay, Destination::Command).await;
-    drain(&relay, Destination::Audit).await;
-
-    assert_eq!(
-        commands.published(),
-        vec![(RoutingKey::PaymentsRequested, payment.id()), (RoutingKey::OrdersCreated, created.id())],
-        "after recovery every owed command is published once, in row order"
-    );
-    assert_eq!(audit_ids(&audit), vec![placed.id()], "the audit record is appended once");
-    assert_eq!(owed(fixture.outbox().as_ref(), Destination::Command).await, vec![], "nothing is owed");
 }

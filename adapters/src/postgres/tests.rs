@@ -187,4 +187,3 @@ mod delivery_outbox_contract {
 mod concurrency;
 mod crash;
 mod migrations;
-mod relay;

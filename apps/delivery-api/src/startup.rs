@@ -13,7 +13,7 @@ use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_messages::RoutingKey;
 use orderflow_ports::delivery::DeliveryStore;
 use orderflow_ports::messaging::MessageHandler;
-use orderflow_ports::outbox::RelaySettings;
+use orderflow_runtime::relay::RelaySettings;
 use orderflow_runtime::service::{RunningService, ServiceParts};
 use orderflow_runtime::wiring::{Store, Wiring};
 

@@ -4,6 +4,7 @@ pub mod config;
 #[cfg(feature = "dev-issuer")]
 pub mod dev_issuer;
 pub mod http;
+pub mod relay;
 pub mod service;
 pub mod telemetry;
 pub mod wiring;

@@ -11,7 +11,7 @@ use orderflow_adapters::metrics::{DLQ_DEPTH, OUTBOX_LAG_SECONDS};
 use orderflow_messages::RoutingKey;
 use orderflow_ports::BoxError;
 use orderflow_ports::messaging::{CommandConsumer, DeadLetterAdmin, MessageHandler};
-use orderflow_ports::outbox::{Destination, OutboxRelay, OutboxStore, RelaySettings};
+use orderflow_ports::outbox::{Destination, OutboxStore};
 use orderflow_ports::system::HealthCheck;
 use poem::web::Data;
 use poem::{EndpointExt, IntoResponse, Route, handler};
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::http::{BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, exact_document, readiness};
+use crate::relay::{OutboxRelay, RelaySettings};
 use crate::wiring::Connected;
 
 /// How long a stopping service waits for the messages it is handling.

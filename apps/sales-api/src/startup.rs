@@ -15,10 +15,11 @@ use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_messages::RoutingKey;
 use orderflow_ports::cache::OrderCache;
 use orderflow_ports::messaging::MessageHandler;
-use orderflow_ports::outbox::{OutboxStore, RelaySettings};
+use orderflow_ports::outbox::OutboxStore;
 use orderflow_ports::payment::PaymentGateway;
 use orderflow_ports::sales::SalesStore;
 use orderflow_ports::system::{Clock, HealthCheck, IdGenerator};
+use orderflow_runtime::relay::RelaySettings;
 use orderflow_runtime::service::{RunningService, ServiceParts};
 use orderflow_runtime::wiring::{Connected, Store, Wiring};
 

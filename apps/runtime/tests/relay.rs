@@ -1,22 +1,72 @@
-//! The outbox relay against the real server: two relays (two replicas) sharing the tables with each
-//! order's rows in commit order, a destination that is down, the `LISTEN/NOTIFY` wake-up, and purging.
+//! The outbox relay over the stores it publishes: on the in-memory stores and on PostgreSQL — every row
+//! once and in commit order, a failing destination, two relays (two replicas) sharing the tables, the
+//! `LISTEN/NOTIFY` wake-up, and purging. Each PostgreSQL test gets a schema of its own, dropped after.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use orderflow_adapters::contract::fixtures::{OrderDraft, change_of, eur, inbox, message, name, now, owed, sku};
+use orderflow_adapters::contract::outbox::{DeliveryOutbox, OutboxFixture, SalesOutbox};
+use orderflow_adapters::memory::{
+    BusSettings, InMemoryAuditLog, InMemoryBus, InMemoryDeliveryStore, InMemorySalesStore,
+};
+use orderflow_adapters::postgres::{PgDeliveryStore, PgSalesStore, PgSettings};
+use orderflow_adapters::system::SystemClock;
 use orderflow_domain::{Carrier, EventId, Order, PaymentOutcome, TrackingNumber};
 use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::messaging::{AuditLog, CommandPublisher, PublishError};
-use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxRelay, OutboxStore, RelaySettings};
+use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{ChangeOutcome, PlaceOutcome, SalesStore};
+use orderflow_runtime::relay::{OutboxRelay, RelaySettings};
 use tokio_postgres::NoTls;
 
-use super::{TestSchema, database_url};
-use crate::contract::fixtures::{OrderDraft, change_of, eur, inbox, message, name, now, owed, sku};
-use crate::postgres::{PgSalesStore, PgSettings};
+/// The server the tests use: `TEST_DATABASE_URL`, else `DATABASE_URL`, else the local default.
+fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A schema of its own for one test, dropped (with everything in it) when the test ends.
+struct TestSchema {
+    name: String,
+}
+
+impl TestSchema {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "r_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            uuid::Uuid::new_v4().simple()
+        );
+        Self { name: name[..40.min(name.len())].to_owned() }
+    }
+
+    fn settings(&self) -> PgSettings {
+        PgSettings { pool_size: 20, ..PgSettings::new(database_url(), &self.name) }
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee, so the cleanup gets a thread and a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&database_url(), NoTls).await.ok()?;
+                tokio::spawn(connection);
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await.ok()
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
 
 /// A plain connection of its own whose tables are the test schema's.
 async fn connect_raw(schema: &str) -> tokio_postgres::Client {
@@ -410,3 +460,166 @@ async fn published_rows_go_at_once_and_the_purge_takes_old_inbox_entries_only() 
     let timeline = store.timeline(orders[0].id).await.expect("timeline read").expect("the order has a timeline");
     assert!(!timeline.is_empty(), "publishing keeps the order's timeline");
 }
+
+/// A command publisher that refuses while `failing` is set, and records what it passed on.
+struct FlakyPublisher {
+    inner: Arc<dyn CommandPublisher>,
+    failing: AtomicBool,
+    attempts: AtomicU32,
+    published: Mutex<Vec<(RoutingKey, EventId)>>,
+}
+
+impl FlakyPublisher {
+    fn new(failing: bool) -> Self {
+        let bus = InMemoryBus::new(BusSettings::default(), Arc::new(SystemClock));
+        Self {
+            inner: Arc::new(bus),
+            failing: AtomicBool::new(failing),
+            attempts: AtomicU32::new(0),
+            published: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn published(&self) -> Vec<(RoutingKey, EventId)> {
+        self.published.lock().expect("not poisoned").clone()
+    }
+}
+
+#[async_trait]
+impl CommandPublisher for FlakyPublisher {
+    async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(PublishError::Unexpected("the broker is down".into()));
+        }
+        self.inner.publish(key, event).await?;
+        self.published.lock().expect("not poisoned").push((key, event.id));
+        Ok(())
+    }
+}
+
+fn flaky_relay(
+    fixture: &dyn OutboxFixture,
+    commands: Arc<FlakyPublisher>,
+    audit: Arc<InMemoryAuditLog>,
+) -> OutboxRelay {
+    let settings = RelaySettings { batch: 2, ..RelaySettings::default() };
+    OutboxRelay::new(fixture.outbox(), commands, audit, settings)
+}
+
+/// Runs the relay's rounds for `destination` until one takes nothing.
+async fn drain_one(relay: &OutboxRelay, destination: Destination) {
+    for _ in 0..100 {
+        if relay.publish_batch(destination).await.expect("the round publishes") == 0 {
+            return;
+        }
+    }
+    panic!("the relay still took rows after 100 rounds");
+}
+
+fn audit_ids(audit: &InMemoryAuditLog) -> Vec<EventId> {
+    audit.events().iter().map(|e| e.id).collect()
+}
+
+/// The relay publishes every row once to each of its destinations, commands and audit records each in
+/// row order, and leaves nothing owed.
+async fn the_relay_publishes_every_row_once_and_leaves_nothing_owed(fixture: Arc<dyn OutboxFixture>) {
+    let placed = message(None, true);
+    let payment = message(Some(RoutingKey::PaymentsRequested), false);
+    let both = message(Some(RoutingKey::OrdersCreated), true);
+    let later_audit = message(None, true);
+    fixture.write(vec![placed.clone(), payment.clone()]).await;
+    fixture.write(vec![both.clone()]).await;
+    fixture.write(vec![later_audit.clone()]).await;
+    let commands = Arc::new(FlakyPublisher::new(false));
+    let audit = Arc::new(InMemoryAuditLog::new());
+    let relay = flaky_relay(fixture.as_ref(), Arc::clone(&commands), Arc::clone(&audit));
+
+    drain_one(&relay, Destination::Command).await;
+    drain_one(&relay, Destination::Audit).await;
+
+    assert_eq!(
+        commands.published(),
+        vec![(RoutingKey::PaymentsRequested, payment.id()), (RoutingKey::OrdersCreated, both.id())],
+        "each command is published once, in row order"
+    );
+    assert_eq!(
+        audit_ids(&audit),
+        vec![placed.id(), both.id(), later_audit.id()],
+        "each audit record is appended once, in row order"
+    );
+    for destination in [Destination::Command, Destination::Audit] {
+        assert_eq!(owed(fixture.outbox().as_ref(), destination).await, vec![], "nothing is owed");
+        assert_eq!(relay.publish_batch(destination).await.expect("an idle round"), 0, "an idle round does nothing");
+    }
+    assert_eq!(commands.published().len(), 2, "nothing is published twice");
+    assert_eq!(audit.events().len(), 3, "nothing is appended twice");
+}
+
+/// While the command publisher fails, commands stay owed and the audit stream is not held back; once it
+/// recovers, every owed command is published exactly once.
+async fn rows_stay_owed_while_the_publisher_fails_and_publish_after_it_recovers(fixture: Arc<dyn OutboxFixture>) {
+    let placed = message(None, true);
+    let payment = message(Some(RoutingKey::PaymentsRequested), false);
+    let created = message(Some(RoutingKey::OrdersCreated), false);
+    fixture.write(vec![placed.clone(), payment.clone()]).await;
+    fixture.write(vec![created.clone()]).await;
+    let commands = Arc::new(FlakyPublisher::new(true));
+    let audit = Arc::new(InMemoryAuditLog::new());
+    let relay = flaky_relay(fixture.as_ref(), Arc::clone(&commands), Arc::clone(&audit));
+
+    assert!(relay.publish_batch(Destination::Command).await.is_err(), "a round through a failing publisher fails");
+    drain_one(&relay, Destination::Audit).await;
+    assert!(relay.publish_batch(Destination::Command).await.is_err(), "the commands are still owed and tried again");
+    assert!(commands.attempts.load(Ordering::SeqCst) >= 2, "the relay tried again");
+    assert_eq!(commands.published(), vec![], "nothing reached the broker");
+    assert_eq!(audit_ids(&audit), vec![placed.id()], "the audit stream was not held back by the broker");
+
+    commands.failing.store(false, Ordering::SeqCst);
+    drain_one(&relay, Destination::Command).await;
+    drain_one(&relay, Destination::Audit).await;
+
+    assert_eq!(
+        commands.published(),
+        vec![(RoutingKey::PaymentsRequested, payment.id()), (RoutingKey::OrdersCreated, created.id())],
+        "after recovery every owed command is published once, in row order"
+    );
+    assert_eq!(audit_ids(&audit), vec![placed.id()], "the audit record is appended once");
+    assert_eq!(owed(fixture.outbox().as_ref(), Destination::Command).await, vec![], "nothing is owed");
+}
+
+/// The stores the contract checks above run on: both in-memory stores and both PostgreSQL stores, the
+/// latter each in a schema of its own that lives as long as the test.
+macro_rules! on_every_store {
+    ($($check:ident),* $(,)?) => {
+        mod in_memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::$check(Arc::new(SalesOutbox::new(InMemorySalesStore::new()))).await;
+                    super::$check(Arc::new(DeliveryOutbox::new(InMemoryDeliveryStore::new()))).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let schema = TestSchema::new();
+                    let store = PgSalesStore::connect(&schema.settings()).await.expect("connect to PostgreSQL");
+                    super::$check(Arc::new(SalesOutbox::new(store))).await;
+                    let schema = TestSchema::new();
+                    let store = PgDeliveryStore::connect(&schema.settings()).await.expect("connect to PostgreSQL");
+                    super::$check(Arc::new(DeliveryOutbox::new(store))).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    the_relay_publishes_every_row_once_and_leaves_nothing_owed,
+    rows_stay_owed_while_the_publisher_fails_and_publish_after_it_recovers,
+);
