@@ -15,5 +15,7 @@ pub mod postgres;
 pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "memory", feature = "rabbitmq"))]
+mod shutdown;
 pub mod simulated;
 pub mod system;

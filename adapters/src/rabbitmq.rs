@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::shutdown::ConsumerShutdown;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
@@ -18,8 +19,8 @@ use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::BoxError;
 use orderflow_ports::backoff::Backoff;
 use orderflow_ports::messaging::{
-    AdminError, CommandConsumer, CommandPublisher, ConsumeError, ConsumerShutdown, DeadLetter, DeadLetterAdmin,
-    DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError, Published,
+    AdminError, CommandConsumer, CommandPublisher, ConsumeError, DeadLetter, DeadLetterAdmin, DeadLetterQueue,
+    Delivery, HandlerOutcome, MessageHandler, PublishError, Published,
 };
 use orderflow_ports::trace;
 use tokio::sync::Mutex;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::messaging::{
-    AdminError, AuditLog, CommandConsumer, CommandPublisher, ConsumeError, ConsumerShutdown, DeadLetter,
-    DeadLetterAdmin, DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError,
+    AdminError, AuditLog, CommandConsumer, CommandPublisher, ConsumeError, DeadLetter, DeadLetterAdmin,
+    DeadLetterQueue, Delivery, HandlerOutcome, MessageHandler, PublishError,
 };
 use orderflow_ports::system::Clock;
 use orderflow_ports::trace;
@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, Span};
 
 use super::{inconsistent, lock};
+use crate::shutdown::ConsumerShutdown;
 
 /// Delays and concurrency of the bus.
 #[derive(Debug, Clone)]
