@@ -10,6 +10,8 @@ pub mod cache;
 pub mod delivery;
 pub mod fixtures;
 pub mod outbox;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod rate_limit;
 pub mod sales;
 

@@ -1,7 +1,6 @@
 //! The PostgreSQL adapters against a real server: the shared contract suites, then what only a real
 //! database can show (concurrency, crashes, several relays). Each test gets its own schema, dropped after.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,53 +14,9 @@ use orderflow_ports::sales::{
 };
 use orderflow_ports::{Page, ReadError};
 
-use super::{PgDeliveryStore, PgSalesStore, PgSettings};
+use super::{PgDeliveryStore, PgSalesStore};
 
-/// The server the tests use: `TEST_DATABASE_URL`, else `DATABASE_URL`, else the local default.
-pub(crate) fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A schema of its own for one test, dropped (with everything in it) when the test ends.
-pub(crate) struct TestSchema {
-    pub(crate) name: String,
-}
-
-impl TestSchema {
-    pub(crate) fn new() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "t_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            uuid::Uuid::new_v4().simple()
-        );
-        Self { name: name[..40.min(name.len())].to_owned() }
-    }
-
-    pub(crate) fn settings(&self) -> PgSettings {
-        PgSettings { pool_size: 20, ..PgSettings::new(database_url(), &self.name) }
-    }
-}
-
-impl Drop for TestSchema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any runtime guarantee, so the cleanup gets a thread and a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async move {
-                let (client, connection) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.ok()?;
-                tokio::spawn(connection);
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await.ok()
-            })
-        });
-        let _ = cleanup.join();
-    }
-}
+pub(crate) use crate::contract::postgres::{TestSchema, database_url};
 
 /// A store that keeps its test schema alive as long as itself.
 pub(crate) struct Isolated<S> {

@@ -3,13 +3,14 @@
 //! `LISTEN/NOTIFY` wake-up, and purging. Each PostgreSQL test gets a schema of its own, dropped after.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use orderflow_adapters::contract::fixtures::{OrderDraft, change_of, eur, inbox, message, name, now, owed, sku};
 use orderflow_adapters::contract::outbox::{DeliveryOutbox, OutboxFixture, SalesOutbox};
+use orderflow_adapters::contract::postgres::TestSchema;
 use orderflow_adapters::memory::{
     BusSettings, InMemoryAuditLog, InMemoryBus, InMemoryDeliveryStore, InMemorySalesStore,
 };
@@ -21,61 +22,6 @@ use orderflow_ports::messaging::{AuditLog, CommandPublisher, PublishError};
 use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{ChangeOutcome, PlaceOutcome, SalesStore};
 use orderflow_runtime::relay::{OutboxRelay, RelaySettings};
-use tokio_postgres::NoTls;
-
-/// The server the tests use: `TEST_DATABASE_URL`, else `DATABASE_URL`, else the local default.
-fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A schema of its own for one test, dropped (with everything in it) when the test ends.
-struct TestSchema {
-    name: String,
-}
-
-impl TestSchema {
-    fn new() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "r_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            uuid::Uuid::new_v4().simple()
-        );
-        Self { name: name[..40.min(name.len())].to_owned() }
-    }
-
-    fn settings(&self) -> PgSettings {
-        PgSettings { pool_size: 20, ..PgSettings::new(database_url(), &self.name) }
-    }
-}
-
-impl Drop for TestSchema {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any runtime guarantee, so the cleanup gets a thread and a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&database_url(), NoTls).await.ok()?;
-                tokio::spawn(connection);
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await.ok()
-            })
-        });
-        let _ = cleanup.join();
-    }
-}
-
-/// A plain connection of its own whose tables are the test schema's.
-async fn connect_raw(schema: &str) -> tokio_postgres::Client {
-    let mut config: tokio_postgres::Config = database_url().parse().expect("a valid URL");
-    config.options(format!("-c search_path={schema}"));
-    let (client, connection) = config.connect(NoTls).await.expect("connect to PostgreSQL");
-    tokio::spawn(connection);
-    client
-}
 
 /// Both destinations in one test double: counts what reaches each, keeps the order of arrival, and refuses
 /// everything while `down` is set.
@@ -151,8 +97,7 @@ async fn drain(relay: &OutboxRelay) -> usize {
 
 /// Runs publish rounds for both destinations until the tables owe nothing at all (other relays may hold
 /// partitions this one cannot take meanwhile); returns how many rows this relay took for the audit stream.
-async fn drain_shared(relay: &OutboxRelay, schema: &str) -> usize {
-    let sql = connect_raw(schema).await;
+async fn drain_shared(relay: &OutboxRelay, sql: &tokio_postgres::Client) -> usize {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut total = 0;
     loop {
@@ -165,7 +110,7 @@ async fn drain_shared(relay: &OutboxRelay, schema: &str) -> usize {
             }
         }
         if took == 0 {
-            if owed_rows(&sql).await == 0 {
+            if owed_rows(sql).await == 0 {
                 return total;
             }
             assert!(Instant::now() < deadline, "rows are still owed after a minute");
@@ -205,7 +150,7 @@ async fn two_replicas_relays_publish_every_row_once_with_each_orders_rows_in_com
     let first = PgSalesStore::connect(&settings).await.expect("connect to PostgreSQL");
     let second =
         PgSalesStore::connect(&PgSettings { migrate: false, ..settings }).await.expect("connect a second replica");
-    let sql = connect_raw(&schema.name).await;
+    let sql = schema.connect_raw().await;
     let template = serde_json::to_value(&message(Some(RoutingKey::OrdersCreated), true).event).expect("event JSON");
     // 2,000 orders with five messages each, written step by step, so each order's rows lie far apart.
     sql.execute(
@@ -247,10 +192,16 @@ async fn two_replicas_relays_publish_every_row_once_with_each_orders_rows_in_com
         .map(|store| relay(store, &recorder, relay_settings.clone()));
 
     let started = Instant::now();
-    let took: Vec<usize> = futures::future::join_all(relays.into_iter().map(|relay| {
-        let schema = schema.name.clone();
-        tokio::spawn(async move { drain_shared(&relay, &schema).await })
-    }))
+    let mut connections = Vec::new();
+    for _ in &relays {
+        connections.push(schema.connect_raw().await);
+    }
+    let took: Vec<usize> = futures::future::join_all(
+        relays
+            .into_iter()
+            .zip(connections)
+            .map(|(relay, sql)| tokio::spawn(async move { drain_shared(&relay, &sql).await })),
+    )
     .await
     .into_iter()
     .map(|r| r.expect("the relay task finished"))
@@ -343,7 +294,7 @@ async fn rows_stay_owed_while_the_destination_is_down_and_publish_after_recovery
     for customer in ["alice", "bob", "carol"] {
         place(store.as_ref(), customer, "DOWN-1").await;
     }
-    let sql = connect_raw(&schema.name).await;
+    let sql = schema.connect_raw().await;
     let rows = owed_rows(&sql).await;
     assert!(rows >= 3, "the placements wrote outbox rows");
     let recorder = Arc::new(Recorder { down: AtomicBool::new(true), ..Recorder::default() });
@@ -423,7 +374,7 @@ async fn published_rows_go_at_once_and_the_purge_takes_old_inbox_entries_only() 
     let schema = TestSchema::new();
     let store = PgSalesStore::connect(&schema.settings()).await.expect("connect to PostgreSQL");
     stock(&store, "PURGE-1", 10).await;
-    let sql = connect_raw(&schema.name).await;
+    let sql = schema.connect_raw().await;
     let orders = [place(&store, "alice", "PURGE-1").await, place(&store, "bob", "PURGE-1").await];
     assert!(owed_rows(&sql).await > 0, "the placements owe rows");
     for destination in [Destination::Command, Destination::Audit] {

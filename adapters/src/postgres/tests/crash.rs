@@ -7,20 +7,10 @@ use std::time::{Duration, Instant};
 use orderflow_ports::outbox::Destination;
 use orderflow_ports::sales::{OrderQuery, PlaceError, PlaceOutcome, SalesStore};
 use tokio::task::JoinSet;
-use tokio_postgres::NoTls;
 
 use super::{TestSchema, database_url};
 use crate::contract::fixtures::{OrderDraft, eur, name, owed, sku};
 use crate::postgres::{PgSalesStore, PgSettings};
-
-/// A plain connection of its own whose tables are the test schema's.
-async fn connect_raw(schema: &str) -> tokio_postgres::Client {
-    let mut config: tokio_postgres::Config = database_url().parse().expect("a valid URL");
-    config.options(format!("-c search_path={schema}"));
-    let (client, connection) = config.connect(NoTls).await.expect("connect to PostgreSQL");
-    tokio::spawn(connection);
-    client
-}
 
 /// Waits until none of `pids` is a live backend any more (termination is asynchronous).
 async fn wait_until_gone(observer: &tokio_postgres::Client, pids: &[i32]) {
@@ -57,7 +47,7 @@ async fn a_connection_killed_mid_transaction_leaves_nothing_behind() {
     let placement = OrderDraft::new("alice").line("CRASH-1", 1).placement();
     let order = placement.order.clone();
     assert!(!placement.messages.is_empty(), "a placement writes outbox rows");
-    let victim = connect_raw(&schema.name).await;
+    let victim = schema.connect_raw().await;
     let pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid read").get(0);
 
     // What a placement writes, by hand, in a transaction that never commits.
@@ -115,7 +105,7 @@ async fn a_connection_killed_mid_transaction_leaves_nothing_behind() {
         .get(0);
     assert!(pending >= i64::try_from(placement.messages.len()).expect("small"), "the transaction sees its rows");
 
-    let killer = connect_raw(&schema.name).await;
+    let killer = schema.connect_raw().await;
     let terminated: bool =
         killer.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.expect("terminate").get(0);
     assert!(terminated, "the backend was terminated");
@@ -161,7 +151,7 @@ async fn a_store_call_whose_connection_is_killed_fails_cleanly_and_the_next_call
         assert!(matches!(outcome, Ok(PlaceOutcome::Created(_))), "the warm-up order is created, got {outcome:?}");
     }
     let mut created = 4;
-    let killer = connect_raw(&schema.name).await;
+    let killer = schema.connect_raw().await;
 
     // Several rounds: the first call of a round races the kill, which is the interesting case.
     for round in 0..8 {
