@@ -185,7 +185,7 @@ pub fn into_problem(error: poem::Error) -> Response {
         return problem.as_response();
     }
     if let Some(param) = error.downcast_ref::<poem_openapi::error::ParseParamError>() {
-        return Problem::invalid(param.name, param.reason.clone()).as_response();
+        return Problem::invalid(param.name, readable(&param.reason)).as_response();
     }
     if error.is::<poem_openapi::error::AuthorizationError>() {
         return unauthorized("a bearer token is required").as_response();
@@ -208,9 +208,37 @@ pub fn into_problem(error: poem::Error) -> Response {
     problem.as_response()
 }
 
+/// A parameter validator's refusal in words (`must be at least 1`) instead of the framework's
+/// `verification failed. minimum(1, exclusive: false)`; any other reason as it is.
+fn readable(reason: &str) -> String {
+    let Some(rule) = reason.strip_prefix("verification failed. ") else { return reason.to_owned() };
+    let bound = |name: &str| {
+        let (n, exclusive) = rule.strip_prefix(name)?.strip_suffix(')')?.split_once(", exclusive: ")?;
+        Some((n.to_owned(), exclusive == "true"))
+    };
+    match (bound("minimum("), bound("maximum(")) {
+        (Some((n, false)), _) => format!("must be at least {n}"),
+        (Some((n, true)), _) => format!("must be more than {n}"),
+        (_, Some((n, false))) => format!("must be at most {n}"),
+        (_, Some((n, true))) => format!("must be less than {n}"),
+        _ => reason.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_validators_refusal_is_said_in_words() {
+        assert_eq!(readable("verification failed. minimum(1, exclusive: false)"), "must be at least 1");
+        assert_eq!(readable("verification failed. maximum(100, exclusive: false)"), "must be at most 100");
+        assert_eq!(readable("verification failed. maximum(100, exclusive: true)"), "must be less than 100");
+        assert_eq!(
+            readable("failed to parse \"integer(int64)\": invalid digit"),
+            "failed to parse \"integer(int64)\": invalid digit"
+        );
+    }
 
     #[test]
     fn a_request_is_named_by_the_route_it_matches_with_literal_segments_winning() {
