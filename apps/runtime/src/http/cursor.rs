@@ -1,4 +1,4 @@
-//! Ids in paths, and pagination: page sizes, and opaque cursors — the id that ended a page, as the 22 base64url characters
+//! Pagination: page sizes, and opaque cursors — the id that ended a page, as the 22 base64url characters
 //! of its 16 bytes, so every string of the documented pattern is a cursor the server accepts (a position
 //! in the list).
 
@@ -6,12 +6,13 @@ use std::borrow::Cow;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::registry::MetaSchemaRef;
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::Problem;
+use super::text::with_pattern;
 
 /// The documented pattern: 16 bytes in base64url without padding (the last character carries the final
 /// two bits, so it is one of `AQgw`).
@@ -42,9 +43,7 @@ impl Type for IdCursor {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        let mut schema = MetaSchema::new("string");
-        schema.pattern = Some(PATTERN.to_owned());
-        MetaSchemaRef::Inline(Box::new(schema))
+        MetaSchemaRef::Inline(Box::new(with_pattern(PATTERN.to_owned())))
     }
 
     fn as_raw_value(&self) -> Option<&Self> {
@@ -74,49 +73,6 @@ impl ParseFromJSON for IdCursor {
 impl ToJSON for IdCursor {
     fn to_json(&self) -> Option<Value> {
         Some(Value::String(self.encode()))
-    }
-}
-
-/// An id in a request path, documented as `format: uuid`. The path router cannot say which parameter it
-/// failed to parse, so the text is taken as sent and [`PathId::parse`] names the field at fault.
-#[derive(Debug, Clone)]
-pub struct PathId(String);
-
-impl PathId {
-    /// The UUID.
-    ///
-    /// # Errors
-    /// A 400 [`Problem`] on `field` when the text is not a UUID.
-    pub fn parse(&self, field: &str) -> Result<Uuid, Problem> {
-        self.0.parse().map_err(|_| Problem::invalid(field, "must be a UUID"))
-    }
-}
-
-impl Type for PathId {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "string(uuid)".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "uuid")))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(std::iter::once(self))
-    }
-}
-
-impl ParseFromParameter for PathId {
-    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-        Ok(Self(value.to_owned()))
     }
 }
 

@@ -16,7 +16,7 @@ mod refusals;
 mod text;
 
 pub use auth::{AuthContext, BearerAuth, RateLimitPolicy, RateLimitQuota, RouteLimit, Scope};
-pub use cursor::{IdCursor, PathId, page_limit};
+pub use cursor::{IdCursor, page_limit};
 pub use dlq::DlqApi;
 pub use document::exact_document;
 pub use headers::SecurityHeaders;
@@ -26,4 +26,4 @@ pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, into_problem};
 pub use problem::Problem;
 pub use ready::readiness;
 pub use refusals::{Listing, Lookup, Problems, Refusals, Transition, TransitionWithBody};
-pub use text::{FreeText, Pattern, Shape, Text, trimmed};
+pub use text::{FreeText, PathId, Pattern, Shape, Text, UuidShape, trimmed, with_pattern};

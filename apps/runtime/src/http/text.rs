@@ -1,6 +1,7 @@
-//! Free text as the domain accepts it (a name, a city, a tracking number), documented exactly: the
-//! OpenAPI pattern admits a string if and only if the domain's text check does, so a client or fuzzer
-//! working from the document never sends text the server refuses.
+//! Strings documented exactly, carried as sent for the domain to check: free text as the domain accepts
+//! it (a name, a city, a tracking number) — the OpenAPI pattern admits a string if and only if the
+//! domain's text check does, so a client or fuzzer working from the document never sends text the
+//! server refuses — and ids in paths.
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -9,16 +10,50 @@ use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
+
+use super::Problem;
 
 /// What `str::trim` removes: Unicode `White_Space`.
 const SPACE: &str = r"\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
 /// What `char::is_control` refuses: Unicode `Cc`.
 const CONTROL: &str = r"\x00-\x1F\x7F-\x9F";
 
-/// The rule a [`Pattern`] string follows, as the regular expression its schema gives.
+/// The rule a [`Pattern`] string follows, as its schema states it.
 pub trait Shape: Send + Sync + 'static {
-    /// The pattern (ECMA-262 syntax that Rust's `regex` and Python's `re` read alike).
-    fn pattern() -> String;
+    /// The schema: a string with a pattern (ECMA-262 syntax that Rust's `regex` and Python's `re` read
+    /// alike, see [`with_pattern`]) or a format.
+    fn schema() -> MetaSchema;
+}
+
+/// A string schema with `pattern`.
+pub fn with_pattern(pattern: String) -> MetaSchema {
+    let mut schema = MetaSchema::new("string");
+    schema.pattern = Some(pattern);
+    schema
+}
+
+/// An id documented as `format: uuid`. The path router cannot say which parameter it failed to parse,
+/// so the text is taken as sent and [`PathId::parse`] names the field at fault.
+pub type PathId = Pattern<UuidShape>;
+
+/// The [`Shape`] of a [`PathId`].
+pub enum UuidShape {}
+
+impl Shape for UuidShape {
+    fn schema() -> MetaSchema {
+        MetaSchema::new_with_format("string", "uuid")
+    }
+}
+
+impl PathId {
+    /// The UUID.
+    ///
+    /// # Errors
+    /// A 400 [`Problem`] on `field` when the text is not a UUID.
+    pub fn parse(&self, field: &str) -> Result<Uuid, Problem> {
+        self.0.parse().map_err(|_| Problem::invalid(field, "must be a UUID"))
+    }
 }
 
 /// A string documented with the pattern of `S`. It is carried as sent: the domain type it becomes
@@ -34,13 +69,19 @@ pub type Text<const MAX: usize, const BLANK: bool = false> = Pattern<FreeText<MA
 /// The [`Shape`] of [`Text`].
 pub enum FreeText<const MAX: usize, const BLANK: bool> {}
 
-impl<const MAX: usize, const BLANK: bool> Shape for FreeText<MAX, BLANK> {
+impl<const MAX: usize, const BLANK: bool> FreeText<MAX, BLANK> {
     fn pattern() -> String {
         let space = format!("[{SPACE}]*");
         let edge = format!("[^{CONTROL}{SPACE}]");
         let inner = MAX.saturating_sub(2);
         let text = if MAX >= 2 { format!("{edge}(?:[^{CONTROL}]{{0,{inner}}}{edge})?") } else { edge.clone() };
         if BLANK { format!("^{space}(?:{text}{space})?$") } else { format!("^{space}{text}{space}$") }
+    }
+}
+
+impl<const MAX: usize, const BLANK: bool> Shape for FreeText<MAX, BLANK> {
+    fn schema() -> MetaSchema {
+        with_pattern(Self::pattern())
     }
 }
 
@@ -85,9 +126,7 @@ impl<S: Shape> Type for Pattern<S> {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        let mut schema = MetaSchema::new("string");
-        schema.pattern = Some(S::pattern());
-        MetaSchemaRef::Inline(Box::new(schema))
+        MetaSchemaRef::Inline(Box::new(S::schema()))
     }
 
     fn as_raw_value(&self) -> Option<&String> {

@@ -5,7 +5,8 @@ use orderflow_domain::{
     Address, Currency, CustomerId, InvalidValue, Money, Order, OrderRequest, OrderStatus, Quantity, RawAddress, Sku,
 };
 use orderflow_ports::sales::Product;
-use orderflow_runtime::http::{IdCursor, Pattern, Problem, Shape, Text, trimmed};
+use orderflow_runtime::http::{IdCursor, Pattern, Problem, Shape, Text, trimmed, with_pattern};
+use poem_openapi::registry::MetaSchema;
 use poem_openapi::{Enum, Object};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,8 +18,8 @@ pub type SkuText = Pattern<SkuShape>;
 pub enum SkuShape {}
 
 impl Shape for SkuShape {
-    fn pattern() -> String {
-        Sku::PATTERN.to_owned()
+    fn schema() -> MetaSchema {
+        with_pattern(Sku::PATTERN.to_owned())
     }
 }
 
@@ -26,8 +27,8 @@ impl Shape for SkuShape {
 pub enum IdempotencyKeyShape {}
 
 impl Shape for IdempotencyKeyShape {
-    fn pattern() -> String {
-        "^[!-~]{1,255}$".to_owned()
+    fn schema() -> MetaSchema {
+        with_pattern("^[!-~]{1,255}$".to_owned())
     }
 }
 
@@ -35,8 +36,8 @@ impl Shape for IdempotencyKeyShape {
 pub enum CountryShape {}
 
 impl Shape for CountryShape {
-    fn pattern() -> String {
-        trimmed("[A-Z]{2}")
+    fn schema() -> MetaSchema {
+        with_pattern(trimmed("[A-Z]{2}"))
     }
 }
 
