@@ -9,7 +9,7 @@ use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
 
 use super::outbox::{self, pg_outbox_store};
-use super::{Database, PgSettings, PgSetupError, Service, Tx, from_json};
+use super::{Database, PgSettings, PgSetupError, Plans, Service, Tx, from_json};
 
 /// Delivery persistence in PostgreSQL.
 #[derive(Clone)]
@@ -59,7 +59,7 @@ fn creation_trace(change: &ShipmentChange) -> Option<String> {
 
 /// Writes one change inside `tx`: the inbox entry, the shipment, its outbox rows. A conflict or a missing
 /// shipment is reported before anything but the inbox entry is written.
-async fn write(tx: &Tx, change: &ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
+async fn write(tx: &Tx<'_>, change: &ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
     if !outbox::claim_inbox(tx, change.inbox.as_ref()).await.map_err(failed)? {
         return Ok(ChangeOutcome::AlreadyProcessed);
     }
@@ -129,7 +129,7 @@ async fn write(tx: &Tx, change: &ShipmentChange) -> Result<ChangeOutcome, Change
 /// redeliveries found, the creations, the version-checked updates, then the outbox rows and inbox entries
 /// of what applied. Fills in every change's outcome; `Err` leaves `tx` to roll back.
 async fn write_batch(
-    tx: &Tx,
+    tx: &Tx<'_>,
     changes: &[ShipmentChange],
     outcomes: &mut [Option<Result<ChangeOutcome, ChangeError>>],
 ) -> Result<bool, BoxError> {
@@ -263,13 +263,10 @@ async fn write_batch(
 #[async_trait]
 impl DeliveryStore for PgDeliveryStore {
     async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
-        let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
-        let outcome = write(&tx, &change).await?;
-        if outcome == ChangeOutcome::Applied {
-            tx.commit().await.map_err(failed)?;
-            if !change.messages.is_empty() {
-                self.db.outbox_committed();
-            }
+        let outcome =
+            self.db.transaction(Plans::Cached, ChangeError::Unexpected, async |tx| write(tx, &change).await).await?;
+        if outcome == ChangeOutcome::Applied && !change.messages.is_empty() {
+            self.db.outbox_committed();
         }
         Ok(outcome)
     }

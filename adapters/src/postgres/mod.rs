@@ -146,18 +146,20 @@ impl Database {
         self.announce.notify_one();
     }
 
-    /// Writes a batch of changes with `write` in one transaction planned for its arrays (see
-    /// `begin_batch`), commits it, wakes the relays when it wrote messages, and returns every change's
+    /// Writes a batch of changes with `write` in one transaction planned for its arrays
+    /// ([`Plans::Custom`]), commits it, wakes the relays when it wrote messages, and returns every change's
     /// outcome in the batch's order. `write` fills in each outcome and says whether it wrote messages.
     async fn commit_batch<C>(
         &self,
         changes: &[C],
-        write: impl AsyncFnOnce(&Tx, &[C], &mut [Option<Outcome>]) -> Result<bool, BoxError>,
+        write: impl AsyncFnOnce(&Tx<'_>, &[C], &mut [Option<Outcome>]) -> Result<bool, BoxError>,
     ) -> Result<Vec<Outcome>, ChangeError> {
-        let tx = self.begin_batch().await.map_err(ChangeError::Unexpected)?;
         let mut outcomes: Vec<Option<Outcome>> = changes.iter().map(|_| None).collect();
-        let wrote_messages = write(&tx, changes, &mut outcomes).await.map_err(ChangeError::Unexpected)?;
-        tx.commit().await.map_err(|e| ChangeError::Unexpected(e.into()))?;
+        let wrote_messages = self
+            .transaction(Plans::Custom, ChangeError::Unexpected, async |tx| {
+                write(tx, changes, &mut outcomes).await.map_err(ChangeError::Unexpected)
+            })
+            .await?;
         if wrote_messages {
             self.outbox_committed();
         }
@@ -181,22 +183,17 @@ impl Database {
         Err("every pooled connection was closed".into())
     }
 
-    /// Begins a transaction. A connection the server closed is only noticed when used, so a failed
-    /// `BEGIN` on a closed connection is retried on another one: nothing has happened yet.
-    async fn begin(&self) -> Result<Tx, BoxError> {
-        self.begin_with("BEGIN").await
-    }
-
-    /// Begins a transaction of batch statements, which are planned for the arrays they are given.
-    /// Prepared statements otherwise settle on a generic plan made while the tables were young (an empty
-    /// `inbox` is scanned faster than looked up), and a plan of a join with `unnest` keeps scanning
-    /// long after the table has grown: 4 ms a batch, more than the batch saved. Planning anew costs far
-    /// less, once per batch statement.
-    async fn begin_batch(&self) -> Result<Tx, BoxError> {
-        self.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan").await
-    }
-
-    async fn begin_with(&self, sql: &str) -> Result<Tx, BoxError> {
+    /// Runs `work` in a transaction and commits it if `work` succeeds; if `work` fails, the transaction
+    /// rolls back (the driver's transaction does so when dropped) and `work`'s error is returned. A
+    /// connection the server closed is only noticed when used, so a `BEGIN` that fails on a closed
+    /// connection is tried again on another one: nothing has happened yet. Failures of the database
+    /// itself become errors through `unexpected`.
+    async fn transaction<T, E>(
+        &self,
+        plans: Plans,
+        unexpected: fn(BoxError) -> E,
+        work: impl AsyncFnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         // A transaction of a traced operation (a request, a delivery) is a span of it; the relay's and
         // the jobs' own rounds are not traced, so they would only add a trace of one span each.
         let span = match tracing::Span::current().is_none() {
@@ -212,20 +209,48 @@ impl Database {
         };
         let mut attempts = 3;
         loop {
-            let client = self.client().await?;
-            match client.batch_execute(sql).await {
-                Ok(()) => return Ok(Tx { client: Some(client), span }),
-                Err(error) if error.is_closed() && attempts > 1 => attempts -= 1,
-                Err(error) => return Err(error.into()),
+            let mut client = self.client().await.map_err(unexpected)?;
+            let tx = match client.transaction().await {
+                Ok(tx) => tx,
+                Err(error) if error.is_closed() && attempts > 1 => {
+                    attempts -= 1;
+                    continue;
+                }
+                Err(error) => return Err(unexpected(error.into())),
+            };
+            if plans == Plans::Custom {
+                let plan = tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan").await;
+                plan.map_err(|e| unexpected(e.into()))?;
             }
+            let value = work(&tx).await?;
+            if let Err(error) = tx.commit().await {
+                orderflow_ports::trace::mark_failed(&span, &error.to_string());
+                return Err(unexpected(error.into()));
+            }
+            return Ok(value);
         }
     }
+}
+
+/// An open transaction on a pooled connection.
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// How a transaction's statements are planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plans {
+    /// Prepared statements keep the plan the server settles on: right for statements on one row.
+    Cached,
+    /// Each statement is planned for the arrays it is given. Prepared statements otherwise settle on a
+    /// generic plan made while the tables were young (an empty `inbox` is scanned faster than looked
+    /// up), and a plan of a join with `unnest` keeps scanning long after the table has grown: 4 ms a
+    /// batch, more than the batch saved. Planning anew costs far less, once per batch statement.
+    Custom,
 }
 
 /// Why a batch's version-checked update refused these rows of `table`, given as `(id, expected version)`:
 /// [`ChangeError::NotFound`] for an id the table does not hold, [`ChangeError::Conflict`] for the others.
 async fn refusals(
-    tx: &deadpool_postgres::ClientWrapper,
+    tx: &Tx<'_>,
     table: &str,
     refused: &[(uuid::Uuid, u32)],
 ) -> Result<Vec<ChangeError>, tokio_postgres::Error> {
@@ -240,53 +265,6 @@ async fn refusals(
             false => ChangeError::NotFound,
         })
         .collect())
-}
-
-/// An open transaction on a pooled connection. Dropped without [`Tx::commit`] (an early return, an
-/// error) it rolls back before the connection goes back to the pool.
-struct Tx {
-    client: Option<deadpool_postgres::Object>,
-    /// Open as long as the transaction is.
-    span: tracing::Span,
-}
-
-impl Tx {
-    async fn commit(self) -> Result<(), tokio_postgres::Error> {
-        self.finish("COMMIT").await
-    }
-
-    /// Runs `sql`, which ends the transaction (its last statement a `COMMIT`). If it fails, the
-    /// transaction is rolled back as on drop.
-    async fn finish(mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
-        let Some(client) = self.client.as_ref() else { return Ok(()) };
-        if let Err(error) = client.batch_execute(sql).await {
-            orderflow_ports::trace::mark_failed(&self.span, &error.to_string());
-            return Err(error);
-        }
-        self.client = None;
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for Tx {
-    type Target = deadpool_postgres::ClientWrapper;
-
-    fn deref(&self) -> &Self::Target {
-        // Only `finish` (which consumes the Tx) takes the client out.
-        self.client.as_deref().unwrap_or_else(|| unreachable!("a Tx is used only before it commits"))
-    }
-}
-
-impl Drop for Tx {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            tokio::spawn(async move {
-                if let Err(error) = client.batch_execute("ROLLBACK").await {
-                    tracing::debug!(%error, "rollback failed; the connection is discarded");
-                }
-            });
-        }
-    }
 }
 
 /// Creates the schema and applies the service's migrations under an advisory lock, so replicas starting

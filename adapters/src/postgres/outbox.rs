@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::ClientWrapper;
 use futures::StreamExt;
 use orderflow_domain::EventId;
 use orderflow_messages::{CloudEvent, RoutingKey};
@@ -73,7 +72,7 @@ impl<'a> OutboxColumns<'a> {
 }
 
 /// Writes outbox rows inside the caller's transaction.
-pub(super) async fn insert(tx: &ClientWrapper, messages: &[OutboxMessage]) -> Result<(), BoxError> {
+pub(super) async fn insert(tx: &Tx<'_>, messages: &[OutboxMessage]) -> Result<(), BoxError> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -87,7 +86,7 @@ pub(super) async fn insert(tx: &ClientWrapper, messages: &[OutboxMessage]) -> Re
 /// Records the message that causes a change, inside its transaction; `false` when the inbox already
 /// holds it (a redelivery: the change must not be applied again). No message, nothing to record.
 pub(super) async fn claim_inbox(
-    tx: &ClientWrapper,
+    tx: &Tx<'_>,
     entry: Option<&orderflow_ports::messaging::InboxEntry>,
 ) -> Result<bool, tokio_postgres::Error> {
     let Some(entry) = entry else { return Ok(true) };
@@ -100,7 +99,7 @@ pub(super) async fn claim_inbox(
 
 /// The entries among `entries` the inbox already holds (redeliveries), in one statement.
 pub(super) async fn inbox_seen<'a>(
-    tx: &ClientWrapper,
+    tx: &Tx<'_>,
     entries: impl Iterator<Item = &'a orderflow_ports::messaging::InboxEntry>,
 ) -> Result<std::collections::HashSet<orderflow_ports::messaging::InboxEntry>, tokio_postgres::Error> {
     let (message_ids, consumers): (Vec<&str>, Vec<&str>) =
@@ -127,7 +126,7 @@ pub(super) async fn inbox_seen<'a>(
 /// Records `entries` in the inbox in one statement. One that another transaction recorded meanwhile
 /// means the same message was processed concurrently: an error, so the caller's transaction rolls back.
 pub(super) async fn record_inbox<'a>(
-    tx: &ClientWrapper,
+    tx: &Tx<'_>,
     entries: impl Iterator<Item = &'a orderflow_ports::messaging::InboxEntry>,
 ) -> Result<(), BoxError> {
     let (message_ids, consumers): (Vec<&str>, Vec<&str>) =
@@ -205,7 +204,7 @@ pub(super) async fn take(
         client.query_one(&lock, &lock_params),
         client.query(&read, &read_params)
     );
-    let tx = Tx { client: Some(client), span: tracing::Span::none() };
+    let tx = HeldTransaction(Some(client));
     begun.map_err(failed)?;
     locked.map_err(failed)?;
     let rows = rows.map_err(failed)?;
@@ -223,7 +222,7 @@ pub(super) async fn take(
 /// Rows taken by [`take`], with the transaction that holds their partitions. Dropped unsettled, the
 /// transaction rolls back: the rows stay owed and the partitions are free.
 struct PgBatch {
-    tx: Tx,
+    tx: HeldTransaction,
     table: &'static str,
     seqs: Vec<i64>,
     messages: Vec<OutboxMessage>,
@@ -248,6 +247,31 @@ impl OutboxBatch for PgBatch {
         }
         sql.push_str("COMMIT");
         tx.finish(&sql).await.map_err(|e| ReadError::Unexpected(unexpected(e)))
+    }
+}
+
+/// A transaction that outlives the call that began it: the relay publishes a batch while its transaction
+/// holds the batch's partitions, so it cannot be the driver's transaction, which borrows its connection.
+/// Dropped before [`HeldTransaction::finish`] (the relay's task ended mid-publish), its connection is
+/// closed instead of going back to the pool: the server then rolls the transaction back and frees the
+/// partitions, and no statement has to be sent from `Drop`.
+struct HeldTransaction(Option<deadpool_postgres::Object>);
+
+impl HeldTransaction {
+    /// Runs `sql`, which ends the transaction (its last statement a `COMMIT`).
+    async fn finish(mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        let Some(client) = self.0.as_ref() else { return Ok(()) };
+        client.batch_execute(sql).await?;
+        self.0 = None;
+        Ok(())
+    }
+}
+
+impl Drop for HeldTransaction {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 //! its lines, its timeline and its outbox rows, and `COMMIT`.
 
 use async_trait::async_trait;
-use deadpool_postgres::ClientWrapper;
 use orderflow_domain::{Currency, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect};
 use orderflow_messages::CloudEvent;
 use orderflow_ports::outbox::OutboxMessage;
@@ -15,7 +14,7 @@ use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
 
 use super::outbox::{self, pg_outbox_store};
-use super::{Database, PgSettings, PgSetupError, Service, Tx, from_json};
+use super::{Database, PgSettings, PgSetupError, Plans, Service, Tx, from_json};
 
 /// Sales persistence in PostgreSQL.
 #[derive(Clone)]
@@ -82,7 +81,7 @@ fn insert_timeline(n: usize) -> String {
 
 /// Writes the audit messages of a change to the order's timeline and all its messages to the outbox,
 /// in one statement.
-async fn record(tx: &ClientWrapper, order_id: OrderId, messages: &[OutboxMessage]) -> Result<(), BoxError> {
+async fn record(tx: &Tx<'_>, order_id: OrderId, messages: &[OutboxMessage]) -> Result<(), BoxError> {
     let events = timeline_events(messages)?;
     let columns = outbox::OutboxColumns::of(messages)?;
     let sql = format!("WITH e AS ({}), {}", insert_timeline(2), outbox::write_rows(3));
@@ -95,7 +94,7 @@ async fn record(tx: &ClientWrapper, order_id: OrderId, messages: &[OutboxMessage
 
 /// Applies a stock effect to an order's lines, locking the products in SKU order so concurrent changes
 /// over overlapping SKUs cannot deadlock. Returns the SKUs whose rows were updated.
-async fn move_stock(tx: &ClientWrapper, order: &Order, effect: StockEffect) -> Result<Vec<String>, BoxError> {
+async fn move_stock(tx: &Tx<'_>, order: &Order, effect: StockEffect) -> Result<Vec<String>, BoxError> {
     let set = match effect {
         StockEffect::None => return Ok(order.lines.iter().map(|l| l.sku.to_string()).collect()),
         StockEffect::Reserve => "reserved = p.reserved + w.qty",
@@ -159,7 +158,7 @@ fn stock_deltas(changes: &[&OrderChange]) -> Result<StockDeltas, BoxError> {
 /// Writes the changes of a batch that are neither redeliveries nor second changes of an order, inside
 /// `tx`, with one statement per kind of row; fills in their outcomes. `Err` leaves `tx` to roll back.
 async fn write_batch(
-    tx: &Tx,
+    tx: &Tx<'_>,
     changes: &[OrderChange],
     outcomes: &mut [Option<Result<ChangeOutcome, ChangeError>>],
 ) -> Result<bool, BoxError> {
@@ -260,165 +259,173 @@ fn read_failed(error: impl Into<BoxError>) -> ReadError {
     ReadError::Unexpected(error.into())
 }
 
+/// Writes a placement inside `tx`: its idempotency record (or the response of the request that holds the
+/// key), the stock it reserves, the order, its lines, timeline and outbox rows.
+async fn place(tx: &Tx<'_>, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
+    let order = placement.order;
+    if let Some(key) = &placement.idempotency {
+        // A concurrent request with the same key blocks on this row until the first commits, then
+        // replays it; an expired key is taken over.
+        let response = serde_json::to_value(&order).map_err(place_failed)?;
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (client, key, request_hash, response, created_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (client, key) DO UPDATE
+                     SET request_hash = EXCLUDED.request_hash, response = EXCLUDED.response,
+                         created_at = EXCLUDED.created_at
+                     WHERE idempotency_keys.created_at < $6
+                 RETURNING 1",
+            )
+            .await
+            .map_err(place_failed)?;
+        let claimed = tx
+            .query_opt(
+                &statement,
+                &[&key.client, &key.key, &key.request_hash, &response, &order.created_at, &key.not_before],
+            )
+            .await
+            .map_err(place_failed)?;
+        if claimed.is_none() {
+            let row = tx
+                .query_one(
+                    "SELECT request_hash, response FROM idempotency_keys WHERE client = $1 AND key = $2",
+                    &[&key.client, &key.key],
+                )
+                .await
+                .map_err(place_failed)?;
+            if row.get::<_, &str>(0) != key.request_hash {
+                return Err(PlaceError::KeyReused);
+            }
+            return Ok(PlaceOutcome::Replayed(from_json(row.get(1)).map_err(PlaceError::Unexpected)?));
+        }
+    }
+    let reserved = move_stock(tx, &order, StockEffect::Reserve).await.map_err(PlaceError::Unexpected)?;
+    if reserved.len() < order.lines.len() {
+        let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+        let known: Vec<String> = tx
+            .query("SELECT sku FROM products WHERE sku = ANY($1)", &[&skus])
+            .await
+            .map_err(place_failed)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let missing = |pred: &dyn Fn(&str) -> bool| -> Vec<Sku> {
+            order.lines.iter().filter(|l| pred(l.sku.as_str())).map(|l| l.sku.clone()).collect()
+        };
+        let unknown = missing(&|s| !known.iter().any(|k| k == s));
+        return Err(if unknown.is_empty() {
+            PlaceError::InsufficientStock(missing(&|s| !reserved.iter().any(|r| r == s)))
+        } else {
+            PlaceError::UnknownSkus(unknown)
+        });
+    }
+    let positions: Vec<i16> = (1..).take(order.lines.len()).collect();
+    let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+    let quantities: Vec<i32> =
+        order.lines.iter().map(|l| i32::try_from(l.quantity.get())).collect::<Result<_, _>>().map_err(place_failed)?;
+    let prices: Vec<i64> = order.lines.iter().map(|l| l.unit_price.amount_minor).collect();
+    let address = serde_json::to_value(&order.shipping_address).map_err(place_failed)?;
+    let version = i32::try_from(order.version).map_err(place_failed)?;
+    let events = timeline_events(&placement.messages).map_err(PlaceError::Unexpected)?;
+    let columns = outbox::OutboxColumns::of(&placement.messages).map_err(PlaceError::Unexpected)?;
+    let sql = format!(
+        "WITH o AS (
+             INSERT INTO orders (id, customer_id, status, total_minor, currency, shipping_address,
+                                 version, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)),
+         l AS (
+             INSERT INTO order_lines (order_id, position, sku, quantity, unit_price_minor, currency)
+             SELECT $1, *, $5 FROM unnest($9::smallint[], $10::text[], $11::int[], $12::bigint[])),
+         e AS ({}),
+         {}",
+        insert_timeline(13),
+        outbox::write_rows(14)
+    );
+    let statement = tx.prepare_cached(&sql).await.map_err(place_failed)?;
+    let id = order.id.as_uuid();
+    let [m1, m2, m3, m4, m5] = columns.params();
+    tx.execute(
+        &statement,
+        &[
+            &id,
+            &order.customer_id.as_str(),
+            &order.status.as_str(),
+            &order.total.amount_minor,
+            &order.total.currency.as_str(),
+            &address,
+            &version,
+            &order.created_at,
+            &positions,
+            &skus,
+            &quantities,
+            &prices,
+            &events,
+            m1,
+            m2,
+            m3,
+            m4,
+            m5,
+        ],
+    )
+    .await
+    .map_err(place_failed)?;
+    Ok(PlaceOutcome::Created(order))
+}
+
+/// Applies one change inside `tx`: its inbox entry, the order's new state (version-checked), its stock
+/// effect and outbox rows. A redelivery changes nothing.
+async fn apply(tx: &Tx<'_>, change: &OrderChange) -> Result<ChangeOutcome, ChangeError> {
+    if !outbox::claim_inbox(tx, change.inbox.as_ref()).await.map_err(change_failed)? {
+        return Ok(ChangeOutcome::AlreadyProcessed);
+    }
+    let order = &change.order;
+    let version = i32::try_from(order.version).map_err(change_failed)?;
+    let expected = i32::try_from(change.expected_version).map_err(change_failed)?;
+    let statement = tx
+        .prepare_cached("UPDATE orders SET status = $2, version = $3, updated_at = $4 WHERE id = $1 AND version = $5")
+        .await
+        .map_err(change_failed)?;
+    let updated = tx
+        .execute(&statement, &[&order.id.as_uuid(), &order.status.as_str(), &version, &order.updated_at, &expected])
+        .await
+        .map_err(change_failed)?;
+    if updated == 0 {
+        let exists =
+            tx.query_opt("SELECT 1 FROM orders WHERE id = $1", &[&order.id.as_uuid()]).await.map_err(change_failed)?;
+        return Err(match exists {
+            None => ChangeError::NotFound,
+            Some(_) => ChangeError::Conflict { expected: change.expected_version },
+        });
+    }
+    let moved = move_stock(tx, order, change.stock).await.map_err(ChangeError::Unexpected)?;
+    if moved.len() != order.lines.len() {
+        return Err(ChangeError::Unexpected(format!("stock of order {} out of balance", order.id).into()));
+    }
+    record(tx, order.id, &change.messages).await.map_err(ChangeError::Unexpected)?;
+    Ok(ChangeOutcome::Applied)
+}
+
 #[async_trait]
 impl SalesStore for PgSalesStore {
     async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
-        let tx = self.db.begin().await.map_err(PlaceError::Unexpected)?;
-        let order = placement.order;
-        if let Some(key) = &placement.idempotency {
-            // A concurrent request with the same key blocks on this row until the first commits, then
-            // replays it; an expired key is taken over.
-            let response = serde_json::to_value(&order).map_err(place_failed)?;
-            let statement = tx
-                .prepare_cached(
-                    "INSERT INTO idempotency_keys (client, key, request_hash, response, created_at)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (client, key) DO UPDATE
-                         SET request_hash = EXCLUDED.request_hash, response = EXCLUDED.response,
-                             created_at = EXCLUDED.created_at
-                         WHERE idempotency_keys.created_at < $6
-                     RETURNING 1",
-                )
-                .await
-                .map_err(place_failed)?;
-            let claimed = tx
-                .query_opt(
-                    &statement,
-                    &[&key.client, &key.key, &key.request_hash, &response, &order.created_at, &key.not_before],
-                )
-                .await
-                .map_err(place_failed)?;
-            if claimed.is_none() {
-                let row = tx
-                    .query_one(
-                        "SELECT request_hash, response FROM idempotency_keys WHERE client = $1 AND key = $2",
-                        &[&key.client, &key.key],
-                    )
-                    .await
-                    .map_err(place_failed)?;
-                if row.get::<_, &str>(0) != key.request_hash {
-                    return Err(PlaceError::KeyReused);
-                }
-                return Ok(PlaceOutcome::Replayed(from_json(row.get(1)).map_err(PlaceError::Unexpected)?));
-            }
+        let outcome = self
+            .db
+            .transaction(Plans::Cached, PlaceError::Unexpected, async move |tx| place(tx, placement).await)
+            .await?;
+        if matches!(outcome, PlaceOutcome::Created(_)) {
+            self.db.outbox_committed();
         }
-        let reserved = move_stock(&tx, &order, StockEffect::Reserve).await.map_err(PlaceError::Unexpected)?;
-        if reserved.len() < order.lines.len() {
-            let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
-            let known: Vec<String> = tx
-                .query("SELECT sku FROM products WHERE sku = ANY($1)", &[&skus])
-                .await
-                .map_err(place_failed)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let missing = |pred: &dyn Fn(&str) -> bool| -> Vec<Sku> {
-                order.lines.iter().filter(|l| pred(l.sku.as_str())).map(|l| l.sku.clone()).collect()
-            };
-            let unknown = missing(&|s| !known.iter().any(|k| k == s));
-            return Err(if unknown.is_empty() {
-                PlaceError::InsufficientStock(missing(&|s| !reserved.iter().any(|r| r == s)))
-            } else {
-                PlaceError::UnknownSkus(unknown)
-            });
-        }
-        let positions: Vec<i16> = (1..).take(order.lines.len()).collect();
-        let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
-        let quantities: Vec<i32> = order
-            .lines
-            .iter()
-            .map(|l| i32::try_from(l.quantity.get()))
-            .collect::<Result<_, _>>()
-            .map_err(place_failed)?;
-        let prices: Vec<i64> = order.lines.iter().map(|l| l.unit_price.amount_minor).collect();
-        let address = serde_json::to_value(&order.shipping_address).map_err(place_failed)?;
-        let version = i32::try_from(order.version).map_err(place_failed)?;
-        let events = timeline_events(&placement.messages).map_err(PlaceError::Unexpected)?;
-        let columns = outbox::OutboxColumns::of(&placement.messages).map_err(PlaceError::Unexpected)?;
-        let sql = format!(
-            "WITH o AS (
-                 INSERT INTO orders (id, customer_id, status, total_minor, currency, shipping_address,
-                                     version, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)),
-             l AS (
-                 INSERT INTO order_lines (order_id, position, sku, quantity, unit_price_minor, currency)
-                 SELECT $1, *, $5 FROM unnest($9::smallint[], $10::text[], $11::int[], $12::bigint[])),
-             e AS ({}),
-             {}",
-            insert_timeline(13),
-            outbox::write_rows(14)
-        );
-        let statement = tx.prepare_cached(&sql).await.map_err(place_failed)?;
-        let id = order.id.as_uuid();
-        let [m1, m2, m3, m4, m5] = columns.params();
-        tx.execute(
-            &statement,
-            &[
-                &id,
-                &order.customer_id.as_str(),
-                &order.status.as_str(),
-                &order.total.amount_minor,
-                &order.total.currency.as_str(),
-                &address,
-                &version,
-                &order.created_at,
-                &positions,
-                &skus,
-                &quantities,
-                &prices,
-                &events,
-                m1,
-                m2,
-                m3,
-                m4,
-                m5,
-            ],
-        )
-        .await
-        .map_err(place_failed)?;
-        tx.commit().await.map_err(place_failed)?;
-        self.db.outbox_committed();
-        Ok(PlaceOutcome::Created(order))
+        Ok(outcome)
     }
 
     async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError> {
-        let tx = self.db.begin().await.map_err(ChangeError::Unexpected)?;
-        if !outbox::claim_inbox(&tx, change.inbox.as_ref()).await.map_err(change_failed)? {
-            return Ok(ChangeOutcome::AlreadyProcessed);
-        }
-        let order = &change.order;
-        let version = i32::try_from(order.version).map_err(change_failed)?;
-        let expected = i32::try_from(change.expected_version).map_err(change_failed)?;
-        let statement = tx
-            .prepare_cached(
-                "UPDATE orders SET status = $2, version = $3, updated_at = $4 WHERE id = $1 AND version = $5",
-            )
-            .await
-            .map_err(change_failed)?;
-        let updated = tx
-            .execute(&statement, &[&order.id.as_uuid(), &order.status.as_str(), &version, &order.updated_at, &expected])
-            .await
-            .map_err(change_failed)?;
-        if updated == 0 {
-            let exists = tx
-                .query_opt("SELECT 1 FROM orders WHERE id = $1", &[&order.id.as_uuid()])
-                .await
-                .map_err(change_failed)?;
-            return Err(match exists {
-                None => ChangeError::NotFound,
-                Some(_) => ChangeError::Conflict { expected: change.expected_version },
-            });
-        }
-        let moved = move_stock(&tx, order, change.stock).await.map_err(ChangeError::Unexpected)?;
-        if moved.len() != order.lines.len() {
-            return Err(ChangeError::Unexpected(format!("stock of order {} out of balance", order.id).into()));
-        }
-        record(&tx, order.id, &change.messages).await.map_err(ChangeError::Unexpected)?;
-        tx.commit().await.map_err(change_failed)?;
-        if !change.messages.is_empty() {
+        let outcome =
+            self.db.transaction(Plans::Cached, ChangeError::Unexpected, async |tx| apply(tx, &change).await).await?;
+        if outcome == ChangeOutcome::Applied && !change.messages.is_empty() {
             self.db.outbox_committed();
         }
-        Ok(ChangeOutcome::Applied)
+        Ok(outcome)
     }
 
     async fn apply_all(
