@@ -1,10 +1,6 @@
 //! The delivery-api service: reads its configuration from the environment (or flags), connects its
 //! real dependencies and serves until SIGTERM or Ctrl-C.
 
-/// mimalloc spends less CPU per order than the system allocator (see `infra/bench/README.md`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     use orderflow_runtime::telemetry;

@@ -10,10 +10,6 @@ use orderflow_adapters::simulated::PaymentSettings;
 use orderflow_runtime::config::LogFormat;
 use orderflow_runtime::telemetry;
 
-/// The services' allocator, also under `orderflow dev` and `orderflow bench`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "orderflow", version, about = "Run, try and operate orderflow")]
 struct Cli {
