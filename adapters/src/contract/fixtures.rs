@@ -15,6 +15,14 @@ use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{IdempotencyRecord, OrderChange, Placement};
 use uuid::Uuid;
 
+/// The audit event types of an order's whole life, in the order they must reach the audit trail.
+pub const LIFECYCLE_AUDIT: [&str; 4] = [
+    "orderflow.order.placed.v1",
+    "orderflow.order.paid.v1",
+    "orderflow.order.shipped.v1",
+    "orderflow.order.delivered.v1",
+];
+
 /// Now, at the microsecond precision every store keeps (PostgreSQL's `timestamptz`), so what is written
 /// reads back equal.
 pub fn now() -> orderflow_domain::Timestamp {

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use orderflow_adapters::contract::fixtures::{OrderDraft, change_of, eur, inbox, message, name, now, owed, sku};
+use orderflow_adapters::contract::fixtures::{
+    LIFECYCLE_AUDIT, OrderDraft, change_of, eur, inbox, message, name, now, owed, sku,
+};
 use orderflow_adapters::contract::outbox::{DeliveryOutbox, OutboxFixture, SalesOutbox};
 use orderflow_adapters::contract::postgres::TestSchema;
 use orderflow_adapters::memory::{
@@ -262,16 +264,7 @@ async fn events_of_one_order_are_published_in_commit_order() {
     for order in &orders {
         let subject = order.id.to_string();
         let types: Vec<&str> = audit.iter().filter(|e| e.subject == subject).map(|e| e.event_type.as_str()).collect();
-        assert_eq!(
-            types,
-            [
-                "orderflow.order.placed.v1",
-                "orderflow.order.paid.v1",
-                "orderflow.order.shipped.v1",
-                "orderflow.order.delivered.v1"
-            ],
-            "order {subject}'s audit events arrive in lifecycle order"
-        );
+        assert_eq!(types, LIFECYCLE_AUDIT, "order {subject}'s audit events arrive in lifecycle order");
     }
     let keys: Vec<RoutingKey> = recorder.command_log().iter().map(|(k, _)| *k).collect();
     assert_eq!(
