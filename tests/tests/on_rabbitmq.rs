@@ -239,12 +239,15 @@ async fn a_sales_replica_stopped_with_sigterm_answers_the_requests_in_flight_and
     let place = |i: usize| {
         let (s, http, front) = (&s, &http, front.clone());
         async move {
-            http.post(front)
+            let key = Uuid::new_v4().to_string();
+            let sent = http
+                .post(front)
                 .bearer_auth(&s.sales_token)
-                .header("Idempotency-Key", Uuid::new_v4().to_string())
+                .header("Idempotency-Key", &key)
                 .json(&support::order_body(&format!("handover-{i}"), &[(SKU, 1)]))
                 .send()
-                .await
+                .await;
+            (i, key, sent)
         }
     };
     let stop_at = Duration::from_millis(1500);
@@ -263,13 +266,26 @@ async fn a_sales_replica_stopped_with_sigterm_answers_the_requests_in_flight_and
     let (stopping, exited) = stopped?;
 
     let mut accepted = Vec::new();
-    for response in outcomes {
+    for (i, key, response) in outcomes {
         match response {
             Ok(response) => accepted.push(string(&expect_status(response, StatusCode::CREATED).await?["id"])?),
-            Err(error) => ensure!(
-                error.is_connect() || never_sent(&error),
-                "a request was cut off instead of answered or refused: {error:?}"
-            ),
+            Err(error) if error.is_connect() || never_sent(&error) => {}
+            // The connection closed without an answer. Closing a connection whose request it had not read
+            // yet is a refusal; one that took effect and lost its answer is what must never happen. The
+            // idempotency key tells them apart: sent again, a request that took effect is replayed.
+            Err(error) => {
+                let again = s
+                    .sales(Method::POST, "/orders")
+                    .header("Idempotency-Key", &key)
+                    .json(&support::order_body(&format!("handover-{i}"), &[(SKU, 1)]))
+                    .send()
+                    .await?;
+                ensure!(
+                    again.headers().get("Idempotent-Replayed").is_none(),
+                    "a request took effect and was cut off instead of answered: {error:?}"
+                );
+                accepted.push(string(&expect_status(again, StatusCode::CREATED).await?["id"])?);
+            }
         }
     }
     ensure!(accepted.len() > 50, "the replica took orders before it was stopped: {}", accepted.len());
