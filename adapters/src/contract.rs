@@ -9,6 +9,7 @@ pub mod bus;
 pub mod cache;
 pub mod delivery;
 pub mod fixtures;
+pub mod mail_server;
 pub mod outbox;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -40,6 +41,9 @@ macro_rules! sales_store_contract {
             orders_are_listed_newest_first_with_filters_and_keyset_pages,
             products_are_paged_in_sku_order,
             stock_below_reservations_is_refused,
+            enqueued_messages_are_owed_in_their_order_and_store_no_order,
+            a_notification_is_sent_once_per_message_and_again_only_after_a_failure,
+            concurrent_deliveries_of_one_notification_send_it_once,
         );
     };
 }

@@ -18,4 +18,6 @@ pub mod redis;
 #[cfg(any(feature = "memory", feature = "rabbitmq"))]
 mod shutdown;
 pub mod simulated;
+#[cfg(feature = "smtp")]
+pub mod smtp;
 pub mod system;

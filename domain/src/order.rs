@@ -7,7 +7,7 @@ use crate::events::{
     OrderShipped,
 };
 use crate::values::{
-    Address, Carrier, CustomerId, InvalidValue, Money, OrderId, Quantity, Sku, Timestamp, TrackingNumber,
+    Address, Carrier, CustomerId, EmailAddress, InvalidValue, Money, OrderId, Quantity, Sku, Timestamp, TrackingNumber,
 };
 use crate::{Step, TransitionError};
 
@@ -99,6 +99,8 @@ pub struct OrderRequest {
     pub lines: Vec<(Sku, Quantity)>,
     /// Where to ship.
     pub shipping_address: Address,
+    /// Whom to tell what becomes of the order, when anyone.
+    pub contact_email: Option<EmailAddress>,
 }
 
 impl OrderRequest {
@@ -128,7 +130,13 @@ impl OrderRequest {
                 ));
             }
         }
-        Ok(Self { customer_id, lines, shipping_address })
+        Ok(Self { customer_id, lines, shipping_address, contact_email: None })
+    }
+
+    /// The same request, with an address to notify.
+    #[must_use]
+    pub fn with_contact_email(self, contact_email: Option<EmailAddress>) -> Self {
+        Self { contact_email, ..self }
     }
 }
 
@@ -199,6 +207,9 @@ pub struct Order {
     pub total: Money,
     /// Where it goes.
     pub shipping_address: Address,
+    /// Whom to notify of its changes, when the client gave an address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_email: Option<EmailAddress>,
     /// When it was placed.
     pub created_at: Timestamp,
     /// When its status last changed.
@@ -246,6 +257,7 @@ impl Order {
             lines,
             total,
             shipping_address: request.shipping_address,
+            contact_email: request.contact_email,
             created_at: at,
             updated_at: at,
             version: 1,

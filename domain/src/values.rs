@@ -417,6 +417,76 @@ impl From<CountryCode> for String {
     }
 }
 
+/// An e-mail address to notify, e.g. `ada@example.com`: a dot-atom local part, `@`, and a domain name of
+/// at least two labels; at most 254 characters, kept as sent (no trimming, no case folding).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    /// The rule of [`EmailAddress::parse`] as a regular expression, for schemas (the length limit apart).
+    pub const PATTERN: &'static str = concat!(
+        "^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*",
+        "@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    );
+    /// The longest address (RFC 5321's limit on a path, less its angle brackets).
+    pub const MAX_LEN: usize = 254;
+
+    /// Validates `raw`.
+    ///
+    /// # Errors
+    /// [`InvalidValue`] on field `contact_email` when it is not an address of that form.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
+        let label = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && l.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        let valid = raw.len() <= Self::MAX_LEN
+            && raw.split_once('@').is_some_and(|(local, domain)| {
+                local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext))
+                    && domain.split('.').count() >= 2
+                    && domain.split('.').all(label)
+            });
+        if valid {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(InvalidValue::new(
+                "contact_email",
+                format!("must be an e-mail address such as ada@example.com, at most {} characters", Self::MAX_LEN),
+            ))
+        }
+    }
+
+    /// The address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EmailAddress {
+    type Error = InvalidValue;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<EmailAddress> for String {
+    fn from(value: EmailAddress) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+schema!(EmailAddress, { "type": "string", "pattern": EmailAddress::PATTERN, "maxLength": 254 });
+
 /// Where an order is shipped to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -536,6 +606,46 @@ mod tests {
         assert_eq!(Address::parse(bad_country).unwrap_err().field, "country");
         let empty_city = RawAddress { city: "  ", ..good };
         assert_eq!(Address::parse(empty_city).unwrap_err().field, "city");
+    }
+
+    #[test]
+    fn e_mail_addresses_are_dot_atoms_at_a_domain_name() {
+        for good in ["ada@example.com", "a.b+tag@mail.example.co.uk", "x@a-b.de", "o'neil@example.org"] {
+            assert_eq!(EmailAddress::parse(good).unwrap().as_str(), good);
+        }
+        let long = format!("{}@example.com", "a".repeat(243));
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@localhost",
+            "a..b@example.com",
+            ".a@example.com",
+            "ada@-example.com",
+            "ada@example-.com",
+            "a b@example.com",
+            " ada@example.com",
+            "ada@exa_mple.com",
+            "ada@@example.com",
+            "ada@example.com.",
+            "adä@example.com",
+            &long,
+        ] {
+            assert_eq!(EmailAddress::parse(bad).unwrap_err().field, "contact_email", "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_e_mail_pattern_admits_exactly_the_addresses_the_domain_accepts(
+            raw in proptest::collection::vec(proptest::sample::select(
+                vec!['a', 'Z', '0', '.', '@', '-', '_', '+', '\'', '`', ' ', '"', 'é', '\n']), 0..14)
+        ) {
+            let raw: String = raw.into_iter().collect();
+            let pattern = regex::Regex::new(EmailAddress::PATTERN).expect("the pattern compiles");
+            proptest::prop_assert_eq!(pattern.is_match(&raw), EmailAddress::parse(&raw).is_ok(), "{:?}", raw);
+        }
     }
 
     #[test]

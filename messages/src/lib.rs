@@ -1,7 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 use orderflow_domain::events::{OrderEvent, ShipmentEvent};
-use orderflow_domain::{Address, CustomerId, EventId, Money, Order, OrderId, ShipmentId, Timestamp};
+use orderflow_domain::{
+    Address, Carrier, CustomerId, EmailAddress, EventId, Money, Order, OrderId, ShipmentId, Sku, Timestamp,
+    TrackingNumber,
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub use orderflow_domain::events::{
@@ -49,17 +52,21 @@ pub enum RoutingKey {
     /// Delivery → Sales: the shipment was cancelled before it left.
     #[serde(rename = "shipments.cancelled")]
     ShipmentsCancelled,
+    /// Sales → its notification worker: tell the customer what happened to an order.
+    #[serde(rename = "notifications.requested")]
+    NotificationsRequested,
 }
 
 impl RoutingKey {
     /// Every routing key.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::PaymentsRequested,
         Self::OrdersCreated,
         Self::OrdersCancelRequested,
         Self::OrdersShipped,
         Self::OrdersDelivered,
         Self::ShipmentsCancelled,
+        Self::NotificationsRequested,
     ];
 
     /// The routing key, which is also the queue's name.
@@ -71,12 +78,20 @@ impl RoutingKey {
             Self::OrdersShipped => "orders.shipped",
             Self::OrdersDelivered => "orders.delivered",
             Self::ShipmentsCancelled => "shipments.cancelled",
+            Self::NotificationsRequested => "notifications.requested",
         }
     }
 
     /// The queues the Sales service consumes.
-    pub const SALES: [Self; 4] =
-        [Self::PaymentsRequested, Self::OrdersShipped, Self::OrdersDelivered, Self::ShipmentsCancelled];
+    pub const SALES: [Self; 5] = [
+        Self::PaymentsRequested,
+        Self::OrdersShipped,
+        Self::OrdersDelivered,
+        Self::ShipmentsCancelled,
+        Self::NotificationsRequested,
+    ];
+    /// The queues Sales sends to itself, which Delivery neither declares nor uses.
+    pub const SALES_INTERNAL: [Self; 2] = [Self::PaymentsRequested, Self::NotificationsRequested];
     /// The queues the Delivery service consumes.
     pub const DELIVERY: [Self; 2] = [Self::OrdersCreated, Self::OrdersCancelRequested];
 }
@@ -166,6 +181,51 @@ payload!(
         shipment_id: ShipmentId,
         /// Its order.
         order_id: OrderId,
+    }
+);
+
+/// What a notification tells the customer, by `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Notice {
+    /// The payment went through: the order is confirmed.
+    Confirmed {
+        /// What was charged.
+        amount: Money,
+    },
+    /// The payment was declined.
+    PaymentFailed {
+        /// The gateway's reason.
+        reason: String,
+    },
+    /// The order was refused: these SKUs are short of stock. Nothing was stored; the order id was never used.
+    OutOfStock {
+        /// The SKUs short of stock.
+        skus: Vec<Sku>,
+    },
+    /// The order is cancelled (and any payment refunded).
+    Cancelled,
+    /// The parcel left.
+    Shipped {
+        /// Who carries it.
+        carrier: Carrier,
+        /// The carrier's tracking number.
+        tracking_number: TrackingNumber,
+    },
+    /// The parcel arrived.
+    Delivered,
+}
+
+payload!(
+    /// Command to Sales' notification worker: tell the order's contact what happened.
+    NotificationRequested = "orderflow.notification.requested.v1" {
+        /// The order.
+        order_id: OrderId,
+        /// Whom to tell.
+        contact_email: EmailAddress,
+        /// What to tell.
+        notice: Notice,
     }
 );
 
@@ -261,7 +321,36 @@ pub fn order_messages(event: &OrderEvent, order: &Order) -> Vec<Outgoing> {
     let mut out: Vec<Outgoing> =
         order_bodies(event).into_iter().map(|body| Outgoing { body, command: None, audit: true }).collect();
     out.extend(command.map(|(key, body)| Outgoing { body, command: Some(key), audit: false }));
+    if let Some(contact_email) = &order.contact_email {
+        out.extend(notices(event).into_iter().map(|notice| notification(order.id, contact_email, notice)));
+    }
     out
+}
+
+/// What an order event tells the customer, oldest step first: nothing for the steps they caused
+/// themselves or that change nothing for them (placing, asking to cancel).
+fn notices(event: &OrderEvent) -> Vec<Notice> {
+    let shipped =
+        |p: &OrderShipped| Notice::Shipped { carrier: p.carrier.clone(), tracking_number: p.tracking_number.clone() };
+    match event {
+        OrderEvent::Placed(_) | OrderEvent::CancellationRequested(_) => vec![],
+        OrderEvent::Paid(p) => vec![Notice::Confirmed { amount: p.amount }],
+        OrderEvent::PaymentFailed(p) => vec![Notice::PaymentFailed { reason: p.reason.clone() }],
+        OrderEvent::Cancelled(_) => vec![Notice::Cancelled],
+        OrderEvent::Shipped(p) => vec![shipped(p)],
+        OrderEvent::Delivered(_) => vec![Notice::Delivered],
+        OrderEvent::ShippedAndDelivered(p, _) => vec![shipped(p), Notice::Delivered],
+    }
+}
+
+/// The notification command telling `contact_email` of `notice` about order `order_id`.
+pub fn notification(order_id: OrderId, contact_email: &EmailAddress, notice: Notice) -> Outgoing {
+    let request = NotificationRequested { order_id, contact_email: contact_email.clone(), notice };
+    Outgoing {
+        body: EventBody::of(order_id, &request),
+        command: Some(RoutingKey::NotificationsRequested),
+        audit: false,
+    }
 }
 
 /// The JSON Schema of every payload, by CloudEvents type.
@@ -281,6 +370,7 @@ pub fn payload_schemas() -> std::collections::BTreeMap<&'static str, schemars::S
         of::<PaymentRequested>(),
         of::<OrderCreated>(),
         of::<CancelRequested>(),
+        of::<NotificationRequested>(),
         of::<ShipmentCreated>(),
         of::<ShipmentShipped>(),
         of::<ShipmentDelivered>(),
@@ -421,7 +511,7 @@ mod tests {
     #[test]
     fn every_payload_has_a_schema_that_accepts_a_real_event() {
         let schemas = payload_schemas();
-        assert_eq!(schemas.len(), 15, "every payload, including the still-read v1 of shipment.delivered");
+        assert_eq!(schemas.len(), 16, "every payload, including the still-read v1 of shipment.delivered");
         let cancelled = &schemas["orderflow.order.cancelled.v1"];
         let json = serde_json::to_value(cancelled).unwrap();
         assert_eq!(json["required"], serde_json::json!(["order_id"]));

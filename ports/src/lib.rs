@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod cache;
 pub mod delivery;
 pub mod messaging;
+pub mod notify;
 pub mod outbox;
 pub mod payment;
 pub mod rate_limit;

@@ -6,6 +6,7 @@ use orderflow_domain::{Money, Order, OrderId, OrderStatus, ProductName, Sku, Sto
 use orderflow_messages::CloudEvent;
 
 use crate::messaging::InboxEntry;
+use crate::notify::NotifyError;
 use crate::outbox::{OutboxMessage, OutboxStore};
 use crate::{BoxError, Page, ReadError};
 
@@ -102,6 +103,30 @@ pub enum ChangeError {
     },
     /// The store failed.
     #[error("applying the change failed")]
+    Unexpected(#[source] BoxError),
+}
+
+/// Why [`SalesStore::enqueue`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// The store failed.
+    #[error("writing the messages failed")]
+    Unexpected(#[source] BoxError),
+}
+
+/// Why [`SalesStore::notify_once`] did not record its message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotifyOnceError {
+    /// The sending failed; nothing was recorded, so a redelivery sends again.
+    #[error(transparent)]
+    Send(#[from] NotifyError),
+    /// Another delivery of the same message is being sent right now; try again later.
+    #[error("the message is being sent by another delivery")]
+    InFlight,
+    /// The store failed; nothing was recorded.
+    #[error("recording the notification failed")]
     Unexpected(#[source] BoxError),
 }
 
@@ -208,6 +233,32 @@ pub trait SalesStore: OutboxStore {
         }
         Ok(outcomes)
     }
+
+    /// Writes messages that belong to no stored change to the outbox, all or none: the notification of
+    /// an order refused for stock, which stored nothing else.
+    ///
+    /// # Errors
+    /// [`EnqueueError::Unexpected`] when the store fails; nothing is written.
+    async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), EnqueueError>;
+
+    /// Sends a notification once per message: unless the inbox holds `entry`, awaits `send` and records
+    /// `entry` if it succeeded. The entry is claimed before `send` starts and kept only if it succeeds,
+    /// so concurrent deliveries of one message send it once; a crash after sending and before recording
+    /// sends it again on redelivery (the e-mail's `Message-ID` lets the mailbox tell).
+    ///
+    /// # Errors
+    /// - [`NotifyOnceError::Send`] when `send` failed: nothing is recorded;
+    /// - [`NotifyOnceError::InFlight`] when another delivery of the message holds the claim and the store
+    ///   cannot wait for it (a store may instead wait and then answer as the other delivery ended);
+    /// - [`NotifyOnceError::Unexpected`] when the store fails.
+    ///
+    /// When the inbox already holds the entry the result is `Ok(ChangeOutcome::AlreadyProcessed)` and
+    /// `send` is not awaited.
+    async fn notify_once(
+        &self,
+        entry: &InboxEntry,
+        send: futures::future::BoxFuture<'_, Result<(), NotifyError>>,
+    ) -> Result<ChangeOutcome, NotifyOnceError>;
 
     /// One order.
     ///

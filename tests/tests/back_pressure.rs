@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use async_trait::async_trait;
 use orderflow::dev::AUDIENCE;
-use orderflow_adapters::memory::{BusSettings, InMemoryAuditLog, InMemoryBus, InMemoryOrderCache, InMemorySalesStore};
+use orderflow_adapters::memory::{
+    BusSettings, InMemoryAuditLog, InMemoryBus, InMemoryOrderCache, InMemorySalesStore, RecordingNotifier,
+};
 use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_domain::{Currency, Money, OrderId, PaymentOutcome, ProductName, Sku};
@@ -113,6 +115,7 @@ impl Sales {
                 store: store.clone(),
                 cache: Arc::new(InMemoryOrderCache::new()),
                 payments,
+                notifier: Arc::new(RecordingNotifier::new()),
                 shared,
                 clock,
                 ids: Arc::new(UuidV7Ids),

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use chrono::{SubsecRound, Utc};
 use orderflow_domain::{
-    Address, Currency, CustomerId, EventId, Money, Order, OrderEvent, OrderId, OrderRequest, ProductName, Quantity,
-    RawAddress, Sku, Step, StockEffect, Timestamp, TransitionError,
+    Address, Currency, CustomerId, EmailAddress, EventId, Money, Order, OrderEvent, OrderId, OrderRequest, ProductName,
+    Quantity, RawAddress, Sku, Step, StockEffect, Timestamp, TransitionError,
 };
 use orderflow_messages::OrderCancelled;
 use orderflow_messages::{CloudEvent, EventBody, RoutingKey, Source};
@@ -122,12 +122,20 @@ pub struct OrderDraft {
     prices: HashMap<Sku, Money>,
     at: Timestamp,
     key: Option<IdempotencyRecord>,
+    contact: Option<EmailAddress>,
 }
 
 impl OrderDraft {
     /// An order of `customer`, placed now, with no lines yet.
     pub fn new(customer: &str) -> Self {
-        Self { customer: customer.to_owned(), lines: Vec::new(), prices: HashMap::new(), at: now(), key: None }
+        Self {
+            customer: customer.to_owned(),
+            lines: Vec::new(),
+            prices: HashMap::new(),
+            at: now(),
+            key: None,
+            contact: None,
+        }
     }
 
     /// Adds `quantity` of `sku`.
@@ -164,11 +172,19 @@ impl OrderDraft {
         self
     }
 
+    /// Asks for notifications to `email`.
+    #[must_use]
+    pub fn contact(mut self, email: &str) -> Self {
+        self.contact = Some(EmailAddress::parse(email).expect("a valid e-mail address"));
+        self
+    }
+
     /// The placement: a fresh order in `pending_payment` with its payment command and audit record.
     pub fn placement(self) -> Placement {
         let request =
             OrderRequest::new(CustomerId::parse(&self.customer).expect("a valid customer"), self.lines, address())
-                .expect("a valid order request");
+                .expect("a valid order request")
+                .with_contact_email(self.contact);
         let prices = self.prices;
         let (order, event) = Order::place(
             OrderId::from_uuid(Uuid::now_v7()),

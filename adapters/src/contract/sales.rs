@@ -6,9 +6,11 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use orderflow_domain::{Carrier, Order, OrderId, OrderStatus, PaymentOutcome, Sku, TrackingNumber};
+use orderflow_ports::notify::NotifyError;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{
-    ChangeError, ChangeOutcome, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError, SalesStore,
+    ChangeError, ChangeOutcome, NotifyOnceError, OrderQuery, PlaceError, PlaceOutcome, Placement, Product,
+    PutProductError, SalesStore,
 };
 
 use super::fixtures::{LIFECYCLE_AUDIT, OrderDraft, change_of, eur, inbox, later, message_ids, name, sku};
@@ -63,7 +65,7 @@ pub async fn placing_an_order_reserves_its_stock_and_stores_order_and_outbox(sto
     let store = store.as_ref();
     stock(store, "A-1", 5).await;
     stock(store, "B-2", 3).await;
-    let placement = OrderDraft::new("alice").line("A-1", 2).line("B-2", 1).placement();
+    let placement = OrderDraft::new("alice").line("A-1", 2).line("B-2", 1).contact("alice@example.com").placement();
     let expected = placement.order.clone();
     let messages = placement.messages.clone();
 
@@ -613,4 +615,77 @@ pub async fn stock_below_reservations_is_refused(store: Arc<dyn SalesStore>) {
     let expected = Product { sku: sku("A-1"), name: name("Renamed"), price: eur(1500), stock: 3, reserved: 3 };
     assert_eq!(updated, expected, "the update keeps the reservations");
     assert_eq!(product(store, "A-1").await, expected, "the update reads back");
+}
+
+/// Messages of no stored change (a refused order's notification) are written to the outbox in their
+/// order, and nothing else is stored.
+pub async fn enqueued_messages_are_owed_in_their_order_and_store_no_order(store: Arc<dyn SalesStore>) {
+    let store = store.as_ref();
+    let refused = OrderDraft::new("eve").line("A-1", 1).contact("eve@example.com").placement();
+    let messages = refused.messages.clone();
+
+    store.enqueue(messages.clone()).await.expect("the messages are written");
+
+    assert_eq!(owed(store).await, message_ids(&messages), "the outbox owes them, in order");
+    assert_eq!(store.order(refused.order.id).await.expect("order read"), None, "no order is stored");
+    assert_eq!(store.timeline(refused.order.id).await.expect("timeline read"), None, "nor a timeline");
+}
+
+/// A sending that counts its runs and ends as `result` says.
+fn counted<'a>(
+    runs: &'a std::sync::atomic::AtomicUsize,
+    result: Result<(), &'static str>,
+) -> futures::future::BoxFuture<'a, Result<(), NotifyError>> {
+    Box::pin(async move {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        result.map_err(|refused| NotifyError::Refused(refused.to_owned()))
+    })
+}
+
+/// A notification is sent once per message: a redelivery finds it recorded and sends nothing; a failed
+/// sending records nothing, so the next delivery sends it; the same message for another consumer is its own.
+pub async fn a_notification_is_sent_once_per_message_and_again_only_after_a_failure(store: Arc<dyn SalesStore>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = AtomicUsize::new(0);
+    let first = inbox("m-notify-1", "notifications.requested");
+
+    let failed = store.notify_once(&first, counted(&runs, Err("mailbox full"))).await;
+    assert!(
+        matches!(failed, Err(NotifyOnceError::Send(NotifyError::Refused(_)))),
+        "the failure is returned: {failed:?}"
+    );
+    let sent = store.notify_once(&first, counted(&runs, Ok(()))).await.expect("the retry sends");
+    assert_eq!(sent, ChangeOutcome::Applied);
+    let again = store.notify_once(&first, counted(&runs, Ok(()))).await.expect("the redelivery is answered");
+    assert_eq!(again, ChangeOutcome::AlreadyProcessed, "a redelivery is recognised");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the failed attempt and the retry ran; the redelivery did not");
+
+    let other = inbox("m-notify-1", "another.consumer");
+    assert_eq!(store.notify_once(&other, counted(&runs, Ok(()))).await.expect("sent"), ChangeOutcome::Applied);
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "the same message for another consumer is sent");
+}
+
+/// Deliveries of one message that race send it once: the others either wait and find it sent or are told
+/// it is in flight (to be retried), and nothing is sent twice.
+pub async fn concurrent_deliveries_of_one_notification_send_it_once(store: Arc<dyn SalesStore>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = AtomicUsize::new(0);
+    let entry = inbox("m-notify-race", "notifications.requested");
+    let slow = || -> futures::future::BoxFuture<'_, Result<(), NotifyError>> {
+        Box::pin(async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Ok(())
+        })
+    };
+    let outcomes = futures::future::join_all((0..8).map(|_| store.notify_once(&entry, slow()))).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one delivery sent it: {outcomes:?}");
+    let applied = outcomes.iter().filter(|o| matches!(o, Ok(ChangeOutcome::Applied))).count();
+    assert_eq!(applied, 1, "one delivery recorded it: {outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Ok(_) | Err(NotifyOnceError::InFlight))),
+        "the others found it sent or in flight: {outcomes:?}"
+    );
+    let after = store.notify_once(&entry, slow()).await.expect("answered");
+    assert_eq!(after, ChangeOutcome::AlreadyProcessed, "once sent, it stays sent");
 }

@@ -6,6 +6,7 @@ mod bus;
 mod cache;
 mod clock;
 mod delivery;
+mod notify;
 mod outbox;
 mod rate_limit;
 mod sales;
@@ -14,6 +15,7 @@ pub use bus::{BusSettings, InMemoryAuditLog, InMemoryBus};
 pub use cache::InMemoryOrderCache;
 pub use clock::{ManualClock, TokioClock};
 pub use delivery::InMemoryDeliveryStore;
+pub use notify::{LogNotifier, RecordingNotifier};
 pub use rate_limit::InMemoryRateLimiter;
 pub use sales::InMemorySalesStore;
 

@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use orderflow_domain::{Money, Order, OrderId, ProductName, Sku, StockEffect, Timestamp};
 use orderflow_messages::CloudEvent;
+use orderflow_ports::messaging::InboxEntry;
+use orderflow_ports::notify::NotifyError;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{
-    ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
-    SalesStore,
+    ChangeError, ChangeOutcome, EnqueueError, NotifyOnceError, OrderChange, OrderQuery, PlaceError, PlaceOutcome,
+    Placement, Product, PutProductError, SalesStore,
 };
 use orderflow_ports::{Page, ReadError};
 
@@ -28,6 +30,8 @@ struct State {
     products: BTreeMap<Sku, Product>,
     keys: HashMap<(String, String), KeyRecord>,
     inbox: HashSet<(String, String)>,
+    /// Inbox entries claimed by a notification being sent.
+    sending: HashSet<(String, String)>,
     timelines: HashMap<OrderId, Vec<CloudEvent>>,
 }
 
@@ -56,6 +60,35 @@ outbox_store!(InMemorySalesStore);
 
 #[async_trait]
 impl SalesStore for InMemorySalesStore {
+    async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), EnqueueError> {
+        self.outbox.push(messages);
+        Ok(())
+    }
+
+    async fn notify_once(
+        &self,
+        entry: &InboxEntry,
+        send: futures::future::BoxFuture<'_, Result<(), NotifyError>>,
+    ) -> Result<ChangeOutcome, NotifyOnceError> {
+        let key = (entry.message_id.clone(), entry.consumer.clone());
+        {
+            let mut state = lock(&self.state);
+            if state.inbox.contains(&key) {
+                return Ok(ChangeOutcome::AlreadyProcessed);
+            }
+            // The lock cannot be held across the send, so a concurrent delivery is told to come back.
+            if !state.sending.insert(key.clone()) {
+                return Err(NotifyOnceError::InFlight);
+            }
+        }
+        let sent = send.await;
+        let mut state = lock(&self.state);
+        state.sending.remove(&key);
+        sent?;
+        state.inbox.insert(key);
+        Ok(ChangeOutcome::Applied)
+    }
+
     async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
         let mut state = lock(&self.state);
         if let Some(key) = &placement.idempotency {

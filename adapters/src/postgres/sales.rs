@@ -3,12 +3,14 @@
 //! its lines, its timeline and its outbox rows, and `COMMIT`.
 
 use async_trait::async_trait;
-use orderflow_domain::{Currency, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect};
+use orderflow_domain::{Currency, EmailAddress, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect};
 use orderflow_messages::CloudEvent;
+use orderflow_ports::messaging::InboxEntry;
+use orderflow_ports::notify::NotifyError;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{
-    ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
-    SalesStore,
+    ChangeError, ChangeOutcome, EnqueueError, NotifyOnceError, OrderChange, OrderQuery, PlaceError, PlaceOutcome,
+    Placement, Product, PutProductError, SalesStore,
 };
 use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
@@ -39,7 +41,8 @@ const ORDER_COLUMNS: &str = "o.id, o.customer_id, o.status, o.total_minor, o.cur
     o.version, o.created_at, o.updated_at,
     (SELECT jsonb_agg(jsonb_build_object('sku', l.sku, 'quantity', l.quantity,
         'unit_price', jsonb_build_object('amount_minor', l.unit_price_minor, 'currency', l.currency))
-        ORDER BY l.position) FROM order_lines l WHERE l.order_id = o.id)";
+        ORDER BY l.position) FROM order_lines l WHERE l.order_id = o.id),
+    o.contact_email";
 
 fn order_from(row: &Row) -> Result<Order, BoxError> {
     let currency = Currency::parse(row.get::<_, &str>(4))?;
@@ -53,6 +56,7 @@ fn order_from(row: &Row) -> Result<Order, BoxError> {
         created_at: row.get(7),
         updated_at: row.get(8),
         lines: from_json(row.get::<_, Option<serde_json::Value>>(9).unwrap_or_default())?,
+        contact_email: row.get::<_, Option<&str>>(10).map(EmailAddress::parse).transpose()?,
     })
 }
 
@@ -332,15 +336,15 @@ async fn place(tx: &Tx<'_>, placement: Placement) -> Result<PlaceOutcome, PlaceE
     let sql = format!(
         "WITH o AS (
              INSERT INTO orders (id, customer_id, status, total_minor, currency, shipping_address,
-                                 version, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)),
+                                 version, created_at, updated_at, contact_email)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $13)),
          l AS (
              INSERT INTO order_lines (order_id, position, sku, quantity, unit_price_minor, currency)
              SELECT $1, *, $5 FROM unnest($9::smallint[], $10::text[], $11::int[], $12::bigint[])),
          e AS ({}),
          {}",
-        insert_timeline(13),
-        outbox::write_rows(14)
+        insert_timeline(14),
+        outbox::write_rows(15)
     );
     let statement = tx.prepare_cached(&sql).await.map_err(place_failed)?;
     let id = order.id.as_uuid();
@@ -360,6 +364,7 @@ async fn place(tx: &Tx<'_>, placement: Placement) -> Result<PlaceOutcome, PlaceE
             &skus,
             &quantities,
             &prices,
+            &order.contact_email.as_ref().map(EmailAddress::as_str),
             &events,
             m1,
             m2,
@@ -408,6 +413,45 @@ async fn apply(tx: &Tx<'_>, change: &OrderChange) -> Result<ChangeOutcome, Chang
 
 #[async_trait]
 impl SalesStore for PgSalesStore {
+    async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), EnqueueError> {
+        let columns = outbox::OutboxColumns::of(&messages).map_err(EnqueueError::Unexpected)?;
+        let client = self.db.client().await.map_err(EnqueueError::Unexpected)?;
+        let statement = client
+            .prepare_cached(&format!("WITH {}", outbox::write_rows(1)))
+            .await
+            .map_err(|e| EnqueueError::Unexpected(e.into()))?;
+        let [a, b, c, d, e] = columns.params();
+        // One statement: atomic without a transaction of its own.
+        client.execute(&statement, &[a, b, c, d, e]).await.map_err(|e| EnqueueError::Unexpected(e.into()))?;
+        self.db.outbox_committed();
+        Ok(())
+    }
+
+    async fn notify_once(
+        &self,
+        entry: &InboxEntry,
+        send: futures::future::BoxFuture<'_, Result<(), NotifyError>>,
+    ) -> Result<ChangeOutcome, NotifyOnceError> {
+        let unexpected = |e: tokio_postgres::Error| NotifyOnceError::Unexpected(e.into());
+        // The claim is the inbox row, uncommitted while the e-mail is sent: a concurrent delivery of the
+        // same message waits on it, then finds it recorded, or takes it over if this send failed.
+        self.db
+            .transaction(Plans::Cached, NotifyOnceError::Unexpected, async move |tx| {
+                let statement = tx
+                    .prepare_cached("INSERT INTO inbox (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .await
+                    .map_err(unexpected)?;
+                let claimed =
+                    tx.execute(&statement, &[&entry.message_id, &entry.consumer]).await.map_err(unexpected)?;
+                if claimed == 0 {
+                    return Ok(ChangeOutcome::AlreadyProcessed);
+                }
+                send.await?;
+                Ok(ChangeOutcome::Applied)
+            })
+            .await
+    }
+
     async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
         let outcome = self
             .db

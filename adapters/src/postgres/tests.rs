@@ -7,10 +7,12 @@ use async_trait::async_trait;
 use orderflow_domain::{Money, Order, OrderId, ProductName, Shipment, ShipmentId, ShipmentStatus, Sku, Timestamp};
 use orderflow_messages::CloudEvent;
 use orderflow_ports::delivery::{DeliveryStore, Due, ShipmentChange, ShipmentQuery};
-use orderflow_ports::outbox::{Backlog, Destination, OutboxBatch, OutboxStore};
+use orderflow_ports::messaging::InboxEntry;
+use orderflow_ports::notify::NotifyError;
+use orderflow_ports::outbox::{Backlog, Destination, OutboxBatch, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{
-    ChangeError, ChangeOutcome, OrderChange, OrderQuery, PlaceError, PlaceOutcome, Placement, Product, PutProductError,
-    SalesStore,
+    ChangeError, ChangeOutcome, EnqueueError, NotifyOnceError, OrderChange, OrderQuery, PlaceError, PlaceOutcome,
+    Placement, Product, PutProductError, SalesStore,
 };
 use orderflow_ports::{Page, ReadError};
 
@@ -59,6 +61,16 @@ impl<S: SalesStore> SalesStore for Isolated<S> {
     }
     async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError> {
         self.store.apply(change).await
+    }
+    async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), EnqueueError> {
+        self.store.enqueue(messages).await
+    }
+    async fn notify_once(
+        &self,
+        entry: &InboxEntry,
+        send: futures::future::BoxFuture<'_, Result<(), NotifyError>>,
+    ) -> Result<ChangeOutcome, NotifyOnceError> {
+        self.store.notify_once(entry, send).await
     }
     // The batch paths are forwarded too: the suite must run PostgreSQL's, not the trait's one-by-one
     // defaults.

@@ -64,9 +64,9 @@ impl Application {
                 Arc::new(PgDeliveryStore::connect(database).await.context("connecting the Delivery store")?)
             }
         };
-        // Delivery declares the queues it consumes and those it sends to, not Sales' payment queue.
+        // Delivery declares the queues it consumes and those it sends to, not the queues Sales keeps to itself.
         let queues: Vec<RoutingKey> =
-            RoutingKey::ALL.into_iter().filter(|k| *k != RoutingKey::PaymentsRequested).collect();
+            RoutingKey::ALL.into_iter().filter(|k| !RoutingKey::SALES_INTERNAL.contains(k)).collect();
         let shared = wiring.connect("delivery", &queues).await.map_err(|e| anyhow::anyhow!(e))?;
         let service = DeliveryService::new(store.clone(), Arc::new(SystemClock), Arc::new(UuidV7Ids));
         let handler: Arc<dyn MessageHandler> = Arc::new(OrderCommands { service: service.clone() });

@@ -18,7 +18,7 @@ use orderflow_ports::sales::SalesStore;
 use orderflow_runtime::dev_issuer::{DevClient, DevIssuer, RunningIssuer};
 use orderflow_runtime::wiring::{Limits, Store, Wiring};
 use sales_api::pressure::PressureLimits;
-use sales_api::{SalesSettings, SalesSetup};
+use sales_api::{Mail, SalesSettings, SalesSetup};
 
 /// The audience the dev issuer mints tokens for and the services expect.
 pub const AUDIENCE: &str = "orderflow";
@@ -138,6 +138,7 @@ impl DevStack {
             },
             wiring: Wiring { store: store(|pg| &pg.sales_schema), ..wiring.clone() },
             payments: payments.clone(),
+            mail: Mail::Log,
         })
         .await?;
         if options.seed_catalogue {

@@ -10,7 +10,7 @@ use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
 use orderflow_runtime::config::{SharedConfig, duration};
 
 use crate::pressure::PressureLimits;
-use crate::startup::{SalesSettings, SalesSetup};
+use crate::startup::{Mail, SalesSettings, SalesSetup};
 
 /// Everything the `sales-api` binary reads.
 #[derive(Debug, Clone, Parser)]
@@ -43,6 +43,13 @@ pub struct SalesConfig {
     /// Back-pressure: refuse new orders while more messages than this wait in the queues Sales consumes.
     #[arg(long, env = "QUEUE_BACKLOG_LIMIT")]
     pub queue_backlog_limit: Option<u64>,
+    /// The SMTP server notification e-mail goes through (`smtp://host:port`, `smtps://…`, with
+    /// `user:password@` for a login); unset, e-mail is written to the log instead.
+    #[arg(long, env = "SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The sender of notification e-mail.
+    #[arg(long, env = "NOTIFY_FROM", default_value = "orderflow <notifications@orderflow.example>")]
+    pub notify_from: String,
 }
 
 fn fraction(raw: &str) -> Result<f64, String> {
@@ -72,6 +79,10 @@ impl SalesConfig {
                 latency: self.payment_latency,
                 transient_failure_rate: self.payment_transient_failure_rate,
             })),
+            mail: match &self.smtp_url {
+                Some(url) => Mail::Smtp { url: url.clone(), from: self.notify_from.clone() },
+                None => Mail::Log,
+            },
         }
     }
 }
@@ -92,6 +103,16 @@ mod tests {
         assert_eq!(config.http_addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(config.database_schema, "sales");
         assert!(!config.setup().settings.pressure.any());
+        assert_eq!(config.setup().mail, Mail::Log, "without SMTP_URL, e-mail goes to the log");
+    }
+
+    #[test]
+    fn an_smtp_url_sends_e_mail_from_notify_from() {
+        let config = parse(&["--smtp-url=smtp://127.0.0.1:2525", "--notify-from=Shop <shop@example.com>"]).unwrap();
+        assert_eq!(
+            config.setup().mail,
+            Mail::Smtp { url: "smtp://127.0.0.1:2525".into(), from: "Shop <shop@example.com>".into() }
+        );
     }
 
     #[test]

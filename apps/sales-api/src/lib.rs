@@ -2,9 +2,10 @@
 
 pub mod config;
 pub mod http;
+pub mod notifications;
 pub mod pressure;
 pub mod service;
 pub mod startup;
 pub mod workers;
 
-pub use startup::{Application, SalesAdapters, SalesSettings, SalesSetup};
+pub use startup::{Application, Mail, SalesAdapters, SalesSettings, SalesSetup};

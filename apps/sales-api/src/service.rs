@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use orderflow_domain::{
-    Carrier, EventId, IdempotencyKey, Money, Order, OrderEvent, OrderId, OrderRequest, OrderStatus, PaymentOutcome,
-    PricingError, ProductName, Sku, Step, StockEffect, Timestamp, TrackingNumber, TransitionError,
+    Carrier, EmailAddress, EventId, IdempotencyKey, Money, Order, OrderEvent, OrderId, OrderRequest, OrderStatus,
+    PaymentOutcome, PricingError, ProductName, Sku, Step, StockEffect, Timestamp, TrackingNumber, TransitionError,
 };
-use orderflow_messages::{CloudEvent, Outgoing, Source};
+use orderflow_messages::{CloudEvent, Notice, Outgoing, Source};
 use orderflow_ports::cache::OrderCache;
 use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::outbox::OutboxMessage;
@@ -212,11 +212,30 @@ impl SalesService {
             request_hash: i.fingerprint,
             not_before: now - IDEMPOTENCY_TTL,
         });
-        let outcome = self.store.place_order(Placement { order, messages, idempotency }).await?;
+        let (id, contact) = (order.id, order.contact_email.clone());
+        let outcome = match self.store.place_order(Placement { order, messages, idempotency }).await {
+            Err(PlaceError::InsufficientStock(short)) => {
+                if let Some(contact) = contact {
+                    self.notify_out_of_stock(id, &contact, &short, now).await;
+                }
+                return Err(PlaceError::InsufficientStock(short).into());
+            }
+            placed => placed?,
+        };
         if let PlaceOutcome::Created(order) = &outcome {
             self.cache_put(order).await;
         }
         Ok(outcome)
+    }
+
+    /// Tells the contact of an order refused for stock. Only the notification is written (the order was
+    /// not); should that fail, the client still has its answer, and only the e-mail is lost.
+    async fn notify_out_of_stock(&self, id: OrderId, contact: &EmailAddress, short: &[Sku], now: Timestamp) {
+        let notice = Notice::OutOfStock { skus: short.to_vec() };
+        let messages = self.messages(vec![orderflow_messages::notification(id, contact, notice)], now);
+        if let Err(error) = self.store.enqueue(messages).await {
+            tracing::warn!(%error, order_id = %id, "could not write the out-of-stock notification");
+        }
     }
 
     /// One order, from the cache when it holds it.
@@ -587,6 +606,7 @@ mod tests {
             customer_id: CustomerId::parse("cust-clock").unwrap(),
             lines: vec![(Sku::parse("SKU-CLOCK").unwrap(), Quantity::new(1).unwrap())],
             shipping_address: Address::parse(address).unwrap(),
+            contact_email: None,
         }
     }
 

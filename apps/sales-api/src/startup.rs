@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::FutureExt;
-use orderflow_adapters::memory::InMemorySalesStore;
+use orderflow_adapters::memory::{InMemorySalesStore, LogNotifier};
 use orderflow_adapters::postgres::PgSalesStore;
+use orderflow_adapters::smtp::SmtpNotifier;
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_messages::RoutingKey;
 use orderflow_ports::cache::OrderCache;
 use orderflow_ports::messaging::MessageHandler;
+use orderflow_ports::notify::Notifier;
 use orderflow_ports::outbox::OutboxStore;
 use orderflow_ports::payment::PaymentGateway;
 use orderflow_ports::sales::SalesStore;
@@ -24,9 +26,10 @@ use orderflow_runtime::service::{RunningService, ServiceParts};
 use orderflow_runtime::wiring::{Connected, Store, Wiring};
 
 use crate::http;
+use crate::notifications::Notifications;
 use crate::pressure::{BackPressure, PressureLimits};
 use crate::service::SalesService;
-use crate::workers::{DeliveryReports, PaymentWorker};
+use crate::workers::{DeliveryReports, NotificationWorker, PaymentWorker};
 
 /// How long a cached order lives without being written again; writes keep it fresh, this only bounds
 /// what a lost write-through could leave behind.
@@ -40,6 +43,22 @@ pub struct SalesSetup {
     pub wiring: Wiring,
     /// The payment gateway.
     pub payments: Arc<dyn PaymentGateway>,
+    /// Where notification e-mail goes.
+    pub mail: Mail,
+}
+
+/// Where notification e-mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mail {
+    /// Written to the log, not sent (`orderflow dev`, or no `SMTP_URL`).
+    Log,
+    /// Sent through an SMTP server.
+    Smtp {
+        /// `SMTP_URL`.
+        url: String,
+        /// `NOTIFY_FROM`: the sender's mailbox.
+        from: String,
+    },
 }
 
 /// Settings that are not adapters.
@@ -71,6 +90,8 @@ pub struct SalesAdapters {
     pub cache: Arc<dyn OrderCache>,
     /// The payment gateway.
     pub payments: Arc<dyn PaymentGateway>,
+    /// Sends notification e-mail.
+    pub notifier: Arc<dyn Notifier>,
     /// Broker, audit stream, token verification and rate limits.
     pub shared: Connected,
     /// The time.
@@ -93,7 +114,11 @@ impl Application {
     /// # Errors
     /// When a server cannot be reached or the address cannot be bound.
     pub async fn build(setup: SalesSetup) -> anyhow::Result<Self> {
-        let SalesSetup { settings, wiring, payments } = setup;
+        let SalesSetup { settings, wiring, payments, mail } = setup;
+        let notifier: Arc<dyn Notifier> = match &mail {
+            Mail::Log => Arc::new(LogNotifier),
+            Mail::Smtp { url, from } => Arc::new(SmtpNotifier::new(url, from)?),
+        };
         let store: Arc<dyn SalesStore> = match &wiring.store {
             Store::Memory => Arc::new(InMemorySalesStore::new()),
             Store::Postgres(database) => {
@@ -105,6 +130,7 @@ impl Application {
             store,
             cache: shared.order_cache(CACHE_TTL),
             payments,
+            notifier,
             shared,
             clock: Arc::new(SystemClock),
             ids: Arc::new(UuidV7Ids),
@@ -128,10 +154,17 @@ impl Application {
         );
         let payment: Arc<dyn MessageHandler> = Arc::new(PaymentWorker { service: service.clone() });
         let reports: Arc<dyn MessageHandler> = Arc::new(DeliveryReports { service: service.clone() });
+        let notifications = Arc::new(Notifications::new(adapters.store.clone(), adapters.notifier));
+        let notify: Arc<dyn MessageHandler> = Arc::new(NotificationWorker { notifications });
         let handlers = RoutingKey::SALES
             .into_iter()
             .map(|queue| {
-                (queue, if queue == RoutingKey::PaymentsRequested { payment.clone() } else { reports.clone() })
+                let handler = match queue {
+                    RoutingKey::PaymentsRequested => payment.clone(),
+                    RoutingKey::NotificationsRequested => notify.clone(),
+                    _ => reports.clone(),
+                };
+                (queue, handler)
             })
             .collect();
         let mut health: Vec<Arc<dyn HealthCheck>> = Vec::new();

@@ -1,15 +1,17 @@
-//! The Sales consumers: the payment worker (`payments.requested`) and the handler of what Delivery
-//! reports (`orders.shipped`, `orders.delivered`, `shipments.cancelled`). Each decodes its messages into
-//! a use case's input and settles each by the use case's verdict; the rules live in the use cases.
+//! The Sales consumers: the payment worker (`payments.requested`), the handler of what Delivery
+//! reports (`orders.shipped`, `orders.delivered`, `shipments.cancelled`) and the notification worker
+//! (`notifications.requested`). Each decodes its messages into a use case's input and settles each by the
+//! use case's verdict; the rules live in the use cases.
 
 use async_trait::async_trait;
 use orderflow_messages::{CloudEvent, DecodeError, Payload};
 use orderflow_messages::{
-    PaymentRequested, ShipmentCancelled, ShipmentDelivered, ShipmentDeliveredV1, ShipmentShipped,
+    NotificationRequested, PaymentRequested, ShipmentCancelled, ShipmentDelivered, ShipmentDeliveredV1, ShipmentShipped,
 };
 use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::messaging::{Delivery, HandlerOutcome, MessageHandler};
 
+use crate::notifications::{NotificationRequest, Notifications, NotifyFailure};
 use crate::service::{PaymentRequest, Report, Reported, SalesService, SettleFailure};
 
 /// What every consumer does first: parse the envelope and name the inbox entry it will write.
@@ -130,5 +132,29 @@ impl MessageHandler for DeliveryReports {
 
     async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<HandlerOutcome> {
         settle(deliveries, Self::decode, |reports| self.service.apply_reports(reports)).await
+    }
+}
+
+/// Tells customers what happened to their orders.
+pub struct NotificationWorker {
+    /// The use case.
+    pub notifications: std::sync::Arc<Notifications>,
+}
+
+#[async_trait]
+impl MessageHandler for NotificationWorker {
+    async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
+        let request = match open(delivery).and_then(|(event, inbox)| {
+            let p = event.payload::<NotificationRequested>().map_err(permanent)?;
+            Ok(NotificationRequest { order_id: p.order_id, contact_email: p.contact_email, notice: p.notice, inbox })
+        }) {
+            Ok(request) => request,
+            Err(outcome) => return outcome,
+        };
+        match self.notifications.notify(&request).await {
+            Ok(()) => HandlerOutcome::Done,
+            Err(failure @ NotifyFailure::Refused(_)) => HandlerOutcome::Permanent(failure.to_string()),
+            Err(failure @ NotifyFailure::Transient(_)) => HandlerOutcome::Transient(failure.to_string()),
+        }
     }
 }

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use orderflow_domain::{
-    Address, Currency, CustomerId, InvalidValue, Money, Order, OrderRequest, OrderStatus, Quantity, RawAddress, Sku,
+    Address, Currency, CustomerId, EmailAddress, InvalidValue, Money, Order, OrderRequest, OrderStatus, Quantity,
+    RawAddress, Sku,
 };
 use orderflow_ports::sales::Product;
 use orderflow_runtime::http::{IdCursor, Pattern, Problem, Shape, Text, trimmed, with_pattern};
@@ -38,6 +39,17 @@ pub enum CountryShape {}
 impl Shape for CountryShape {
     fn schema() -> MetaSchema {
         with_pattern(trimmed("[A-Z]{2}"))
+    }
+}
+
+/// An e-mail address, as [`EmailAddress::parse`] accepts it.
+pub enum EmailShape {}
+
+impl Shape for EmailShape {
+    fn schema() -> MetaSchema {
+        let mut schema = with_pattern(EmailAddress::PATTERN.to_owned());
+        schema.max_length = Some(EmailAddress::MAX_LEN);
+        schema
     }
 }
 
@@ -121,6 +133,10 @@ pub struct PlaceOrderRequest {
     pub lines: Vec<LineRequest>,
     /// Where to ship.
     pub shipping_address: AddressDto,
+    /// Whom to e-mail when the order is paid, fails, is cancelled, ships or arrives; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none, nullable)]
+    pub contact_email: Option<Pattern<EmailShape>>,
 }
 
 impl PlaceOrderRequest {
@@ -154,7 +170,9 @@ impl PlaceOrderRequest {
             country: a.country.as_str(),
         })
         .map_err(|e| invalid(e.within("shipping_address")))?;
-        OrderRequest::new(customer_id, lines, address).map_err(invalid)
+        let contact_email =
+            self.contact_email.as_ref().map(|e| EmailAddress::parse(e.as_str())).transpose().map_err(invalid)?;
+        Ok(OrderRequest::new(customer_id, lines, address).map_err(invalid)?.with_contact_email(contact_email))
     }
 }
 
@@ -227,6 +245,10 @@ pub struct OrderDto {
     pub total: MoneyDto,
     /// Where it goes.
     pub shipping_address: AddressDto,
+    /// Whom its notifications go to, when the client gave an address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub contact_email: Option<String>,
     /// When it was placed.
     pub created_at: DateTime<Utc>,
     /// When its status last changed.
@@ -250,6 +272,7 @@ impl From<Order> for OrderDto {
                 .collect(),
             total: o.total.into(),
             shipping_address: o.shipping_address.into(),
+            contact_email: o.contact_email.map(String::from),
             created_at: o.created_at,
             updated_at: o.updated_at,
         }
