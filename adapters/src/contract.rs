@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod postgres;
 pub mod rate_limit;
 pub mod sales;
+pub mod webhooks;
 
 /// Expands to one `#[tokio::test]` per [`contract::sales`](crate::contract::sales) check, each run on a
 /// fresh store made by `$new`: a closure returning a future of an empty store
@@ -44,6 +45,20 @@ macro_rules! sales_store_contract {
             enqueued_messages_are_owed_in_their_order_and_store_no_order,
             a_notification_is_sent_once_per_message_and_again_only_after_a_failure,
             concurrent_deliveries_of_one_notification_send_it_once,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per [`contract::webhooks`](crate::contract::webhooks) check, each run on
+/// a fresh Sales store that keeps webhooks (`impl SalesStore + WebhookStore + 'static`) made by `$new`.
+#[macro_export]
+macro_rules! webhook_store_contract {
+    ($new:expr) => {
+        $crate::__contract_tests!(webhooks, $new;
+            each_order_event_is_owed_to_every_endpoint_subscribed_to_it,
+            one_order_s_deliveries_are_taken_in_order_one_at_a_time,
+            a_dead_letter_lets_its_order_move_on_and_can_be_redelivered,
+            a_disabled_endpoint_gets_nothing_and_a_removed_one_is_owed_nothing,
         );
     };
 }
@@ -181,6 +196,12 @@ mod in_memory {
         use crate::memory::InMemorySalesStore;
 
         crate::sales_store_contract!(|| async { InMemorySalesStore::new() });
+    }
+
+    mod webhooks {
+        use crate::memory::InMemorySalesStore;
+
+        crate::webhook_store_contract!(|| async { InMemorySalesStore::new() });
     }
 
     mod delivery {

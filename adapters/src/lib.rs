@@ -21,3 +21,5 @@ pub mod simulated;
 #[cfg(feature = "smtp")]
 pub mod smtp;
 pub mod system;
+#[cfg(feature = "webhook")]
+pub mod webhook;

@@ -99,3 +99,8 @@ pub static RATE_LIMIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// behind than configured (`OUTBOX_BACKLOG_LIMIT`, `OUTBOX_MAX_AGE`, `QUEUE_BACKLOG_LIMIT`), else 0.
 pub static OVERLOADED: LazyLock<IntGaugeVec> =
     LazyLock::new(|| gauge("orderflow_overloaded", "1 while new orders are refused for back-pressure, else 0", &[]));
+
+/// Webhook delivery attempts, by outcome: `delivered`, `retried`, `dead_lettered`.
+pub static WEBHOOK_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter("orderflow_webhook_attempts_total", "Webhook delivery attempts, by outcome", &["outcome"])
+});

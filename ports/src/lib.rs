@@ -12,6 +12,7 @@ pub mod rate_limit;
 pub mod sales;
 pub mod system;
 pub mod trace;
+pub mod webhooks;
 
 /// The boxed cause carried by every `Unexpected` variant.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

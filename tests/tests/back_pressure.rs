@@ -18,6 +18,7 @@ use orderflow_adapters::memory::{
 };
 use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
+use orderflow_adapters::webhook::HttpWebhookSender;
 use orderflow_domain::{Currency, Money, OrderId, PaymentOutcome, ProductName, Sku};
 use orderflow_messages::{CloudEvent, RoutingKey};
 use orderflow_ports::messaging::{CommandPublisher, PublishError};
@@ -29,6 +30,7 @@ use orderflow_runtime::relay::RelaySettings;
 use orderflow_runtime::wiring::Wiring;
 use reqwest::StatusCode;
 use sales_api::pressure::PressureLimits;
+use sales_api::webhooks::WebhookSettings;
 use sales_api::{SalesAdapters, SalesSettings};
 use serde_json::Value;
 use support::{eventually, fetch_token, order_body, string};
@@ -110,9 +112,12 @@ impl Sales {
                 http_addr: "127.0.0.1:0".parse()?,
                 relay: RelaySettings { idle_poll: Duration::from_millis(50), ..RelaySettings::default() },
                 pressure,
+                webhooks: WebhookSettings::default(),
             },
             SalesAdapters {
                 store: store.clone(),
+                webhook_store: store.clone(),
+                webhook_sender: Arc::new(HttpWebhookSender::new(true)?),
                 cache: Arc::new(InMemoryOrderCache::new()),
                 payments,
                 notifier: Arc::new(RecordingNotifier::new()),

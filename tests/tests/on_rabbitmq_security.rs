@@ -274,6 +274,29 @@ fn every_route() -> Vec<Route> {
             "shipments:write",
         ),
     ];
+    let (hook, delivery_id) = (Uuid::new_v4(), Uuid::new_v4());
+    routes.extend([
+        Route {
+            body: Some(json!({ "url": "https://hooks.example.com/orderflow" })),
+            ..route(sales, Method::POST, "/admin/webhooks", "/admin/webhooks".into(), "admin")
+        },
+        route(sales, Method::GET, "/admin/webhooks", "/admin/webhooks".into(), "admin"),
+        route(sales, Method::DELETE, "/admin/webhooks/{id}", format!("/admin/webhooks/{hook}"), "admin"),
+        route(
+            sales,
+            Method::GET,
+            "/admin/webhooks/{id}/deliveries",
+            format!("/admin/webhooks/{hook}/deliveries"),
+            "admin",
+        ),
+        route(
+            sales,
+            Method::POST,
+            "/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            format!("/admin/webhooks/{hook}/deliveries/{delivery_id}/redeliver"),
+            "admin",
+        ),
+    ]);
     for (api, queue) in [(sales, "payments.requested"), (delivery, "orders.created")] {
         routes.extend([
             route(api, Method::GET, "/admin/dlq", "/admin/dlq".into(), "admin"),

@@ -13,7 +13,11 @@ use orderflow_ports::sales::{
     ChangeError, ChangeOutcome, EnqueueError, NotifyOnceError, OrderChange, OrderQuery, PlaceError, PlaceOutcome,
     Placement, Product, PutProductError, SalesStore,
 };
+use orderflow_ports::webhooks::{
+    Attempt, DeliveryStatus, DueDelivery, Settlement, WebhookDelivery, WebhookEndpoint, WebhookError, WebhookStore,
+};
 use orderflow_ports::{Page, ReadError};
+use uuid::Uuid;
 
 use super::outbox::{Outbox, outbox_store};
 use super::{inconsistent, lock};
@@ -33,12 +37,54 @@ struct State {
     /// Inbox entries claimed by a notification being sent.
     sending: HashSet<(String, String)>,
     timelines: HashMap<OrderId, Vec<CloudEvent>>,
+    webhooks: Webhooks,
 }
 
 impl State {
     fn record(&mut self, order_id: OrderId, messages: &[OutboxMessage]) {
         let timeline = self.timelines.entry(order_id).or_default();
         timeline.extend(messages.iter().filter(|m| m.audit).map(|m| m.event.clone()));
+        for event in messages.iter().filter(|m| m.audit).map(|m| &m.event) {
+            self.webhooks.owe(order_id, event);
+        }
+    }
+}
+
+/// Webhook endpoints and the deliveries owed to them, in the order they were owed.
+#[derive(Default)]
+struct Webhooks {
+    endpoints: Vec<WebhookEndpoint>,
+    deliveries: Vec<OwedDelivery>,
+}
+
+struct OwedDelivery {
+    delivery: WebhookDelivery,
+    next_attempt_at: Timestamp,
+}
+
+impl Webhooks {
+    /// Owes `event` of order `order_id` to every enabled endpoint that subscribes to its type.
+    fn owe(&mut self, order_id: OrderId, event: &CloudEvent) {
+        let body = serde_json::json!({ "type": event.event_type, "timestamp": event.time, "data": event.data });
+        for endpoint in &self.endpoints {
+            let subscribed = endpoint.event_types.as_ref().is_none_or(|types| types.contains(&event.event_type));
+            if endpoint.disabled.is_none() && subscribed {
+                self.deliveries.push(OwedDelivery {
+                    delivery: WebhookDelivery {
+                        id: Uuid::new_v4(),
+                        endpoint_id: endpoint.id,
+                        event_id: event.id,
+                        event_type: event.event_type.clone(),
+                        order_id,
+                        body: body.to_string(),
+                        status: DeliveryStatus::Pending,
+                        attempts: Vec::new(),
+                        created_at: event.time,
+                    },
+                    next_attempt_at: event.time,
+                });
+            }
+        }
     }
 }
 
@@ -240,4 +286,109 @@ pub(super) fn page<T, K>(items: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> K
     items.truncate(limit);
     let next = if more { items.last().map(key) } else { None };
     Page { items: std::mem::take(items), next }
+}
+
+#[async_trait]
+impl WebhookStore for InMemorySalesStore {
+    async fn add_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), WebhookError> {
+        lock(&self.state).webhooks.endpoints.push(endpoint.clone());
+        Ok(())
+    }
+
+    async fn endpoints(&self) -> Result<Vec<WebhookEndpoint>, WebhookError> {
+        Ok(lock(&self.state).webhooks.endpoints.clone())
+    }
+
+    async fn remove_endpoint(&self, id: Uuid) -> Result<bool, WebhookError> {
+        let webhooks = &mut lock(&self.state).webhooks;
+        let before = webhooks.endpoints.len();
+        webhooks.endpoints.retain(|e| e.id != id);
+        webhooks.deliveries.retain(|d| d.delivery.endpoint_id != id);
+        Ok(webhooks.endpoints.len() < before)
+    }
+
+    async fn deliveries(&self, endpoint: Uuid, limit: usize) -> Result<Option<Vec<WebhookDelivery>>, WebhookError> {
+        let state = lock(&self.state);
+        if !state.webhooks.endpoints.iter().any(|e| e.id == endpoint) {
+            return Ok(None);
+        }
+        let of_endpoint = state.webhooks.deliveries.iter().rev().filter(|d| d.delivery.endpoint_id == endpoint);
+        Ok(Some(of_endpoint.take(limit).map(|d| d.delivery.clone()).collect()))
+    }
+
+    async fn redeliver(&self, endpoint: Uuid, delivery: Uuid, now: Timestamp) -> Result<bool, WebhookError> {
+        let mut state = lock(&self.state);
+        let found = state
+            .webhooks
+            .deliveries
+            .iter_mut()
+            .find(|d| d.delivery.endpoint_id == endpoint && d.delivery.id == delivery);
+        Ok(found
+            .map(|d| {
+                d.delivery.status = DeliveryStatus::Pending;
+                d.next_attempt_at = now;
+            })
+            .is_some())
+    }
+
+    async fn take_due(
+        &self,
+        now: Timestamp,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, WebhookError> {
+        let until = now + chrono::Duration::from_std(lease).map_err(|e| WebhookError::Unexpected(e.into()))?;
+        let mut state = lock(&self.state);
+        let Webhooks { endpoints, deliveries } = &mut state.webhooks;
+        let mut waiting = HashSet::new();
+        let mut due = Vec::new();
+        for owed in deliveries.iter_mut().filter(|d| d.delivery.status == DeliveryStatus::Pending) {
+            // The oldest pending delivery of each endpoint and order goes first; the ones after it wait.
+            if !waiting.insert((owed.delivery.endpoint_id, owed.delivery.order_id)) || owed.next_attempt_at > now {
+                continue;
+            }
+            let Some(endpoint) = endpoints.iter().find(|e| e.id == owed.delivery.endpoint_id && e.disabled.is_none())
+            else {
+                continue;
+            };
+            owed.next_attempt_at = until;
+            due.push(DueDelivery {
+                delivery: owed.delivery.clone(),
+                url: endpoint.url.clone(),
+                secret: endpoint.secret.clone(),
+                failing_since: endpoint.failing_since,
+            });
+            if due.len() == limit {
+                break;
+            }
+        }
+        Ok(due)
+    }
+
+    async fn settle(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: Attempt,
+        settlement: Settlement,
+        disable: Option<String>,
+    ) -> Result<(), WebhookError> {
+        let mut state = lock(&self.state);
+        let Webhooks { endpoints, deliveries } = &mut state.webhooks;
+        if let Some(owed) = deliveries.iter_mut().find(|d| d.delivery.id == delivery.id) {
+            (owed.delivery.status, owed.next_attempt_at) = match settlement {
+                Settlement::Delivered => (DeliveryStatus::Delivered, attempt.at),
+                Settlement::RetryAt(at) => (DeliveryStatus::Pending, at),
+                Settlement::DeadLettered => (DeliveryStatus::DeadLettered, attempt.at),
+            };
+            owed.delivery.attempts.push(attempt.clone());
+        }
+        if let Some(endpoint) = endpoints.iter_mut().find(|e| e.id == delivery.endpoint_id) {
+            endpoint.failing_since = match settlement {
+                Settlement::Delivered => None,
+                _ => endpoint.failing_since.or(Some(attempt.at)),
+            };
+            endpoint.disabled = endpoint.disabled.take().or(disable);
+        }
+        Ok(())
+    }
 }

@@ -4,6 +4,7 @@
 mod delivery;
 mod outbox;
 mod sales;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize};

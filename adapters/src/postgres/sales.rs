@@ -21,7 +21,7 @@ use super::{Database, PgSettings, PgSetupError, Plans, Service, Tx, from_json};
 /// Sales persistence in PostgreSQL.
 #[derive(Clone)]
 pub struct PgSalesStore {
-    db: Database,
+    pub(super) db: Database,
 }
 
 impl PgSalesStore {

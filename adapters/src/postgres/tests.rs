@@ -14,7 +14,11 @@ use orderflow_ports::sales::{
     ChangeError, ChangeOutcome, EnqueueError, NotifyOnceError, OrderChange, OrderQuery, PlaceError, PlaceOutcome,
     Placement, Product, PutProductError, SalesStore,
 };
+use orderflow_ports::webhooks::{
+    Attempt, DueDelivery, Settlement, WebhookDelivery, WebhookEndpoint, WebhookError, WebhookStore,
+};
 use orderflow_ports::{Page, ReadError};
+use uuid::Uuid;
 
 use super::{PgDeliveryStore, PgSalesStore};
 
@@ -110,6 +114,37 @@ impl<S: SalesStore> SalesStore for Isolated<S> {
 }
 
 #[async_trait]
+impl<S: WebhookStore> WebhookStore for Isolated<S> {
+    async fn add_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), WebhookError> {
+        self.store.add_endpoint(endpoint).await
+    }
+    async fn endpoints(&self) -> Result<Vec<WebhookEndpoint>, WebhookError> {
+        self.store.endpoints().await
+    }
+    async fn remove_endpoint(&self, id: Uuid) -> Result<bool, WebhookError> {
+        self.store.remove_endpoint(id).await
+    }
+    async fn deliveries(&self, endpoint: Uuid, limit: usize) -> Result<Option<Vec<WebhookDelivery>>, WebhookError> {
+        self.store.deliveries(endpoint, limit).await
+    }
+    async fn redeliver(&self, endpoint: Uuid, delivery: Uuid, now: Timestamp) -> Result<bool, WebhookError> {
+        self.store.redeliver(endpoint, delivery, now).await
+    }
+    async fn take_due(&self, now: Timestamp, lease: Duration, limit: usize) -> Result<Vec<DueDelivery>, WebhookError> {
+        self.store.take_due(now, lease, limit).await
+    }
+    async fn settle(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: Attempt,
+        settlement: Settlement,
+        disable: Option<String>,
+    ) -> Result<(), WebhookError> {
+        self.store.settle(delivery, attempt, settlement, disable).await
+    }
+}
+
+#[async_trait]
 impl<S: DeliveryStore> DeliveryStore for Isolated<S> {
     async fn save(&self, change: ShipmentChange) -> Result<ChangeOutcome, ChangeError> {
         self.store.save(change).await
@@ -136,6 +171,10 @@ impl<S: DeliveryStore> DeliveryStore for Isolated<S> {
 
 mod sales_contract {
     crate::sales_store_contract!(|| async { super::sales_store().await });
+}
+
+mod webhook_contract {
+    crate::webhook_store_contract!(|| async { super::sales_store().await });
 }
 
 mod delivery_contract {

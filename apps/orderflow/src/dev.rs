@@ -18,6 +18,7 @@ use orderflow_ports::sales::SalesStore;
 use orderflow_runtime::dev_issuer::{DevClient, DevIssuer, RunningIssuer};
 use orderflow_runtime::wiring::{Limits, Store, Wiring};
 use sales_api::pressure::PressureLimits;
+use sales_api::webhooks::WebhookSettings;
 use sales_api::{Mail, SalesSettings, SalesSetup};
 
 /// The audience the dev issuer mints tokens for and the services expect.
@@ -134,6 +135,8 @@ impl DevStack {
             settings: SalesSettings {
                 http_addr: options.sales_addr,
                 pressure: options.pressure,
+                // Endpoints on this machine, for trying webhooks out.
+                webhooks: WebhookSettings { allow_loopback: true, ..WebhookSettings::default() },
                 ..SalesSettings::default()
             },
             wiring: Wiring { store: store(|pg| &pg.sales_schema), ..wiring.clone() },

@@ -11,6 +11,7 @@ use orderflow_runtime::config::{SharedConfig, duration};
 
 use crate::pressure::PressureLimits;
 use crate::startup::{Mail, SalesSettings, SalesSetup};
+use crate::webhooks::WebhookSettings;
 
 /// Everything the `sales-api` binary reads.
 #[derive(Debug, Clone, Parser)]
@@ -50,6 +51,18 @@ pub struct SalesConfig {
     /// The sender of notification e-mail.
     #[arg(long, env = "NOTIFY_FROM", default_value = "orderflow <notifications@orderflow.example>")]
     pub notify_from: String,
+    /// The waits after each failed webhook delivery; after the last one it is dead-lettered.
+    #[arg(
+        long,
+        env = "WEBHOOK_RETRY_DELAYS",
+        default_value = "1s,5s,25s,2m,10m,1h,6h",
+        value_delimiter = ',',
+        value_parser = duration
+    )]
+    pub webhook_retry_delays: Vec<Duration>,
+    /// Whether webhook endpoints on loopback addresses may be registered (development and tests only).
+    #[arg(long, env = "WEBHOOK_ALLOW_LOOPBACK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_loopback: bool,
 }
 
 fn fraction(raw: &str) -> Result<f64, String> {
@@ -70,6 +83,11 @@ impl SalesConfig {
                     backlog: self.outbox_backlog_limit,
                     max_age: self.outbox_max_age,
                     queued: self.queue_backlog_limit,
+                },
+                webhooks: WebhookSettings {
+                    retry_delays: self.webhook_retry_delays.clone(),
+                    allow_loopback: self.webhook_allow_loopback,
+                    ..WebhookSettings::default()
                 },
                 ..SalesSettings::default()
             },
@@ -104,6 +122,7 @@ mod tests {
         assert_eq!(config.database_schema, "sales");
         assert!(!config.setup().settings.pressure.any());
         assert_eq!(config.setup().mail, Mail::Log, "without SMTP_URL, e-mail goes to the log");
+        assert_eq!(config.setup().settings.webhooks, WebhookSettings::default(), "public endpoints, the full ladder");
     }
 
     #[test]

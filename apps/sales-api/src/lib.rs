@@ -6,6 +6,7 @@ pub mod notifications;
 pub mod pressure;
 pub mod service;
 pub mod startup;
+pub mod webhooks;
 pub mod workers;
 
 pub use startup::{Application, Mail, SalesAdapters, SalesSettings, SalesSetup};

@@ -13,6 +13,7 @@ use orderflow_adapters::memory::{InMemorySalesStore, LogNotifier};
 use orderflow_adapters::postgres::PgSalesStore;
 use orderflow_adapters::smtp::SmtpNotifier;
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
+use orderflow_adapters::webhook::HttpWebhookSender;
 use orderflow_messages::RoutingKey;
 use orderflow_ports::cache::OrderCache;
 use orderflow_ports::messaging::MessageHandler;
@@ -21,6 +22,7 @@ use orderflow_ports::outbox::OutboxStore;
 use orderflow_ports::payment::PaymentGateway;
 use orderflow_ports::sales::SalesStore;
 use orderflow_ports::system::{Clock, HealthCheck, IdGenerator};
+use orderflow_ports::webhooks::{WebhookSender, WebhookStore};
 use orderflow_runtime::relay::RelaySettings;
 use orderflow_runtime::service::{RunningService, ServiceParts};
 use orderflow_runtime::wiring::{Connected, Store, Wiring};
@@ -29,6 +31,7 @@ use crate::http;
 use crate::notifications::Notifications;
 use crate::pressure::{BackPressure, PressureLimits};
 use crate::service::SalesService;
+use crate::webhooks::{WebhookSettings, Webhooks};
 use crate::workers::{DeliveryReports, NotificationWorker, PaymentWorker};
 
 /// How long a cached order lives without being written again; writes keep it fresh, this only bounds
@@ -70,6 +73,8 @@ pub struct SalesSettings {
     pub relay: RelaySettings,
     /// When to refuse new orders for back-pressure (off by default).
     pub pressure: PressureLimits,
+    /// How webhooks are retried, polled and where they may go.
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for SalesSettings {
@@ -78,6 +83,7 @@ impl Default for SalesSettings {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             relay: RelaySettings::default(),
             pressure: PressureLimits::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -86,6 +92,10 @@ impl Default for SalesSettings {
 pub struct SalesAdapters {
     /// Orders, catalogue, outbox.
     pub store: Arc<dyn SalesStore>,
+    /// Webhook endpoints and deliveries: the same store, which owes them with each change.
+    pub webhook_store: Arc<dyn WebhookStore>,
+    /// Sends webhook deliveries.
+    pub webhook_sender: Arc<dyn WebhookSender>,
     /// Single-order read cache.
     pub cache: Arc<dyn OrderCache>,
     /// The payment gateway.
@@ -119,15 +129,22 @@ impl Application {
             Mail::Log => Arc::new(LogNotifier),
             Mail::Smtp { url, from } => Arc::new(SmtpNotifier::new(url, from)?),
         };
-        let store: Arc<dyn SalesStore> = match &wiring.store {
-            Store::Memory => Arc::new(InMemorySalesStore::new()),
+        let (store, webhook_store): (Arc<dyn SalesStore>, Arc<dyn WebhookStore>) = match &wiring.store {
+            Store::Memory => {
+                let store = Arc::new(InMemorySalesStore::new());
+                (store.clone(), store)
+            }
             Store::Postgres(database) => {
-                Arc::new(PgSalesStore::connect(database).await.context("connecting the Sales store")?)
+                let store = Arc::new(PgSalesStore::connect(database).await.context("connecting the Sales store")?);
+                (store.clone(), store)
             }
         };
+        let webhook_sender = Arc::new(HttpWebhookSender::new(settings.webhooks.allow_loopback)?);
         let shared = wiring.connect("sales", &RoutingKey::ALL).await.map_err(|e| anyhow::anyhow!(e))?;
         let adapters = SalesAdapters {
             store,
+            webhook_store,
+            webhook_sender,
             cache: shared.order_cache(CACHE_TTL),
             payments,
             notifier,
@@ -144,6 +161,13 @@ impl Application {
     /// When the address cannot be bound or the metrics cannot be registered.
     pub async fn assemble(settings: SalesSettings, adapters: SalesAdapters) -> anyhow::Result<Self> {
         let pressure = Arc::new(BackPressure::new(settings.pressure));
+        let webhooks = Arc::new(Webhooks::new(
+            adapters.webhook_store,
+            adapters.webhook_sender,
+            adapters.clock.clone(),
+            adapters.ids.clone(),
+            settings.webhooks.clone(),
+        ));
         let service = SalesService::new(
             adapters.store.clone(),
             adapters.cache,
@@ -173,6 +197,7 @@ impl Application {
         }
         let outbox: Arc<dyn OutboxStore> = adapters.store.clone();
         let mut tasks = Vec::new();
+        tasks.push(("webhooks", webhooks.clone().run().boxed()));
         if settings.pressure.any() {
             let watch = pressure.watch(outbox.clone(), adapters.shared.consumer.clone(), RoutingKey::SALES.to_vec());
             tasks.push(("back-pressure", watch.boxed()));
@@ -182,7 +207,7 @@ impl Application {
             version: env!("CARGO_PKG_VERSION"),
             http_addr: settings.http_addr,
             body_limit: http::BODY_LIMIT,
-            api: http::api(&service, adapters.shared.dead_letters.clone()),
+            api: http::api(&service, webhooks, adapters.shared.dead_letters.clone()),
             shared: adapters.shared,
             health,
             outbox,

@@ -1,8 +1,9 @@
-//! The Sales HTTP API: orders, products, and the dead-letter endpoints.
+//! The Sales HTTP API: orders, products, webhooks, and the dead-letter endpoints.
 
 mod dto;
 mod orders;
 mod products;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use orderflow_runtime::http::{DlqApi, Problem};
 use poem_openapi::{OpenApi, Tags};
 
 use crate::service::{SalesService, TransitionFailure};
+use crate::webhooks::Webhooks;
 
 pub use dto::{OrderDto, PlaceOrderRequest};
 
@@ -25,6 +27,8 @@ enum ApiTags {
     Orders,
     /// The product catalogue and stock.
     Products,
+    /// Webhook endpoints and their delivery logs (admin).
+    Webhooks,
 }
 
 fn read_failed(error: &ReadError) -> Problem {
@@ -48,11 +52,17 @@ fn transition_failed(error: TransitionFailure) -> Problem {
     }
 }
 
-/// The Sales operations, with the dead-letter endpoints of the queues Sales consumes.
-pub fn api(service: &SalesService, dead_letters: Arc<dyn DeadLetterAdmin>) -> impl OpenApi + Send + Sync + 'static {
+/// The Sales operations, with the webhook endpoints and the dead-letter endpoints of the queues Sales
+/// consumes.
+pub fn api(
+    service: &SalesService,
+    webhooks: Arc<Webhooks>,
+    dead_letters: Arc<dyn DeadLetterAdmin>,
+) -> impl OpenApi + Send + Sync + 'static {
     (
         orders::OrdersApi { service: service.clone() },
         products::ProductsApi { service: service.clone() },
+        webhooks::WebhooksApi { webhooks },
         DlqApi { admin: dead_letters, queues: RoutingKey::SALES.to_vec() },
     )
 }
