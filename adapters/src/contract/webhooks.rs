@@ -121,7 +121,8 @@ pub async fn a_dead_letter_lets_its_order_move_on_and_can_be_redelivered<S: Sale
 }
 
 /// A disabled endpoint is owed nothing new and nothing of it is taken; failures mark it failing, a
-/// success clears that; removing an endpoint removes what it was owed.
+/// success clears that; removing an endpoint removes what it was owed, and one registered after the last
+/// was removed is owed events again.
 pub async fn a_disabled_endpoint_gets_nothing_and_a_removed_one_is_owed_nothing<S: SalesStore + WebhookStore>(
     store: Arc<S>,
 ) {
@@ -145,4 +146,9 @@ pub async fn a_disabled_endpoint_gets_nothing_and_a_removed_one_is_owed_nothing<
     assert!(!store.remove_endpoint(hook.id).await.expect("answered"), "already gone");
     assert_eq!(store.deliveries(hook.id, 10).await.expect("read"), None);
     assert!(store.endpoints().await.expect("read").is_empty());
+
+    let again = endpoint(store, None).await;
+    paid_order(store, "registered again").await;
+    let owed = store.deliveries(again.id, 10).await.expect("read").expect("exists");
+    assert_eq!(owed.len(), 2, "an endpoint registered after the last was removed is owed again");
 }

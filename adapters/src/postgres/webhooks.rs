@@ -12,7 +12,19 @@ use orderflow_ports::webhooks::{
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::PgSalesStore;
+use super::{PgSalesStore, Plans};
+
+/// The trigger on `order_events` that owes deliveries (`owe_webhooks()`, migration V5). It exists only
+/// while an endpoint is registered: with a transition table, even disabled, it would make every insert
+/// into `order_events` capture its rows.
+const CREATE_TRIGGER: &str = "CREATE OR REPLACE TRIGGER order_events_owe_webhooks AFTER INSERT ON order_events
+     REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION owe_webhooks()";
+/// Drops the trigger when the last endpoint is removed.
+const DROP_TRIGGER: &str = "DROP TRIGGER IF EXISTS order_events_owe_webhooks ON order_events";
+/// The lock creating the trigger takes, taken first by whoever registers an endpoint.
+const LOCK_EVENTS: &str = "LOCK TABLE order_events IN SHARE ROW EXCLUSIVE MODE";
+/// The lock dropping it takes, taken first by whoever removes one (never upgraded from a weaker one).
+const LOCK_EVENTS_FOR_DROP: &str = "LOCK TABLE order_events IN ACCESS EXCLUSIVE MODE";
 
 fn failed(error: impl Into<BoxError>) -> WebhookError {
     WebhookError::Unexpected(error.into())
@@ -65,15 +77,22 @@ fn delivery_from(row: &Row) -> Result<WebhookDelivery, BoxError> {
 #[async_trait]
 impl WebhookStore for PgSalesStore {
     async fn add_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), WebhookError> {
-        let client = self.db.client().await.map_err(WebhookError::Unexpected)?;
-        client
-            .execute(
-                "INSERT INTO webhook_endpoints (id, url, event_types, secret, created_at) VALUES ($1, $2, $3, $4, $5)",
-                &[&endpoint.id, &endpoint.url, &endpoint.event_types, &endpoint.secret, &endpoint.created_at],
-            )
+        let endpoint = endpoint.clone();
+        self.db
+            .transaction(Plans::Cached, WebhookError::Unexpected, async move |tx| {
+                // The table lock first: writers of order_events finish or wait, and every event recorded
+                // after this commit is owed (the lock CREATE TRIGGER needs anyway, taken before any other).
+                tx.batch_execute(LOCK_EVENTS).await.map_err(failed)?;
+                tx.execute(
+                    "INSERT INTO webhook_endpoints (id, url, event_types, secret, created_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[&endpoint.id, &endpoint.url, &endpoint.event_types, &endpoint.secret, &endpoint.created_at],
+                )
+                .await
+                .map_err(failed)?;
+                tx.batch_execute(CREATE_TRIGGER).await.map_err(failed)
+            })
             .await
-            .map_err(failed)?;
-        Ok(())
     }
 
     async fn endpoints(&self) -> Result<Vec<WebhookEndpoint>, WebhookError> {
@@ -101,9 +120,21 @@ impl WebhookStore for PgSalesStore {
     }
 
     async fn remove_endpoint(&self, id: Uuid) -> Result<bool, WebhookError> {
-        let client = self.db.client().await.map_err(WebhookError::Unexpected)?;
-        let removed = client.execute("DELETE FROM webhook_endpoints WHERE id = $1", &[&id]).await.map_err(failed)?;
-        Ok(removed > 0)
+        self.db
+            .transaction(Plans::Cached, WebhookError::Unexpected, async move |tx| {
+                // The table lock before the row: a change recording an event holds order_events and then
+                // checks the endpoint row its delivery refers to, so the other order could deadlock. It
+                // also serialises this with registrations, so the count below sees theirs.
+                tx.batch_execute(LOCK_EVENTS_FOR_DROP).await.map_err(failed)?;
+                let removed =
+                    tx.execute("DELETE FROM webhook_endpoints WHERE id = $1", &[&id]).await.map_err(failed)?;
+                let left = tx.query_one("SELECT count(*) FROM webhook_endpoints", &[]).await.map_err(failed)?;
+                if left.get::<_, i64>(0) == 0 {
+                    tx.batch_execute(DROP_TRIGGER).await.map_err(failed)?;
+                }
+                Ok(removed > 0)
+            })
+            .await
     }
 
     async fn deliveries(&self, endpoint: Uuid, limit: usize) -> Result<Option<Vec<WebhookDelivery>>, WebhookError> {

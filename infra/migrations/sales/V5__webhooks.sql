@@ -45,5 +45,7 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER order_events_owe_webhooks AFTER INSERT ON order_events
-    REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION owe_webhooks();
+-- The trigger itself exists only while an endpoint is registered: registering one creates it,
+-- removing the last drops it (adapters/src/postgres/webhooks.rs). A trigger with a transition table,
+-- even a disabled one, makes every insert into order_events capture its rows, which cost the order path
+-- several percent of its throughput with no endpoint to deliver to.
