@@ -183,7 +183,10 @@ Get a token and place an order:
   TOKEN=$(curl -s -u sales-client:dev-secret-sales -d grant_type=client_credentials {issuer}/token | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
   curl -s -X POST http://{sales}/orders -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     -H "Idempotency-Key: $(date +%s%N)" \
-    -d '{{"customer_id":"cust-42","lines":[{{"sku":"SKU-001","quantity":2}}],"shipping_address":{{"name":"Ada Lovelace","line1":"1 Main St","city":"Berlin","postal_code":"10115","country":"DE"}}}}'
+    -d '{{"customer_id":"cust-42","contact_email":"ada@example.com","lines":[{{"sku":"SKU-001","quantity":2}}],"shipping_address":{{"name":"Ada Lovelace","line1":"1 Main St","city":"Berlin","postal_code":"10115","country":"DE"}}}}'
+
+The e-mail its contact would get is printed below (nothing is sent). Webhooks: POST /admin/webhooks
+with an admin token (endpoints on this machine are allowed here).
 
 Press Ctrl-C to stop.
 "#
