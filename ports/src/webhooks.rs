@@ -149,6 +149,12 @@ pub trait WebhookStore: Send + Sync {
     /// [`WebhookError::Unexpected`] when the store fails.
     async fn take_due(&self, now: Timestamp, lease: Duration, limit: usize) -> Result<Vec<DueDelivery>, WebhookError>;
 
+    /// Deletes deliveries delivered before `before`; returns how many. Pending and dead-lettered ones stay.
+    ///
+    /// # Errors
+    /// [`WebhookError::Unexpected`] when the store fails.
+    async fn purge_delivered(&self, before: Timestamp) -> Result<u64, WebhookError>;
+
     /// Records an attempt and its outcome. A failure sets the endpoint's `failing_since` if unset; a
     /// success clears it; `disable` (a reason) disables the endpoint.
     ///

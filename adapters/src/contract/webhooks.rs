@@ -99,7 +99,7 @@ pub async fn one_order_s_deliveries_are_taken_in_order_one_at_a_time<S: SalesSto
 }
 
 /// A delivery given up lets the next of its order go; it can be delivered again on request, and
-/// every attempt stays in the log.
+/// every attempt stays in the log; purging removes delivered deliveries only.
 pub async fn a_dead_letter_lets_its_order_move_on_and_can_be_redelivered<S: SalesStore + WebhookStore>(store: Arc<S>) {
     let store = store.as_ref();
     let hook = endpoint(store, None).await;
@@ -113,6 +113,12 @@ pub async fn a_dead_letter_lets_its_order_move_on_and_can_be_redelivered<S: Sale
     let dead = log.iter().find(|d| d.id == due[0].delivery.id).expect("in the log");
     assert_eq!(dead.status, DeliveryStatus::DeadLettered);
     assert_eq!(dead.attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(), [Some(500)]);
+
+    store.settle(&next[0].delivery, attempt(Some(200)), Settlement::Delivered, None).await.expect("settled");
+    assert_eq!(store.purge_delivered(later(now(), -60)).await.expect("purged"), 0, "delivered just now: kept");
+    assert_eq!(store.purge_delivered(later(now(), 60)).await.expect("purged"), 1, "the delivered one only");
+    let log = store.deliveries(hook.id, 10).await.expect("read").expect("exists");
+    assert_eq!(log.len(), 1, "the dead letter stays: {log:?}");
 
     assert!(store.redeliver(hook.id, dead.id, now()).await.expect("redelivered"), "it exists");
     assert!(!store.redeliver(hook.id, Uuid::now_v7(), now()).await.expect("answered"), "no such delivery");

@@ -365,6 +365,13 @@ impl WebhookStore for InMemorySalesStore {
         Ok(due)
     }
 
+    async fn purge_delivered(&self, before: Timestamp) -> Result<u64, WebhookError> {
+        let deliveries = &mut lock(&self.state).webhooks.deliveries;
+        let before_count = deliveries.len();
+        deliveries.retain(|d| d.delivery.status != DeliveryStatus::Delivered || d.next_attempt_at >= before);
+        Ok((before_count - deliveries.len()) as u64)
+    }
+
     async fn settle(
         &self,
         delivery: &WebhookDelivery,

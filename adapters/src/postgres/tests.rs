@@ -133,6 +133,9 @@ impl<S: WebhookStore> WebhookStore for Isolated<S> {
     async fn take_due(&self, now: Timestamp, lease: Duration, limit: usize) -> Result<Vec<DueDelivery>, WebhookError> {
         self.store.take_due(now, lease, limit).await
     }
+    async fn purge_delivered(&self, before: Timestamp) -> Result<u64, WebhookError> {
+        self.store.purge_delivered(before).await
+    }
     async fn settle(
         &self,
         delivery: &WebhookDelivery,

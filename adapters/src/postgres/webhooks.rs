@@ -217,6 +217,15 @@ impl WebhookStore for PgSalesStore {
         Ok(due.into_iter().map(|(_, d)| d).collect())
     }
 
+    async fn purge_delivered(&self, before: Timestamp) -> Result<u64, WebhookError> {
+        let client = self.db.client().await.map_err(WebhookError::Unexpected)?;
+        // A delivered row's next_attempt_at is when it was delivered.
+        client
+            .execute("DELETE FROM webhook_deliveries WHERE status = 'delivered' AND next_attempt_at < $1", &[&before])
+            .await
+            .map_err(failed)
+    }
+
     async fn settle(
         &self,
         delivery: &WebhookDelivery,

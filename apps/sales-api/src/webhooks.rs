@@ -20,6 +20,9 @@ use uuid::Uuid;
 const LEASE: Duration = Duration::from_secs(60);
 /// Deliveries taken per round.
 const BATCH: usize = 32;
+/// How long delivered deliveries stay in the log, and how often older ones are deleted.
+const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
+const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// How webhooks are retried and polled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,9 +195,18 @@ impl Webhooks {
     }
 
     /// Dispatches until the process stops: at once again after a round that sent something, else after
-    /// the poll interval. A store that fails is tried again after the interval.
+    /// the poll interval. A store that fails is tried again after the interval. Every ten minutes it
+    /// deletes what was delivered more than a week ago (dead letters stay until redelivered).
     pub async fn run(self: Arc<Self>) {
+        let mut purged = tokio::time::Instant::now();
         loop {
+            if purged.elapsed() >= PURGE_EVERY {
+                purged = tokio::time::Instant::now();
+                let before = self.clock.now() - chrono::Duration::from_std(KEEP_DELIVERED).unwrap_or_default();
+                if let Err(error) = self.store.purge_delivered(before).await {
+                    tracing::warn!(%error, "could not purge delivered webhooks");
+                }
+            }
             match self.dispatch().await {
                 Ok(sent) if sent > 0 => continue,
                 Ok(_) => {}
