@@ -17,6 +17,18 @@ pub mod webhooks;
 /// The boxed cause carried by every `Unexpected` variant.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The error and its causes on one line: a driver's top-level message alone rarely says what went wrong.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 /// Why a use case's change of an existing order or shipment did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum TransitionFailure {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use orderflow_adapters::contract::fixtures::LIFECYCLE_AUDIT;
 use poem::http::StatusCode as PoemStatus;
 use poem::web::Data;
 use poem::{EndpointExt, Request, Route, Server, handler, post};
@@ -23,12 +24,6 @@ use serde_json::{Value, json};
 use support::{eventually, expect_status, string};
 
 const SKU: &str = "SKU-HOOK-1";
-const LIFECYCLE: [&str; 4] = [
-    "orderflow.order.placed.v1",
-    "orderflow.order.paid.v1",
-    "orderflow.order.shipped.v1",
-    "orderflow.order.delivered.v1",
-];
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -122,11 +117,11 @@ async fn deliveries_verify_with_the_secret_and_a_receiver_down_for_a_while_gets_
 
     let received = eventually("every event of every order", || async {
         let received = receiver.received.lock().map(|r| r.clone()).unwrap_or_default();
-        Ok((received.len() >= orders.len() * LIFECYCLE.len()).then_some(received))
+        Ok((received.len() >= orders.len() * LIFECYCLE_AUDIT.len()).then_some(received))
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.received.lock().map(|r| r.len()).unwrap_or_default(), orders.len() * LIFECYCLE.len());
+    assert_eq!(receiver.received.lock().map(|r| r.len()).unwrap_or_default(), orders.len() * LIFECYCLE_AUDIT.len());
     let mut trails: HashMap<String, Vec<String>> = HashMap::new();
     for delivery in &received {
         ensure!(verifies(&secret, delivery)?, "the signature verifies with the secret: {delivery:?}");
@@ -135,7 +130,11 @@ async fn deliveries_verify_with_the_secret_and_a_receiver_down_for_a_while_gets_
         trails.entry(string(&body["data"]["order_id"])?).or_default().push(string(&body["type"])?);
     }
     for order in &orders {
-        assert_eq!(trails.get(order).map(Vec::as_slice), Some(&LIFECYCLE.map(str::to_owned)[..]), "order {order}");
+        assert_eq!(
+            trails.get(order).map(Vec::as_slice),
+            Some(&LIFECYCLE_AUDIT.map(str::to_owned)[..]),
+            "order {order}"
+        );
     }
     let ids: std::collections::HashSet<_> = received.iter().map(|r| r.id.clone()).collect();
     assert_eq!(ids.len(), received.len(), "each delivery has its own webhook-id");

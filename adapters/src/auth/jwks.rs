@@ -10,6 +10,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use orderflow_ports::auth::{AuthError, Principal, TokenVerifier};
+use orderflow_ports::error_chain;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, RwLock};
@@ -449,18 +450,6 @@ fn invalid(reason: impl Into<String>) -> AuthError {
 
 fn unexpected(error: FetchError) -> AuthError {
     AuthError::Unexpected(Box::new(error))
-}
-
-/// The error and its causes on one line: reqwest's top-level message alone rarely says what went wrong.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -158,12 +158,7 @@ impl Notifications {
         match self.store.notify_once(&request.inbox, Box::pin(send)).await {
             Ok(_) => Ok(()),
             Err(NotifyOnceError::Send(NotifyError::Refused(reason))) => Err(NotifyFailure::Refused(reason)),
-            Err(other) => Err(NotifyFailure::Transient(
-                std::iter::successors(Some(&other as &dyn std::error::Error), |e| e.source())
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(": "),
-            )),
+            Err(other) => Err(NotifyFailure::Transient(orderflow_ports::error_chain(&other))),
         }
     }
 }

@@ -119,7 +119,11 @@ impl DlqApi {
     }
 }
 
-fn limit(raw: Option<i64>, default: usize) -> Result<usize, Problem> {
+/// The `limit` of an admin listing: 1–1000, `default` when absent.
+///
+/// # Errors
+/// A 400 [`Problem`] on `limit` outside 1–1000.
+pub fn admin_limit(raw: Option<i64>, default: usize) -> Result<usize, Problem> {
     match raw {
         None => Ok(default),
         Some(n @ 1..=1000) => usize::try_from(n).map_err(|_| Problem::invalid("limit", "must be between 1 and 1000")),
@@ -152,7 +156,7 @@ impl DlqApi {
     ) -> Result<Json<DlqEntries>, Problems<SomeLetters>> {
         auth.require(Scope::Admin)?;
         let queue = self.queue(&queue.0)?;
-        let letters = self.admin.peek(queue, self::limit(limit.0, 20)?).await.map_err(|e| failed(&e))?;
+        let letters = self.admin.peek(queue, admin_limit(limit.0, 20)?).await.map_err(|e| failed(&e))?;
         Ok(Json(DlqEntries { items: letters.into_iter().map(Into::into).collect() }))
     }
 
@@ -166,7 +170,7 @@ impl DlqApi {
     ) -> Result<Json<DlqOutcome>, Problems<SomeLetters>> {
         auth.require(Scope::Admin)?;
         let queue = self.queue(&queue.0)?;
-        let replayed = self.admin.replay(queue, self::limit(limit.0, 1000)?).await.map_err(|e| failed(&e))?;
+        let replayed = self.admin.replay(queue, admin_limit(limit.0, 1000)?).await.map_err(|e| failed(&e))?;
         Ok(Json(DlqOutcome { count: replayed as u64 }))
     }
 

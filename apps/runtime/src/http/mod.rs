@@ -17,7 +17,7 @@ mod text;
 
 pub use auth::{AuthContext, BearerAuth, RateLimitPolicy, RateLimitQuota, RouteLimit, Scope};
 pub use cursor::{IdCursor, page_limit};
-pub use dlq::DlqApi;
+pub use dlq::{DlqApi, admin_limit};
 pub use document::exact_document;
 pub use headers::SecurityHeaders;
 pub use json::StrictJson;

@@ -9,7 +9,7 @@ use orderflow_messages::{
 };
 use orderflow_ports::webhooks::{Attempt, DeliveryStatus, WebhookDelivery, WebhookEndpoint, WebhookError};
 use orderflow_runtime::http::{
-    BearerAuth, Lookup, PathId, Pattern, Problem, Problems, Scope, Shape, StrictJson, with_pattern,
+    BearerAuth, Lookup, PathId, Pattern, Problem, Problems, Scope, Shape, StrictJson, admin_limit, with_pattern,
 };
 use orderflow_runtime::refusals;
 use poem::http::StatusCode;
@@ -349,12 +349,12 @@ impl WebhooksApi {
     ) -> Result<Json<DeliveryList>, Problems<Lookup>> {
         auth.require(Scope::Admin)?;
         let id = id.0.parse("id")?;
-        let limit = match limit.0 {
-            None => 100,
-            Some(n @ 1..=1000) => usize::try_from(n).unwrap_or(100),
-            Some(_) => return Err(Problem::invalid("limit", "must be between 1 and 1000").into()),
-        };
-        let log = self.webhooks.deliveries(id, limit).await.map_err(|e| failed(&e))?.ok_or_else(no_endpoint)?;
+        let log = self
+            .webhooks
+            .deliveries(id, admin_limit(limit.0, 100)?)
+            .await
+            .map_err(|e| failed(&e))?
+            .ok_or_else(no_endpoint)?;
         Ok(Json(DeliveryList { items: log.into_iter().map(Into::into).collect() }))
     }
 
