@@ -113,6 +113,7 @@ impl Sales {
                 relay: RelaySettings { idle_poll: Duration::from_millis(50), ..RelaySettings::default() },
                 pressure,
                 webhooks: WebhookSettings::default(),
+                catalogue: Vec::new(),
             },
             SalesAdapters {
                 store: store.clone(),

@@ -36,6 +36,12 @@ async fn orderflow_dev_prints_the_e_mail_it_would_send() -> anyhow::Result<()> {
         Ok(fetch_token(&http, &token_url, "sales-client", "dev-secret-sales").await.ok())
     })
     .await?;
+    // The issuer starts first; Sales answers once its catalogue is in.
+    eventually("Sales ready", || async {
+        let ready = http.get(format!("http://{sales}/health/ready")).send().await;
+        Ok(ready.is_ok_and(|r| r.status().is_success()).then_some(()))
+    })
+    .await?;
     let mut body = order_body("cust-dev-mail", &[("SKU-001", 1)]);
     body["contact_email"] = "ada@example.com".into();
     let placed = http.post(format!("http://{sales}/orders")).bearer_auth(&token).json(&body).send().await?;

@@ -14,12 +14,11 @@ use orderflow_adapters::postgres::PgSettings;
 use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
 use orderflow_adapters::system::SystemClock;
 use orderflow_domain::{Currency, Money, ProductName, Sku};
-use orderflow_ports::sales::SalesStore;
 use orderflow_runtime::dev_issuer::{DevClient, DevIssuer, RunningIssuer};
 use orderflow_runtime::wiring::{Limits, Store, Wiring};
 use sales_api::pressure::PressureLimits;
 use sales_api::webhooks::WebhookSettings;
-use sales_api::{Mail, SalesSettings, SalesSetup};
+use sales_api::{Mail, SalesSettings, SalesSetup, SeedProduct};
 
 /// The audience the dev issuer mints tokens for and the services expect.
 pub const AUDIENCE: &str = "orderflow";
@@ -137,6 +136,7 @@ impl DevStack {
                 pressure: options.pressure,
                 // Endpoints on this machine, for trying webhooks out.
                 webhooks: WebhookSettings { allow_loopback: true, ..WebhookSettings::default() },
+                catalogue: if options.seed_catalogue { sample_catalogue()? } else { Vec::new() },
                 ..SalesSettings::default()
             },
             wiring: Wiring { store: store(|pg| &pg.sales_schema), ..wiring.clone() },
@@ -144,9 +144,6 @@ impl DevStack {
             mail: Mail::Log,
         })
         .await?;
-        if options.seed_catalogue {
-            seed(sales.store().as_ref()).await?;
-        }
         let delivery = delivery_api::Application::build(DeliverySetup {
             settings: DeliverySettings {
                 http_addr: options.delivery_addr,
@@ -173,7 +170,7 @@ impl DevStack {
 }
 
 /// The sample catalogue of `orderflow dev`.
-async fn seed(store: &dyn SalesStore) -> anyhow::Result<()> {
+fn sample_catalogue() -> anyhow::Result<Vec<SeedProduct>> {
     let eur = Currency::parse("EUR")?;
     let products = [
         ("SKU-001", "Espresso beans, 1 kg", 1999, 100),
@@ -181,8 +178,15 @@ async fn seed(store: &dyn SalesStore) -> anyhow::Result<()> {
         ("SKU-003", "Ceramic cup", 899, 500),
         ("SKU-004", "Grinder", 12999, 5),
     ];
-    for (sku, name, price, stock) in products {
-        store.put_product(Sku::parse(sku)?, ProductName::parse(name)?, Money::new(price, eur)?, stock).await?;
-    }
-    Ok(())
+    products
+        .into_iter()
+        .map(|(sku, name, price, stock)| {
+            Ok(SeedProduct {
+                sku: Sku::parse(sku)?,
+                name: ProductName::parse(name)?,
+                price: Money::new(price, eur)?,
+                stock,
+            })
+        })
+        .collect()
 }

@@ -9,4 +9,4 @@ pub mod startup;
 pub mod webhooks;
 pub mod workers;
 
-pub use startup::{Application, Mail, SalesAdapters, SalesSettings, SalesSetup};
+pub use startup::{Application, Mail, SalesAdapters, SalesSettings, SalesSetup, SeedProduct};

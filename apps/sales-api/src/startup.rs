@@ -14,6 +14,7 @@ use orderflow_adapters::postgres::PgSalesStore;
 use orderflow_adapters::smtp::SmtpNotifier;
 use orderflow_adapters::system::{SystemClock, UuidV7Ids};
 use orderflow_adapters::webhook::HttpWebhookSender;
+use orderflow_domain::{Money, ProductName, Sku};
 use orderflow_messages::RoutingKey;
 use orderflow_ports::cache::OrderCache;
 use orderflow_ports::messaging::MessageHandler;
@@ -75,6 +76,22 @@ pub struct SalesSettings {
     pub pressure: PressureLimits,
     /// How webhooks are retried, polled and where they may go.
     pub webhooks: WebhookSettings,
+    /// Products put in the catalogue before the first request is served (`orderflow dev`'s sample), so
+    /// no client can see the service without them.
+    pub catalogue: Vec<SeedProduct>,
+}
+
+/// A product to put in the catalogue at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedProduct {
+    /// The SKU.
+    pub sku: Sku,
+    /// Display name.
+    pub name: ProductName,
+    /// Unit price.
+    pub price: Money,
+    /// Units on hand.
+    pub stock: u32,
 }
 
 impl Default for SalesSettings {
@@ -84,6 +101,7 @@ impl Default for SalesSettings {
             relay: RelaySettings::default(),
             pressure: PressureLimits::default(),
             webhooks: WebhookSettings::default(),
+            catalogue: Vec::new(),
         }
     }
 }
@@ -114,7 +132,6 @@ pub struct SalesAdapters {
 /// them all.
 pub struct Application {
     running: RunningService,
-    store: Arc<dyn SalesStore>,
 }
 
 impl Application {
@@ -160,6 +177,10 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or the metrics cannot be registered.
     pub async fn assemble(settings: SalesSettings, adapters: SalesAdapters) -> anyhow::Result<Self> {
+        for product in &settings.catalogue {
+            let SeedProduct { sku, name, price, stock } = product.clone();
+            adapters.store.put_product(sku, name, price, stock).await.context("seeding the catalogue")?;
+        }
         let pressure = Arc::new(BackPressure::new(settings.pressure));
         let webhooks = Arc::new(Webhooks::new(
             adapters.webhook_store,
@@ -219,7 +240,7 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!(e))
             .with_context(|| format!("starting the Sales API on {}", settings.http_addr))?;
-        Ok(Self { running, store: adapters.store })
+        Ok(Self { running })
     }
 
     /// The address the server listens on.
@@ -235,11 +256,6 @@ impl Application {
     /// What runs besides the HTTP server (see [`RunningService::workers`]).
     pub fn workers(&self) -> &[String] {
         self.running.workers()
-    }
-
-    /// The store, for seeding a catalogue before the first request.
-    pub fn store(&self) -> Arc<dyn SalesStore> {
-        self.store.clone()
     }
 
     /// Runs until SIGTERM or Ctrl-C, then settles the messages in flight (see [`RunningService`]).
