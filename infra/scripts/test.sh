@@ -24,6 +24,8 @@ bash infra/scripts/rabbitmq.sh
 bash infra/scripts/redis.sh
 bash infra/scripts/kafka.sh start
 bash infra/scripts/oauth.sh start
+echo "--- the OAuth2 server's own tests (infra/oauth: client credentials, the console's sign-in)"
+(cd infra/oauth && npm test)
 
 echo "--- cargo fmt --check"
 cargo fmt --all -- --check
