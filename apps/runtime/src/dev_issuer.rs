@@ -1,13 +1,15 @@
-//! [`DevIssuer`]: a minimal OAuth2 authorization server (client-credentials grant, ES256 JWT access tokens,
-//! OIDC discovery and JWKS) for `orderflow dev` and tests. Keys live in memory and the default clients' secrets
-//! are public: never expose it beyond a developer's machine or a test.
+//! [`DevIssuer`]: a minimal OAuth2 authorization server for `orderflow dev` and tests: the client-credentials
+//! grant for machines, the authorization-code grant with PKCE (S256 only) and a sign-in page for people
+//! ([`DevUser`]s, as the delivery console signs its staff in), ES256 JWT access tokens, OIDC discovery and JWKS.
+//! Keys and codes live in memory and the default secrets and passwords are public: never expose it beyond a
+//! developer's machine or a test.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
@@ -24,10 +26,25 @@ use ring::{error::Unspecified, hmac};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
+use url::Url;
 use uuid::Uuid;
+
+use self::authorize::IssuedCode;
+
+mod authorize;
 
 /// Lifetime of tokens from `/token` unless [`DevIssuer::with_token_lifetime`] says otherwise.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// How long an authorization code can be redeemed: the client redeems it as soon as the browser comes back,
+/// and RFC 6749 §4.1.2 recommends at most ten minutes.
+const CODE_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The `client_id` of [`DevClient::console`], the web console delivery staff sign in to.
+pub const CONSOLE_CLIENT_ID: &str = "delivery-console";
+
+/// The secret of [`DevClient::console`]. DEV-ONLY: it is in the source code.
+pub const CONSOLE_CLIENT_SECRET: &str = "dev-secret-console";
 
 /// A client registered with the [`DevIssuer`].
 #[derive(Clone, PartialEq, Eq)]
@@ -38,6 +55,9 @@ pub struct DevClient {
     pub secret: String,
     /// The scopes the client may be granted; it gets all of them when it asks for none.
     pub scopes: Vec<String>,
+    /// Where `/authorize` may send the browser back, compared exactly (RFC 6749 §3.1.2); empty means the client
+    /// cannot use the authorization-code grant.
+    pub redirect_uris: Vec<String>,
 }
 
 impl fmt::Debug for DevClient {
@@ -47,18 +67,40 @@ impl fmt::Debug for DevClient {
             .field("id", &self.id)
             .field("secret", &"<redacted>")
             .field("scopes", &self.scopes)
+            .field("redirect_uris", &self.redirect_uris)
             .finish()
     }
 }
 
 impl DevClient {
-    /// A client with the given id, secret and allowed scopes.
+    /// A client with the given id, secret and allowed scopes, and no redirect URI: it can use the
+    /// client-credentials grant only until [`DevClient::with_redirect_uris`] gives it some.
     pub fn new(
         id: impl Into<String>,
         secret: impl Into<String>,
         scopes: impl IntoIterator<Item = impl Into<String>>,
     ) -> Self {
-        Self { id: id.into(), secret: secret.into(), scopes: scopes.into_iter().map(Into::into).collect() }
+        Self {
+            id: id.into(),
+            secret: secret.into(),
+            scopes: scopes.into_iter().map(Into::into).collect(),
+            redirect_uris: Vec::new(),
+        }
+    }
+
+    /// Lets the client use the authorization-code grant, sending the browser back to exactly one of `uris`
+    /// (absolute URLs without a fragment, else [`DevIssuer::bind`] fails).
+    #[must_use]
+    pub fn with_redirect_uris(mut self, uris: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.redirect_uris = uris.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The delivery console ([`CONSOLE_CLIENT_ID`], [`CONSOLE_CLIENT_SECRET`]): a confidential web client that
+    /// signs delivery staff in with the authorization-code grant and comes back to `redirect_uri`.
+    pub fn console(redirect_uri: impl Into<String>) -> DevClient {
+        DevClient::new(CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET, ["shipments:read", "shipments:write"])
+            .with_redirect_uris([redirect_uri])
     }
 
     /// The four clients `orderflow dev` registers. DEV-ONLY secrets: they are in the source code.
@@ -76,12 +118,61 @@ impl DevClient {
     }
 }
 
+/// A person who can sign in at the [`DevIssuer`]'s `/authorize` page.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DevUser {
+    /// The name typed on the sign-in page; the tokens' `sub`.
+    pub username: String,
+    /// The password typed on the sign-in page.
+    pub password: String,
+    /// The scopes the user may hold: a token gets those the client asked for, may have and the user has.
+    pub scopes: Vec<String>,
+}
+
+impl fmt::Debug for DevUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // As for client secrets: dev passwords stay out of logs too.
+        f.debug_struct("DevUser")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+impl DevUser {
+    /// A user with the given name, password and scopes.
+    pub fn new(
+        username: impl Into<String>,
+        password: impl Into<String>,
+        scopes: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+            scopes: scopes.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The delivery staff of `orderflow dev`: `staff`, who may read and change shipments, and `viewer`, who may
+    /// only read them. DEV-ONLY passwords: they are in the source code.
+    pub fn defaults() -> Vec<DevUser> {
+        vec![
+            DevUser::new("staff", "dev-password-staff", ["shipments:read", "shipments:write"]),
+            DevUser::new("viewer", "dev-password-viewer", ["shipments:read"]),
+        ]
+    }
+}
+
 /// Configuration of a dev authorization server; [`DevIssuer::bind`] starts it.
 #[derive(Debug, Clone)]
 pub struct DevIssuer {
     audience: String,
     clients: Vec<DevClient>,
+    users: Vec<DevUser>,
     token_lifetime: Duration,
+    /// Not configurable from outside: only this module's tests shorten it, to see a code expire.
+    code_lifetime: Duration,
 }
 
 /// Why the dev issuer could not make a key or a token.
@@ -99,7 +190,21 @@ pub enum DevIssuerError {
 impl DevIssuer {
     /// An issuer whose tokens carry `aud = audience`, knowing `clients`, with 1 h tokens.
     pub fn new(audience: impl Into<String>, clients: Vec<DevClient>) -> Self {
-        Self { audience: audience.into(), clients, token_lifetime: DEFAULT_TOKEN_LIFETIME }
+        Self {
+            audience: audience.into(),
+            clients,
+            users: Vec::new(),
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            code_lifetime: CODE_LIFETIME,
+        }
+    }
+
+    /// Sets the people who can sign in on the `/authorize` page (none by default, so the authorization-code grant
+    /// cannot succeed until some are given).
+    #[must_use]
+    pub fn with_users(mut self, users: Vec<DevUser>) -> Self {
+        self.users = users;
+        self
     }
 
     /// Sets the lifetime (`exp - iat`, and `expires_in`) of tokens from `/token`.
@@ -123,8 +228,16 @@ impl DevIssuer {
     /// The issuer URL is `http://{bound address}`, with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback.
     ///
     /// # Errors
-    /// If the address cannot be bound, or key generation fails (reported as [`io::ErrorKind::Other`]).
+    /// [`io::ErrorKind::InvalidInput`] if a client's redirect URI is not an absolute URL or has a fragment (RFC 6749
+    /// §3.1.2); otherwise if the address cannot be bound, or key generation fails (reported as
+    /// [`io::ErrorKind::Other`]).
     pub async fn bind(self, addr: SocketAddr) -> io::Result<RunningIssuer> {
+        // Checked before binding, so a mistyped URI fails at start and not when someone tries to sign in.
+        let redirect_uris = self
+            .clients
+            .iter()
+            .map(|c| c.redirect_uris.iter().map(|uri| RedirectUri::parse(uri)).collect::<io::Result<Vec<_>>>())
+            .collect::<io::Result<Vec<_>>>()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let issuer = format!("http://{}", SocketAddr::new(reachable_ip(local_addr.ip()), local_addr.port()));
@@ -135,12 +248,25 @@ impl DevIssuer {
         let clients = self
             .clients
             .into_iter()
-            .map(|c| {
+            .zip(redirect_uris)
+            .map(|(c, redirect_uris)| {
                 let registered = RegisteredClient {
                     secret_tag: hmac::sign(&tag_key, c.secret.as_bytes()),
                     scopes: c.scopes.into_iter().collect(),
+                    redirect_uris,
                 };
                 (c.id, registered)
+            })
+            .collect();
+        let users = self
+            .users
+            .into_iter()
+            .map(|u| {
+                let registered = RegisteredUser {
+                    password_tag: hmac::sign(&tag_key, u.password.as_bytes()),
+                    scopes: u.scopes.into_iter().collect(),
+                };
+                (u.username, registered)
             })
             .collect();
         let state = Arc::new(IssuerState {
@@ -149,6 +275,10 @@ impl DevIssuer {
             token_lifetime: self.token_lifetime,
             clients,
             unknown_client_tag: hmac::sign(&tag_key, Uuid::new_v4().as_bytes()),
+            users,
+            unknown_user_tag: hmac::sign(&tag_key, Uuid::new_v4().as_bytes()),
+            code_lifetime: self.code_lifetime,
+            codes: Mutex::new(HashMap::new()),
             tag_key,
             rng,
             keys: RwLock::new(KeyRing { current, published: vec![jwk] }),
@@ -158,6 +288,8 @@ impl DevIssuer {
             .at("/.well-known/openid-configuration", get(metadata))
             .at("/.well-known/oauth-authorization-server", get(metadata))
             .at("/jwks", get(jwks))
+            .at("/authorize", get(authorize::show_sign_in).post(authorize::sign_in))
+            .at("/authorize.css", get(authorize::stylesheet))
             .at("/token", post(token))
             .data(Arc::clone(&state));
         let acceptor = TcpAcceptor::from_tokio(listener)?;
@@ -202,6 +334,11 @@ impl RunningIssuer {
         format!("{}/token", self.state.issuer)
     }
 
+    /// The authorization endpoint, `{issuer}/authorize`, where people sign in.
+    pub fn authorize_url(&self) -> String {
+        format!("{}/authorize", self.state.issuer)
+    }
+
     /// The JWKS endpoint, `{issuer}/jwks`.
     pub fn jwks_url(&self) -> String {
         format!("{}/jwks", self.state.issuer)
@@ -233,7 +370,7 @@ impl RunningIssuer {
     /// # Errors
     /// [`DevIssuerError::Signing`] if signing fails.
     pub fn mint(&self, client_id: &str, scopes: &[&str], lifetime: Duration) -> Result<String, DevIssuerError> {
-        self.state.mint(client_id, &scopes.join(" "), lifetime)
+        self.state.mint(client_id, client_id, &scopes.join(" "), lifetime)
     }
 
     /// Signs arbitrary `claims` with the current key (header `alg: ES256`, its `kid`): for tests that need
@@ -273,6 +410,12 @@ struct IssuerState {
     tag_key: hmac::Key,
     /// Checked against when the client id is unknown, so that case costs the same as a wrong secret.
     unknown_client_tag: hmac::Tag,
+    users: HashMap<String, RegisteredUser>,
+    /// Checked against when the username is unknown, so that case costs the same as a wrong password.
+    unknown_user_tag: hmac::Tag,
+    code_lifetime: Duration,
+    /// The authorization codes handed out and not yet redeemed, by code.
+    codes: Mutex<HashMap<String, IssuedCode>>,
     rng: SystemRandom,
     keys: RwLock<KeyRing>,
     jwks_fetches: AtomicUsize,
@@ -281,6 +424,30 @@ struct IssuerState {
 struct RegisteredClient {
     secret_tag: hmac::Tag,
     scopes: BTreeSet<String>,
+    redirect_uris: Vec<RedirectUri>,
+}
+
+struct RegisteredUser {
+    password_tag: hmac::Tag,
+    scopes: BTreeSet<String>,
+}
+
+/// A redirect URI as registered, which requests must repeat exactly, and parsed, to add the response to.
+struct RedirectUri {
+    registered: String,
+    url: Url,
+}
+
+impl RedirectUri {
+    fn parse(registered: &str) -> io::Result<RedirectUri> {
+        let invalid =
+            |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("redirect URI {registered:?} {why}"));
+        let url = Url::parse(registered).map_err(|error| invalid(&format!("is not an absolute URL: {error}")))?;
+        if url.fragment().is_some() {
+            return Err(invalid("has a fragment, which RFC 6749 §3.1.2 forbids"));
+        }
+        Ok(RedirectUri { registered: registered.to_owned(), url })
+    }
 }
 
 /// The key that signs, and the JWKS entries of every key that ever did.
@@ -326,12 +493,13 @@ impl IssuerState {
         self.keys.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn mint(&self, client_id: &str, scope: &str, lifetime: Duration) -> Result<String, DevIssuerError> {
+    /// A token for `subject` (the client itself, or the user who signed in) acting through `client_id`.
+    fn mint(&self, subject: &str, client_id: &str, scope: &str, lifetime: Duration) -> Result<String, DevIssuerError> {
         let now = chrono::Utc::now().timestamp();
         let lifetime = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
         self.sign(&json!({
             "iss": self.issuer,
-            "sub": client_id,
+            "sub": subject,
             "client_id": client_id,
             "aud": self.audience,
             "iat": now,
@@ -351,20 +519,29 @@ impl IssuerState {
         jsonwebtoken::encode(&header, claims, &keys.current.key).map_err(DevIssuerError::Signing)
     }
 
-    /// The client-credentials grant (RFC 6749 §4.4), with errors as in §5.2.
+    /// The token endpoint: the client-credentials grant (RFC 6749 §4.4) or the redemption of an authorization
+    /// code (§4.1.3), with errors as in §5.2.
     fn grant(&self, headers: &HeaderMap, body: &[u8]) -> Result<TokenResponse, OAuthError> {
-        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let media_type = content_type.split(';').next().unwrap_or_default().trim();
-        if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        if !is_form(headers) {
             return Err(OAuthError::InvalidRequest("the body must be application/x-www-form-urlencoded"));
         }
         let params = parse_form(body)?;
         let (client_id, client) = self.authenticate(headers, &params)?;
         match params.get("grant_type").map(String::as_str) {
-            Some("client_credentials") => {}
-            Some(_) => return Err(OAuthError::UnsupportedGrantType),
-            None => return Err(OAuthError::InvalidRequest("grant_type is missing")),
+            Some("client_credentials") => self.client_credentials(client_id, client, &params),
+            Some("authorization_code") => self.redeem_code(client_id, &params),
+            Some(_) => Err(OAuthError::UnsupportedGrantType),
+            None => Err(OAuthError::InvalidRequest("grant_type is missing")),
         }
+    }
+
+    /// The client-credentials grant (RFC 6749 §4.4): the client acts for itself.
+    fn client_credentials(
+        &self,
+        client_id: &str,
+        client: &RegisteredClient,
+        params: &HashMap<String, String>,
+    ) -> Result<TokenResponse, OAuthError> {
         let granted = match params.get("scope") {
             Some(requested) => {
                 let requested: BTreeSet<String> = requested.split_whitespace().map(str::to_owned).collect();
@@ -376,7 +553,12 @@ impl IssuerState {
             None => client.scopes.clone(),
         };
         let scope = granted.into_iter().collect::<Vec<_>>().join(" ");
-        let access_token = self.mint(client_id, &scope, self.token_lifetime).map_err(OAuthError::Server)?;
+        self.token_response(client_id, client_id, scope)
+    }
+
+    /// Mints the access token of a successful grant.
+    fn token_response(&self, subject: &str, client_id: &str, scope: String) -> Result<TokenResponse, OAuthError> {
+        let access_token = self.mint(subject, client_id, &scope, self.token_lifetime).map_err(OAuthError::Server)?;
         Ok(TokenResponse { access_token, token_type: "Bearer", expires_in: self.token_lifetime.as_secs(), scope })
     }
 
@@ -415,6 +597,13 @@ impl IssuerState {
             }
         }
     }
+}
+
+/// Whether the body is `application/x-www-form-urlencoded`, as both the token endpoint and the sign-in form send.
+fn is_form(headers: &HeaderMap) -> bool {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded")
 }
 
 /// Reads `Authorization: Basic base64(urlencode(id):urlencode(secret))`.
@@ -485,6 +674,8 @@ struct TokenResponse {
 enum OAuthError {
     InvalidRequest(&'static str),
     InvalidClient,
+    /// The authorization code is unknown, spent, expired, someone else's, or its PKCE or redirect URI differ.
+    InvalidGrant(&'static str),
     UnsupportedGrantType,
     InvalidScope(String),
     Server(DevIssuerError),
@@ -497,9 +688,12 @@ impl OAuthError {
             OAuthError::InvalidClient => {
                 (StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed".to_owned())
             }
-            OAuthError::UnsupportedGrantType => {
-                (StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported".to_owned())
-            }
+            OAuthError::InvalidGrant(why) => (StatusCode::BAD_REQUEST, "invalid_grant", why.to_owned()),
+            OAuthError::UnsupportedGrantType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only client_credentials and authorization_code are supported".to_owned(),
+            ),
             OAuthError::InvalidScope(why) => (StatusCode::BAD_REQUEST, "invalid_scope", why),
             OAuthError::Server(error) => {
                 tracing::error!(error = &error as &dyn std::error::Error, "the dev issuer could not issue a token");
@@ -542,9 +736,13 @@ fn metadata(Data(state): Data<&Arc<IssuerState>>) -> Json<Value> {
     let scopes: BTreeSet<&str> = state.clients.values().flat_map(|c| c.scopes.iter().map(String::as_str)).collect();
     Json(json!({
         "issuer": state.issuer,
+        "authorization_endpoint": format!("{}/authorize", state.issuer),
         "token_endpoint": format!("{}/token", state.issuer),
         "jwks_uri": format!("{}/jwks", state.issuer),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", "authorization_code"],
+        "response_types_supported": ["code"],
+        // `plain` would let whoever sees the authorization request redeem the code: S256 only (RFC 9700 §2.1.1).
+        "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "scopes_supported": scopes,
     }))

@@ -1,6 +1,9 @@
-//! Real HTTP between [`JwksVerifier`] and a started [`DevIssuer`], plus hand-made malicious tokens.
+//! Real HTTP between [`JwksVerifier`] and a started [`DevIssuer`], plus hand-made malicious tokens; and the
+//! authorization-code grant driven as the delivery console and a browser drive it (`oauth2` and reqwest).
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,12 +11,19 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType};
+use oauth2::url::Url;
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope, TokenResponse, TokenUrl,
+};
 use orderflow_ports::auth::{AuthError, TokenVerifier};
+use regex::Regex;
 use serde_json::{Value, json};
 
 use orderflow_adapters::auth::{JwksVerifier, VerifierSettings};
 
-use super::{DevClient, DevIssuer, RunningIssuer};
+use super::{CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET, DevClient, DevIssuer, DevUser, RunningIssuer};
 
 const AUDIENCE: &str = "orderflow-api";
 
@@ -528,7 +538,7 @@ async fn the_discovery_document_points_at_the_token_and_jwks_endpoints() -> Resu
     assert_eq!(doc["issuer"], json!(issuer.issuer_url()));
     assert_eq!(doc["token_endpoint"], json!(issuer.token_url()));
     assert_eq!(doc["jwks_uri"], json!(issuer.jwks_url()));
-    assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(doc["grant_types_supported"], json!(["client_credentials", "authorization_code"]));
     assert_eq!(doc["token_endpoint_auth_methods_supported"], json!(["client_secret_basic", "client_secret_post"]));
     Ok(())
 }
@@ -613,4 +623,523 @@ async fn a_discovery_document_naming_another_issuer_is_not_trusted() -> Result<(
     assert!(matches!(result, Err(AuthError::Unexpected(_))), "{result:?}");
     server.abort();
     Ok(())
+}
+
+// The authorization-code grant with PKCE, as the delivery console and a browser use it.
+
+/// Where the console wants the browser back; nothing listens there, since the browser here follows no redirect.
+const CONSOLE_REDIRECT: &str = "http://127.0.0.1:5173/auth/callback";
+
+/// The console as an `oauth2` client: authorization and token endpoints set.
+type Console = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+/// An issuer knowing the machine clients, the console and the default users.
+fn console_issuer() -> DevIssuer {
+    let mut clients = DevClient::defaults();
+    clients.push(DevClient::console(CONSOLE_REDIRECT));
+    DevIssuer::new(AUDIENCE, clients).with_users(DevUser::defaults())
+}
+
+async fn start_console_issuer() -> Result<RunningIssuer> {
+    Ok(console_issuer().bind("127.0.0.1:0".parse()?).await?)
+}
+
+fn console_for(issuer: &RunningIssuer, client_id: &str, secret: &str) -> Result<Console> {
+    Ok(BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_client_secret(ClientSecret::new(secret.to_owned()))
+        .set_auth_uri(AuthUrl::new(issuer.authorize_url())?)
+        .set_token_uri(TokenUrl::new(issuer.token_url())?)
+        .set_redirect_uri(RedirectUrl::new(CONSOLE_REDIRECT.to_owned())?))
+}
+
+fn console(issuer: &RunningIssuer) -> Result<Console> {
+    console_for(issuer, CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET)
+}
+
+/// A browser, and the console's HTTP client, that follow no redirect, so tests see where the issuer sends them.
+fn browser() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?)
+}
+
+/// An authorization request as the console makes it: the URL, its state and the PKCE verifier.
+fn authorization_request(console: &Console, scopes: &[&str]) -> (Url, CsrfToken, PkceCodeVerifier) {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, state) = console
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(scopes.iter().map(|scope| Scope::new((*scope).to_owned())))
+        .set_pkce_challenge(challenge)
+        .url();
+    (url, state, verifier)
+}
+
+/// A response read whole: status, headers and body.
+struct Page {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    async fn read(response: reqwest::Response) -> Result<Page> {
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        Ok(Page { status, headers, body: response.text().await? })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The hidden fields of the sign-in form, decoded as a browser decodes them.
+    fn hidden_fields(&self) -> Result<Vec<(String, String)>> {
+        let field = Regex::new(r#"<input type="hidden" name="([^"]*)" value="([^"]*)">"#)?;
+        Ok(field.captures_iter(&self.body).map(|c| (html_unescape(&c[1]), html_unescape(&c[2]))).collect())
+    }
+}
+
+/// Undoes askama's escaping (`&#38;` last, so an escaped entity is not decoded twice).
+fn html_unescape(text: &str) -> String {
+    text.replace("&#34;", "\"").replace("&#39;", "'").replace("&#60;", "<").replace("&#62;", ">").replace("&#38;", "&")
+}
+
+async fn open(browser: &reqwest::Client, url: &str) -> Result<Page> {
+    Page::read(browser.get(url).send().await?).await
+}
+
+/// Submits the sign-in form of `page` as a browser would, with `fields` changed or added.
+async fn submit(
+    browser: &reqwest::Client,
+    issuer: &RunningIssuer,
+    page: &Page,
+    fields: &[(&str, &str)],
+) -> Result<Page> {
+    ensure!(page.body.contains(r#"<form method="post" action="/authorize">"#), "no sign-in form: {}", page.body);
+    let mut form: Vec<(String, String)> = page
+        .hidden_fields()?
+        .into_iter()
+        .filter(|(name, _)| fields.iter().all(|(changed, _)| name != changed))
+        .collect();
+    form.extend(fields.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())));
+    Page::read(browser.post(issuer.authorize_url()).form(&form).send().await?).await
+}
+
+/// The query parameters of the 303 that sends the browser back to the console.
+fn redirect_params(page: &Page) -> Result<HashMap<String, String>> {
+    ensure!(page.status == 303, "status {}, not a 303: {}", page.status, page.body);
+    let location = Url::parse(page.header("location").context("a 303 without Location")?)?;
+    ensure!(location.as_str().starts_with(&format!("{CONSOLE_REDIRECT}?")), "redirected to {location}");
+    Ok(location.query_pairs().into_owned().collect())
+}
+
+/// Signs `username` in through the console's authorization request and returns the code and its verifier.
+async fn sign_in(
+    issuer: &RunningIssuer,
+    console: &Console,
+    scopes: &[&str],
+    username: &str,
+    password: &str,
+) -> Result<(AuthorizationCode, PkceCodeVerifier)> {
+    let browser = browser()?;
+    let (url, state, verifier) = authorization_request(console, scopes);
+    let page = open(&browser, url.as_str()).await?;
+    ensure!(page.status == 200, "status {}: {}", page.status, page.body);
+
+    let back = submit(&browser, issuer, &page, &[("username", username), ("password", password)]).await?;
+
+    let params = redirect_params(&back)?;
+    ensure!(params.get("state") == Some(state.secret()), "state not passed through: {params:?}");
+    let code = params.get("code").with_context(|| format!("no code: {params:?}"))?;
+    Ok((AuthorizationCode::new(code.clone()), verifier))
+}
+
+fn expect_invalid_grant<T: Debug, E: std::error::Error + 'static>(
+    result: std::result::Result<T, RequestTokenError<E, BasicErrorResponse>>,
+    what: &str,
+) -> Result<()> {
+    match result {
+        Err(RequestTokenError::ServerResponse(error)) if *error.error() == BasicErrorResponseType::InvalidGrant => {
+            Ok(())
+        }
+        other => bail!("{what}: expected invalid_grant, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_staff_member_signs_in_through_the_console_and_gets_a_token_of_their_own() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let console = console(&issuer)?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+    let (code, pkce_verifier) = sign_in(&issuer, &console, &[], "staff", "dev-password-staff").await?;
+
+    let token = console.exchange_code(code).set_pkce_verifier(pkce_verifier).request_async(&browser()?).await?;
+
+    let scopes: Vec<&str> = token.scopes().context("no scope in the response")?.iter().map(|s| s.as_str()).collect();
+    assert_eq!(scopes, ["shipments:read", "shipments:write"]);
+    let principal = verifier.verify(token.access_token().secret()).await?;
+    assert_eq!(principal.subject, "staff");
+    assert_eq!(principal.client_id, CONSOLE_CLIENT_ID);
+    assert_eq!(principal.scopes, BTreeSet::from(["shipments:read".to_owned(), "shipments:write".to_owned()]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_viewer_gets_only_the_scopes_a_viewer_has() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let console = console(&issuer)?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+    let scopes = ["shipments:read", "shipments:write"];
+    let (code, pkce_verifier) = sign_in(&issuer, &console, &scopes, "viewer", "dev-password-viewer").await?;
+
+    let token = console.exchange_code(code).set_pkce_verifier(pkce_verifier).request_async(&browser()?).await?;
+
+    let principal = verifier.verify(token.access_token().secret()).await?;
+    assert_eq!((principal.subject.as_str(), principal.client_id.as_str()), ("viewer", CONSOLE_CLIENT_ID));
+    assert_eq!(principal.scopes, BTreeSet::from(["shipments:read".to_owned()]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_with_none_of_the_requested_scopes_is_sent_back_with_access_denied() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let browser = browser()?;
+    let (url, state, _) = authorization_request(&console(&issuer)?, &["shipments:write"]);
+    let page = open(&browser, url.as_str()).await?;
+
+    let back = submit(&browser, &issuer, &page, &[("username", "viewer"), ("password", "dev-password-viewer")]).await?;
+
+    let params = redirect_params(&back)?;
+    assert_eq!(params.get("error").map(String::as_str), Some("access_denied"), "{params:?}");
+    assert_eq!(params.get("state"), Some(state.secret()));
+    assert!(!params.contains_key("code"), "{params:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_an_unknown_user_shows_the_page_again_with_401_and_no_redirect() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let browser = browser()?;
+    let (url, state, _) = authorization_request(&console(&issuer)?, &[]);
+    let page = open(&browser, url.as_str()).await?;
+    ensure!(!page.body.contains("role=\"alert\""), "an error before any attempt: {}", page.body);
+
+    for (username, password) in
+        [("staff", "dev-password-viewer"), ("staff", ""), ("nobody", "dev-password-staff"), ("", "")]
+    {
+        let again = submit(&browser, &issuer, &page, &[("username", username), ("password", password)]).await?;
+
+        let case = format!("{username:?}/{password:?}");
+        assert_eq!(again.status, 401, "{case}: {}", again.body);
+        assert_eq!(again.header("location"), None, "{case}");
+        assert!(again.body.contains(r#"<p role="alert" id="error">Wrong username or password.</p>"#), "{case}");
+        assert_eq!(again.hidden_fields()?, page.hidden_fields()?, "{case}: the request is not carried on");
+    }
+    let failed = submit(&browser, &issuer, &page, &[("username", "staff"), ("password", "wrong")]).await?;
+    let back = submit(&browser, &issuer, &failed, &[("username", "staff"), ("password", "dev-password-staff")]).await?;
+    assert_eq!(redirect_params(&back)?.get("state"), Some(state.secret()), "signing in after a failure");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_authorization_code_is_redeemed_only_once() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let console = console(&issuer)?;
+    let http = browser()?;
+    let (code, pkce_verifier) = sign_in(&issuer, &console, &[], "staff", "dev-password-staff").await?;
+    let verifier_again = PkceCodeVerifier::new(pkce_verifier.secret().clone());
+
+    console.exchange_code(code.clone()).set_pkce_verifier(pkce_verifier).request_async(&http).await?;
+    let second = console.exchange_code(code).set_pkce_verifier(verifier_again).request_async(&http).await;
+
+    expect_invalid_grant(second, "the second redemption")
+}
+
+#[tokio::test]
+async fn a_wrong_code_verifier_is_invalid_grant_and_spends_the_code() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let console = console(&issuer)?;
+    let http = browser()?;
+    let (code, pkce_verifier) = sign_in(&issuer, &console, &[], "staff", "dev-password-staff").await?;
+    let (_, someone_elses) = PkceCodeChallenge::new_random_sha256();
+
+    let wrong = console.exchange_code(code.clone()).set_pkce_verifier(someone_elses).request_async(&http).await;
+    let right_but_late = console.exchange_code(code).set_pkce_verifier(pkce_verifier).request_async(&http).await;
+
+    expect_invalid_grant(wrong, "a wrong verifier")?;
+    expect_invalid_grant(right_but_late, "the right verifier after a wrong one")
+}
+
+#[tokio::test]
+async fn a_code_is_refused_to_another_client_and_with_another_redirect_uri() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let console = console(&issuer)?;
+    let http = browser()?;
+
+    let (code, pkce_verifier) = sign_in(&issuer, &console, &[], "staff", "dev-password-staff").await?;
+    let other_client = console_for(&issuer, "delivery-staff", "dev-secret-delivery")?;
+    let stolen = other_client.exchange_code(code).set_pkce_verifier(pkce_verifier).request_async(&http).await;
+    expect_invalid_grant(stolen, "redeemed by another client")?;
+
+    let (code, pkce_verifier) = sign_in(&issuer, &console, &[], "staff", "dev-password-staff").await?;
+    let elsewhere = RedirectUrl::new("http://127.0.0.1:5173/elsewhere".to_owned())?;
+    let moved = console
+        .exchange_code(code)
+        .set_pkce_verifier(pkce_verifier)
+        .set_redirect_uri(Cow::Owned(elsewhere))
+        .request_async(&http)
+        .await;
+    expect_invalid_grant(moved, "another redirect_uri")
+}
+
+#[tokio::test]
+async fn an_expired_code_is_invalid_grant() -> Result<()> {
+    let mut config = console_issuer();
+    config.code_lifetime = Duration::from_millis(300);
+    let issuer = config.bind("127.0.0.1:0".parse()?).await?;
+    let console = console(&issuer)?;
+    let (code, pkce_verifier) = sign_in(&issuer, &console, &[], "staff", "dev-password-staff").await?;
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let late = console.exchange_code(code).set_pkce_verifier(pkce_verifier).request_async(&browser()?).await;
+
+    expect_invalid_grant(late, "an expired code")
+}
+
+#[tokio::test]
+async fn an_unregistered_redirect_uri_or_client_gets_a_400_page_and_no_redirect() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let browser = browser()?;
+    let console = console(&issuer)?;
+    let evil = "https://evil.example/callback";
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let request = |client: &Console, redirect: &str| -> Result<Url> {
+        Ok(client
+            .authorize_url(CsrfToken::new_random)
+            .set_pkce_challenge(challenge.clone())
+            .set_redirect_uri(Cow::Owned(RedirectUrl::new(redirect.to_owned())?))
+            .url()
+            .0)
+    };
+    let mut without_redirect = request(&console, CONSOLE_REDIRECT)?;
+    let kept: Vec<(String, String)> =
+        without_redirect.query_pairs().into_owned().filter(|(name, _)| name != "redirect_uri").collect();
+    without_redirect.query_pairs_mut().clear().extend_pairs(kept);
+    let cases = [
+        ("an unregistered redirect_uri", request(&console, evil)?),
+        ("a longer redirect_uri", request(&console, &format!("{CONSOLE_REDIRECT}/more"))?),
+        ("a redirect_uri with a query", request(&console, &format!("{CONSOLE_REDIRECT}?next=https://evil.example"))?),
+        ("no redirect_uri", without_redirect),
+        ("an unknown client", request(&console_for(&issuer, "nobody", "none")?, CONSOLE_REDIRECT)?),
+        ("a client without redirect URIs", request(&console_for(&issuer, "sales-client", "x")?, CONSOLE_REDIRECT)?),
+    ];
+
+    for (case, url) in cases {
+        let page = open(&browser, url.as_str()).await?;
+
+        assert_eq!(page.status, 400, "{case}: {}", page.body);
+        assert_eq!(page.header("location"), None, "{case}");
+        assert!(page.header("content-type").is_some_and(|t| t.starts_with("text/html")), "{case}");
+        assert!(!page.body.contains("<form"), "{case}: {}", page.body);
+        assert!(!page.body.contains("evil.example"), "{case}: {}", page.body);
+        let csp = page.header("content-security-policy").context("no CSP")?;
+        assert!(csp.contains("form-action 'self';"), "{case}: {csp}");
+    }
+
+    // The form's hidden fields come from the browser: the sign-in itself checks them again.
+    let (url, _, _) = authorization_request(&console, &[]);
+    let page = open(&browser, url.as_str()).await?;
+    let fields = [("redirect_uri", evil), ("username", "staff"), ("password", "dev-password-staff")];
+    let tampered = submit(&browser, &issuer, &page, &fields).await?;
+    assert_eq!((tampered.status, tampered.header("location")), (400, None), "{}", tampered.body);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_plain_challenge_method_or_no_challenge_is_sent_back_as_invalid_request() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let browser = browser()?;
+    let console = console(&issuer)?;
+    // oauth2 makes `plain` challenges only behind a feature, so the parameters are written by hand.
+    let (with_plain, plain_state) = console
+        .authorize_url(CsrfToken::new_random)
+        .add_extra_param("code_challenge", "a".repeat(64))
+        .add_extra_param("code_challenge_method", "plain")
+        .url();
+    let (without_pkce, bare_state) = console.authorize_url(CsrfToken::new_random).url();
+
+    for (case, url, state) in [("plain", with_plain, plain_state), ("no PKCE", without_pkce, bare_state)] {
+        let page = open(&browser, url.as_str()).await?;
+
+        let params = redirect_params(&page).context(case)?;
+        assert_eq!(params.get("error").map(String::as_str), Some("invalid_request"), "{case}: {params:?}");
+        assert!(params.contains_key("error_description"), "{case}: {params:?}");
+        assert_eq!(params.get("state"), Some(state.secret()), "{case}");
+    }
+
+    let (url, _, _) = authorization_request(&console, &[]);
+    let page = open(&browser, url.as_str()).await?;
+    let fields = [("code_challenge_method", "plain"), ("username", "staff"), ("password", "dev-password-staff")];
+    let tampered = submit(&browser, &issuer, &page, &fields).await?;
+    let params = redirect_params(&tampered)?;
+    assert_eq!(params.get("error").map(String::as_str), Some("invalid_request"), "{params:?}");
+    assert!(!params.contains_key("code"), "{params:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_response_type_or_a_scope_the_client_lacks_is_sent_back_as_an_error() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let browser = browser()?;
+    let console = console(&issuer)?;
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let (implicit, _) =
+        console.authorize_url(CsrfToken::new_random).set_pkce_challenge(challenge).use_implicit_flow().url();
+    let (foreign_scope, _, _) = authorization_request(&console, &["shipments:read", "orders:read"]);
+
+    for (url, error) in [(implicit, "unsupported_response_type"), (foreign_scope, "invalid_scope")] {
+        let page = open(&browser, url.as_str()).await?;
+
+        let params = redirect_params(&page)?;
+        assert_eq!(params.get("error").map(String::as_str), Some(error), "{params:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_hidden_fields_are_html_escaped_and_the_state_survives_the_round_trip() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let browser = browser()?;
+    let hostile = r#""><script>alert('x')</script>&amp;"#;
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let (url, _) =
+        console(&issuer)?.authorize_url(|| CsrfToken::new(hostile.to_owned())).set_pkce_challenge(challenge).url();
+
+    let page = open(&browser, url.as_str()).await?;
+
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains("<script"), "{}", page.body);
+    assert!(
+        page.body.contains(
+            r#"name="state" value="&#34;&#62;&#60;script&#62;alert(&#39;x&#39;)&#60;/script&#62;&#38;amp;">"#
+        ),
+        "{}",
+        page.body
+    );
+    let back = submit(&browser, &issuer, &page, &[("username", "staff"), ("password", "dev-password-staff")]).await?;
+    assert_eq!(redirect_params(&back)?.get("state").map(String::as_str), Some(hostile));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sign_in_page_is_accessible_and_forbids_framing_caching_and_inline_code() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let browser = browser()?;
+    let (url, _, _) = authorization_request(&console(&issuer)?, &[]);
+
+    let page = open(&browser, url.as_str()).await?;
+
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some(
+            "default-src 'none'; style-src 'self'; form-action 'self' http://127.0.0.1:5173; \
+             frame-ancestors 'none'; base-uri 'none'"
+        )
+    );
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    for expected in [
+        r#"<html lang="en">"#,
+        "orderflow dev issuer",
+        r#"<form method="post" action="/authorize">"#,
+        r#"<label for="username">"#,
+        r#"<input id="username" name="username" autocomplete="username""#,
+        r#"<label for="password">"#,
+        r#"<input id="password" name="password" type="password" autocomplete="current-password""#,
+        r#"<button id="sign-in" type="submit">Sign in</button>"#,
+    ] {
+        assert!(page.body.contains(expected), "missing {expected}: {}", page.body);
+    }
+    for forbidden in ["<script", "style=", "<style", CONSOLE_CLIENT_SECRET, "dev-password", "dev-secret"] {
+        assert!(!page.body.contains(forbidden), "found {forbidden:?}: {}", page.body);
+    }
+    assert!(!Regex::new(r"\son[a-z]+=")?.is_match(&page.body), "an inline event handler: {}", page.body);
+    let css = open(&browser, &format!("{}/authorize.css", issuer.issuer_url())).await?;
+    assert_eq!(css.status, 200);
+    assert!(css.header("content-type").is_some_and(|t| t.starts_with("text/css")), "{:?}", css.headers);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_with_redirect_uris_can_still_use_the_client_credentials_grant() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+    let verifier = verifier_for(&issuer, VerifierSettings::default())?;
+
+    let grant = [("grant_type", "client_credentials"), ("scope", "shipments:read")];
+    let (status, body) = request_token(&issuer, &grant, Some((CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET))).await?;
+
+    ensure!(status == 200, "status {status}: {body}");
+    let principal = verifier.verify(body["access_token"].as_str().context("no access_token")?).await?;
+    assert_eq!((principal.subject.as_str(), principal.client_id.as_str()), (CONSOLE_CLIENT_ID, CONSOLE_CLIENT_ID));
+    assert_eq!(principal.scopes, BTreeSet::from(["shipments:read".to_owned()]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_discovery_document_announces_the_authorization_code_grant_with_s256_only() -> Result<()> {
+    let issuer = start_console_issuer().await?;
+
+    let url = format!("{}/.well-known/oauth-authorization-server", issuer.issuer_url());
+    let doc: Value = reqwest::get(url).await?.json().await?;
+
+    assert_eq!(doc["authorization_endpoint"], json!(issuer.authorize_url()));
+    assert_eq!(doc["token_endpoint"], json!(issuer.token_url()));
+    assert_eq!(doc["response_types_supported"], json!(["code"]));
+    assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(doc["grant_types_supported"], json!(["client_credentials", "authorization_code"]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redirect_uri_that_is_not_an_absolute_url_without_fragment_fails_the_start() -> Result<()> {
+    for uri in ["/relative/callback", "http://127.0.0.1:5173/callback#fragment", "not a url"] {
+        let clients = vec![DevClient::console(uri)];
+
+        let result = DevIssuer::new(AUDIENCE, clients).bind("127.0.0.1:0".parse()?).await;
+
+        let error = result.err().with_context(|| format!("{uri} was accepted"))?;
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{uri}: {error}");
+    }
+    Ok(())
+}
+
+#[test]
+fn debug_output_keeps_user_passwords_and_client_secrets_out() {
+    let user = format!("{:?}", DevUser::defaults());
+    let client = format!("{:?}", DevClient::console(CONSOLE_REDIRECT));
+
+    assert!(user.contains("staff") && !user.contains("dev-password"), "{user}");
+    assert!(client.contains(CONSOLE_CLIENT_ID) && !client.contains(CONSOLE_CLIENT_SECRET), "{client}");
+}
+
+#[test]
+fn the_default_users_and_the_console_are_as_documented() {
+    let defaults = DevUser::defaults();
+    let users: Vec<(&str, &str, Vec<&str>)> = defaults
+        .iter()
+        .map(|u| (u.username.as_str(), u.password.as_str(), u.scopes.iter().map(String::as_str).collect()))
+        .collect();
+    let console = DevClient::console(CONSOLE_REDIRECT);
+
+    assert_eq!(
+        users,
+        [
+            ("staff", "dev-password-staff", vec!["shipments:read", "shipments:write"]),
+            ("viewer", "dev-password-viewer", vec!["shipments:read"]),
+        ]
+    );
+    assert_eq!((console.id.as_str(), console.secret.as_str()), ("delivery-console", "dev-secret-console"));
+    assert_eq!(console.scopes, ["shipments:read", "shipments:write"]);
+    assert_eq!(console.redirect_uris, [CONSOLE_REDIRECT]);
+    assert!(DevClient::defaults().iter().all(|c| c.redirect_uris.is_empty()));
 }
