@@ -1,7 +1,7 @@
 //! The Delivery store: shipments, inbox and outbox — every write is one atomic unit.
 
 use async_trait::async_trait;
-use orderflow_domain::{OrderId, Shipment, ShipmentId, ShipmentStatus, Timestamp};
+use orderflow_domain::{OrderId, Shipment, ShipmentId, ShipmentStatus, Timestamp, TrackingNumber};
 
 use crate::messaging::InboxEntry;
 use crate::outbox::{OutboxMessage, OutboxStore};
@@ -36,9 +36,13 @@ pub struct Due {
 pub struct ShipmentQuery {
     /// Only shipments in this status.
     pub status: Option<ShipmentStatus>,
+    /// Only the shipment with this tracking number.
+    pub tracking_number: Option<TrackingNumber>,
+    /// Oldest first (the work queue's order) instead of newest first.
+    pub oldest_first: bool,
     /// Page size.
     pub limit: usize,
-    /// Continue after this shipment (lists are newest first).
+    /// Continue after this shipment, in the list's order.
     pub after: Option<ShipmentId>,
 }
 

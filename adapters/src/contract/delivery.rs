@@ -296,8 +296,8 @@ async fn pages(store: &dyn DeliveryStore, query: ShipmentQuery) -> Vec<Vec<Shipm
     panic!("paging did not end after 100 pages");
 }
 
-/// Shipments list newest first, filtered by status, and paging with `after = next` yields every match
-/// exactly once.
+/// Shipments list newest first (or oldest first), filtered by status or tracking number, and paging with
+/// `after = next` yields every match exactly once.
 pub async fn shipments_filter_by_status_and_page_keyset(store: Arc<dyn DeliveryStore>) {
     let store = store.as_ref();
     let t0 = later(super::fixtures::now(), -1000);
@@ -313,7 +313,7 @@ pub async fn shipments_filter_by_status_and_page_keyset(store: Arc<dyn DeliveryS
     let matching = |f: &dyn Fn(&Shipment) -> bool| -> Vec<ShipmentId> {
         newest_first.iter().filter(|s| f(s)).map(|s| s.id).collect()
     };
-    let query = |status, limit| ShipmentQuery { status, limit, after: None };
+    let query = |status, limit| ShipmentQuery { status, limit, ..ShipmentQuery::default() };
 
     let everything = store.shipments(query(None, 100)).await.expect("shipments listed");
     assert_eq!(everything.items, newest_first, "all shipments, newest first, as stored");
@@ -334,6 +334,19 @@ pub async fn shipments_filter_by_status_and_page_keyset(store: Arc<dyn DeliveryS
     );
     let paged = pages(store, query(None, 6)).await;
     assert_eq!(ids(&paged.concat()), ids(&newest_first), "an exactly full page loses nothing");
+
+    let oldest_first = |status, limit| ShipmentQuery { oldest_first: true, ..query(status, limit) };
+    let paged = pages(store, oldest_first(Some(ShipmentStatus::Pending), 1)).await;
+    let mut queue = matching(&|s| s.status == ShipmentStatus::Pending);
+    queue.reverse();
+    assert_eq!(ids(&paged.concat()), queue, "the work queue pages oldest first");
+
+    let tracking = TrackingNumber::parse("TRK-1").expect("a tracking number");
+    let by_tracking = ShipmentQuery { tracking_number: Some(tracking), ..query(None, 10) };
+    let found = store.shipments(by_tracking).await.expect("searched");
+    assert_eq!(ids(&found.items), matching(&|s| s.tracking_number.is_some()), "a tracking number finds its shipments");
+    let unknown = ShipmentQuery { tracking_number: TrackingNumber::parse("NOPE-0").ok(), ..query(None, 10) };
+    assert_eq!(store.shipments(unknown).await.expect("searched").items, vec![], "an unknown one finds nothing");
 }
 
 /// The autopilot's due list holds the shipments of one status last changed before an instant, the longest

@@ -1,6 +1,7 @@
 //! The in-memory Delivery store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -84,13 +85,16 @@ impl DeliveryStore for InMemoryDeliveryStore {
 
     async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError> {
         let state = lock(&self.state);
-        let upper = query.after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        let mut items: Vec<Shipment> = state
-            .shipments
-            .range((std::ops::Bound::Unbounded, upper))
-            .rev()
+        let beyond = query.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let in_order: Box<dyn Iterator<Item = (&ShipmentId, &Shipment)>> = if query.oldest_first {
+            Box::new(state.shipments.range((beyond, Bound::Unbounded)))
+        } else {
+            Box::new(state.shipments.range((Bound::Unbounded, beyond)).rev())
+        };
+        let mut items: Vec<Shipment> = in_order
             .map(|(_, s)| s)
             .filter(|s| query.status.is_none_or(|status| s.status == status))
+            .filter(|s| query.tracking_number.as_ref().is_none_or(|t| s.tracking_number.as_ref() == Some(t)))
             .take(query.limit + 1)
             .cloned()
             .collect();

@@ -301,14 +301,22 @@ impl DeliveryStore for PgDeliveryStore {
     async fn shipments(&self, query: ShipmentQuery) -> Result<Page<Shipment, ShipmentId>, ReadError> {
         let client = self.db.client().await.map_err(ReadError::Unexpected)?;
         let limit = i64::try_from(query.limit + 1).map_err(read_failed)?;
+        // Ids are UUIDv7: their order is the order shipments were created in.
+        let (after, order) = if query.oldest_first { (">", "ASC") } else { ("<", "DESC") };
         let rows = client
             .query(
                 &format!(
                     "SELECT {COLUMNS} FROM shipments
-                     WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR id < $2)
-                     ORDER BY id DESC LIMIT $3"
+                     WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR id {after} $2)
+                       AND ($3::text IS NULL OR tracking_number = $3)
+                     ORDER BY id {order} LIMIT $4"
                 ),
-                &[&query.status.map(ShipmentStatus::as_str), &query.after.map(|a| a.as_uuid()), &limit],
+                &[
+                    &query.status.map(ShipmentStatus::as_str),
+                    &query.after.map(|a| a.as_uuid()),
+                    &query.tracking_number.as_ref().map(TrackingNumber::as_str),
+                    &limit,
+                ],
             )
             .await
             .map_err(read_failed)?;

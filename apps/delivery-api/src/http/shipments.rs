@@ -141,7 +141,12 @@ impl ShipmentsApi {
     ) -> Result<Json<ShipmentList>, Problems<Listing>> {
         auth.require(Scope::ShipmentsRead)?;
         let after = cursor.0.map(|c| ShipmentId::from_uuid(c.0));
-        let query = ShipmentQuery { status: status.0.map(Into::into), limit: page_limit(limit.0)?, after };
+        let query = ShipmentQuery {
+            status: status.0.map(Into::into),
+            limit: page_limit(limit.0)?,
+            after,
+            ..ShipmentQuery::default()
+        };
         let page = self.service.shipments(query).await.map_err(|e| Problem::unavailable(&e))?;
         Ok(Json(ShipmentList {
             items: page.items.into_iter().map(Into::into).collect(),
