@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use orderflow_runtime::config::{SharedConfig, duration};
 
+use url::Url;
+
+use crate::console::{ConsoleSettings, SessionKey};
 use crate::startup::{DeliverySettings, DeliverySetup};
 use crate::workers::AutopilotSettings;
 
@@ -29,6 +32,20 @@ pub struct DeliveryConfig {
     /// Autopilot: deliver shipped shipments after this long (with AUTOPILOT_SHIP_AFTER).
     #[arg(long, env = "AUTOPILOT_DELIVER_AFTER", value_parser = duration, requires = "autopilot_ship_after")]
     pub autopilot_deliver_after: Option<Duration>,
+    /// The console's client id at the issuer.
+    #[arg(long, env = "CONSOLE_CLIENT_ID", default_value = "delivery-console")]
+    pub console_client_id: String,
+    /// The console's client secret; the console at /console is off without it.
+    #[arg(long, env = "CONSOLE_CLIENT_SECRET", hide_env_values = true)]
+    pub console_client_secret: Option<String>,
+    /// Where browsers reach this service (default `http://HTTP_ADDR`); the issuer must know
+    /// `{CONSOLE_URL}/console/callback` as the console's redirect URI.
+    #[arg(long, env = "CONSOLE_URL")]
+    pub console_url: Option<Url>,
+    /// Base64 of at least 64 random bytes that console sessions are encrypted with; replicas share it.
+    /// Without it each process draws its own and sessions end with it.
+    #[arg(long, env = "CONSOLE_SESSION_KEY", hide_env_values = true, value_parser = SessionKey::parse)]
+    pub console_session_key: Option<SessionKey>,
 }
 
 impl DeliveryConfig {
@@ -38,8 +55,14 @@ impl DeliveryConfig {
             .autopilot_ship_after
             .zip(self.autopilot_deliver_after)
             .map(|(ship_after, deliver_after)| AutopilotSettings { ship_after, deliver_after });
+        let console = self.console_client_secret.as_ref().map(|secret| ConsoleSettings {
+            client_id: self.console_client_id.clone(),
+            client_secret: secret.clone(),
+            public_url: self.console_url.clone(),
+            session_key: self.console_session_key.clone(),
+        });
         DeliverySetup {
-            settings: DeliverySettings { http_addr: self.http_addr, autopilot, ..DeliverySettings::default() },
+            settings: DeliverySettings { http_addr: self.http_addr, autopilot, console, ..DeliverySettings::default() },
             wiring: self.shared.wiring(&self.database_schema),
         }
     }

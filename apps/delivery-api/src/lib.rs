@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod service;
 pub mod startup;

@@ -17,6 +17,7 @@ use orderflow_runtime::relay::RelaySettings;
 use orderflow_runtime::service::{RunningService, ServiceParts};
 use orderflow_runtime::wiring::{Store, Wiring};
 
+use crate::console::{self, ConsoleSettings};
 use crate::http;
 use crate::service::DeliveryService;
 use crate::workers::{self, AutopilotSettings, OrderCommands};
@@ -38,11 +39,18 @@ pub struct DeliverySettings {
     pub relay: RelaySettings,
     /// Ships and delivers by itself when set.
     pub autopilot: Option<AutopilotSettings>,
+    /// The staff's console at `/console`, when set.
+    pub console: Option<ConsoleSettings>,
 }
 
 impl Default for DeliverySettings {
     fn default() -> Self {
-        Self { http_addr: SocketAddr::from(([127, 0, 0, 1], 8081)), relay: RelaySettings::default(), autopilot: None }
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            relay: RelaySettings::default(),
+            autopilot: None,
+            console: None,
+        }
     }
 }
 
@@ -70,6 +78,20 @@ impl Application {
         let shared = wiring.connect("delivery", &queues).await.map_err(|e| anyhow::anyhow!(e))?;
         let service = DeliveryService::new(store.clone(), Arc::new(SystemClock), Arc::new(UuidV7Ids));
         let handler: Arc<dyn MessageHandler> = Arc::new(OrderCommands { service: service.clone() });
+        let pages = match settings.console {
+            Some(console) => {
+                let routes = console::routes(
+                    settings.http_addr,
+                    service.clone(),
+                    shared.auth.verifier.clone(),
+                    &shared.issuer,
+                    console,
+                )
+                .context("setting up the console")?;
+                vec![(console::PATH, routes)]
+            }
+            None => Vec::new(),
+        };
         let parts = ServiceParts {
             name: "orderflow Delivery API",
             version: env!("CARGO_PKG_VERSION"),
@@ -86,6 +108,7 @@ impl Application {
                 .map(|autopilot| ("autopilot", workers::autopilot(service, autopilot).boxed()))
                 .into_iter()
                 .collect(),
+            pages,
         };
         let running = RunningService::start(parts)
             .await

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use delivery_api::console::{self, ConsoleSettings};
 use delivery_api::workers::AutopilotSettings;
 use delivery_api::{DeliverySettings, DeliverySetup};
 use orderflow_adapters::memory::{BusSettings, InMemoryAuditLog, InMemoryBus};
@@ -14,7 +15,9 @@ use orderflow_adapters::postgres::PgSettings;
 use orderflow_adapters::simulated::{PaymentSettings, SimulatedPaymentGateway};
 use orderflow_adapters::system::SystemClock;
 use orderflow_domain::{Currency, Money, ProductName, Sku};
-use orderflow_runtime::dev_issuer::{DevClient, DevIssuer, RunningIssuer};
+use orderflow_runtime::dev_issuer::{
+    CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET, DevClient, DevIssuer, DevUser, RunningIssuer,
+};
 use orderflow_runtime::wiring::{Limits, Store, Wiring};
 use sales_api::pressure::PressureLimits;
 use sales_api::webhooks::WebhookSettings;
@@ -118,7 +121,22 @@ impl DevStack {
     /// # Errors
     /// When an address cannot be bound.
     pub async fn start(options: DevOptions) -> anyhow::Result<Self> {
-        let issuer = DevIssuer::start(options.issuer_addr, AUDIENCE, DevClient::defaults())
+        // The console needs an address known before start: the issuer only sends people back to it.
+        let mut clients = DevClient::defaults();
+        let mut console = None;
+        if options.delivery_addr.port() != 0 {
+            let public_url = console::local_url(options.delivery_addr)?;
+            clients.push(DevClient::console(console::redirect_uri(&public_url)?));
+            console = Some(ConsoleSettings {
+                client_id: CONSOLE_CLIENT_ID.to_owned(),
+                client_secret: CONSOLE_CLIENT_SECRET.to_owned(),
+                public_url: Some(public_url),
+                session_key: None,
+            });
+        }
+        let issuer = DevIssuer::new(AUDIENCE, clients)
+            .with_users(DevUser::defaults())
+            .bind(options.issuer_addr)
             .await
             .with_context(|| format!("starting the dev token issuer on {}", options.issuer_addr))?;
         let bus = Arc::new(InMemoryBus::new(options.bus.clone(), Arc::new(SystemClock)));
@@ -148,6 +166,7 @@ impl DevStack {
             settings: DeliverySettings {
                 http_addr: options.delivery_addr,
                 autopilot: options.autopilot,
+                console,
                 ..DeliverySettings::default()
             },
             wiring: Wiring { store: store(|pg| &pg.delivery_schema), ..wiring },

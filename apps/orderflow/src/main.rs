@@ -177,6 +177,8 @@ orderflow dev is running (in-memory adapters; everything is lost when it stops).
   Sales API     http://{sales}      docs: http://{sales}/docs
   Delivery API  http://{delivery}      docs: http://{delivery}/docs
   Token issuer  {issuer}   (dev clients: sales-client, delivery-staff, analyst, admin)
+  Console       http://{delivery}/console   (sign in as staff / dev-password-staff,
+                or viewer / dev-password-viewer to look without changing anything)
 
 Get a token and place an order:
 

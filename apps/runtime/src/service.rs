@@ -13,6 +13,7 @@ use orderflow_ports::BoxError;
 use orderflow_ports::messaging::{CommandConsumer, DeadLetterAdmin, MessageHandler};
 use orderflow_ports::outbox::{Destination, OutboxStore};
 use orderflow_ports::system::HealthCheck;
+use poem::endpoint::BoxEndpoint;
 use poem::web::Data;
 use poem::{EndpointExt, IntoResponse, Route, handler};
 use poem_openapi::{OpenApi, OpenApiService};
@@ -50,6 +51,9 @@ pub struct ServiceParts<A> {
     pub handlers: Vec<(RoutingKey, Arc<dyn MessageHandler>)>,
     /// Other tasks to run for as long as the service runs, by name (e.g. Delivery's autopilot).
     pub tasks: Vec<(&'static str, BoxFuture<'static, ()>)>,
+    /// Pages for people, outside the API and its document, by the path they are served under (e.g.
+    /// Delivery's `/console`). They set their own `Content-Security-Policy`.
+    pub pages: Vec<(&'static str, BoxEndpoint<'static>)>,
 }
 
 /// A running service. Dropping it stops its tasks.
@@ -88,8 +92,11 @@ impl RunningService {
             poem::Response::builder().content_type("application/json").body(document.clone())
         });
         let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_page.clone()));
-        let mut routes = Route::new()
-            .nest("/", api.with(BodyLimit { max: parts.body_limit }))
+        let mut mounted = Route::new().nest("/", api.with(BodyLimit { max: parts.body_limit }));
+        for (path, endpoint) in parts.pages {
+            mounted = mounted.nest(path, endpoint.with(BodyLimit { max: parts.body_limit }));
+        }
+        let mut routes = mounted
             .at("/openapi.json", spec)
             .nest("/docs", docs)
             .at("/health/live", live)

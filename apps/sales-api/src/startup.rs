@@ -235,6 +235,7 @@ impl Application {
             relay: settings.relay,
             handlers,
             tasks,
+            pages: Vec::new(),
         };
         let running = RunningService::start(parts)
             .await
