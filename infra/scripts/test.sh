@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of every crate.
 # It installs and starts what the tests need: the Rust tools, PostgreSQL, RabbitMQ, Redis, Kafka (tansu),
-# the OAuth2 server (oidc-provider), schemathesis (API fuzzing) and aiosmtpd (an SMTP server for the
-# notification tests). Adapter and end-to-end tests run against
-# the real servers, each test in a schema, vhost, key prefix or topic of its own. Run it from anywhere:
+# the OAuth2 server (oidc-provider), schemathesis (API fuzzing), aiosmtpd (an SMTP server for the
+# notification tests) and Chromium with chromedriver (the console's browser tests). Adapter and end-to-end
+# tests run against the real servers, each test in a schema, vhost, key prefix or topic of its own. Run it
+# from anywhere:
 #   bash infra/scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,6 +61,9 @@ bash infra/scripts/api-fuzz.sh --install
 
 echo "--- aiosmtpd for the notification tests (infra/scripts/smtp.sh; pinned, in a virtualenv)"
 bash infra/scripts/smtp.sh --install
+
+echo "--- Chromium and chromedriver for the console's browser tests (infra/scripts/browser.sh; Debian's packages)"
+bash infra/scripts/browser.sh --install
 
 echo "--- cargo nextest"
 profile=default

@@ -34,7 +34,8 @@ fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -59,6 +60,9 @@ pub struct Options {
     pub issuer: Option<String>,
     /// More variables of both services (`OTEL_*`).
     pub env: Vec<(&'static str, String)>,
+    /// Delivery's port, instead of a free one: for a test that must name it beforehand (the console's
+    /// redirect URI at the OAuth2 server).
+    pub delivery_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -73,6 +77,7 @@ impl Default for Options {
             rate_limit_routes: None,
             issuer: None,
             env: Vec::new(),
+            delivery_port: None,
         }
     }
 }
@@ -212,7 +217,10 @@ impl Services {
         let sales_port = free_port()?;
         let mut sales_env = common(&sales_schema, sales_port);
         sales_env.push(("PAYMENT_DECLINE_ABOVE_MINOR".to_owned(), options.decline_above_minor.to_string()));
-        let delivery_port = free_port()?;
+        let delivery_port = match options.delivery_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let mut delivery_env = common(&delivery_schema, delivery_port);
         if let Some((ship, deliver)) = options.autopilot {
             delivery_env.push(("AUTOPILOT_SHIP_AFTER".to_owned(), ship.to_owned()));
