@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local OAuth2 authorization server (infra/oauth: oidc-provider, dev clients only) for runs and tests.
 #   bash infra/scripts/oauth.sh start    install (npm ci, when needed) and start it in the background; idempotent
+#                                        (installs this checkout's packages even when a server already runs)
 #   bash infra/scripts/oauth.sh stop     stop it
 #   bash infra/scripts/oauth.sh status   say whether it runs (exit 1 if not)
 # Environment: OAUTH_PORT (default 9000), OAUTH_JWKS_FILE (signing keys; default: fresh keys at each start —
@@ -50,6 +51,13 @@ ensure_packages() {
 }
 
 start() {
+  command -v curl >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+  }
+  # Even when a server already runs (perhaps from another checkout), this checkout's packages are
+  # installed: its own tests (npm test, the browser tests) run server.js from here.
+  ensure_node
+  ensure_packages
   if pid="$(running_pid)" && answers; then
     echo "--- OAuth2 server already running (pid $pid): issuer $issuer"
     return
@@ -58,11 +66,6 @@ start() {
     echo "something else already answers on $issuer; stop it or set OAUTH_PORT" >&2
     exit 1
   fi
-  command -v curl >/dev/null 2>&1 || {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
-  }
-  ensure_node
-  ensure_packages
   mkdir -p "$state"
   # A process from an earlier start that no longer answers is of no use.
   if pid="$(running_pid)"; then kill "$pid" 2>/dev/null || true; fi

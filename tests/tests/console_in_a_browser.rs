@@ -22,7 +22,7 @@ use processes::{Options, Services, free_port};
 use reqwest::StatusCode;
 use reqwest::header::COOKIE;
 use serde_json::{Value, json};
-use support::{eventually, expect_status, fetch_token, order_body, string};
+use support::{eventually, eventually_within, expect_status, fetch_token, order_body, string};
 use tokio::process::{Child, Command};
 
 /// How long the page may take to show what a test waits for once it asked (a page load, a redirect).
@@ -35,21 +35,12 @@ const PIPELINE: Duration = Duration::from_secs(30);
 const SESSION_COOKIE: &str = "orderflow_console";
 
 /// Calls `probe` every 250 ms until it yields `Some`, for at most `limit`.
-async fn within<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
+async fn within<T, F, Fut>(limit: Duration, what: &str, probe: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(found) = probe().await? {
-            return Ok(found);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("gave up waiting for {what} after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually_within(limit, Duration::from_millis(250), what, probe).await
 }
 
 /// The root of the workspace.

@@ -262,20 +262,34 @@ pub async fn expect_status(response: Response, expected: StatusCode) -> anyhow::
 }
 
 /// Calls `probe` until it yields `Some`, every 25 ms, for at most [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> anyhow::Result<T>
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    eventually_within(DEADLINE, Duration::from_millis(25), what, probe).await
+}
+
+/// Calls `probe` until it yields `Some`, every `every`, for at most `limit`.
+pub async fn eventually_within<T, F, Fut>(
+    limit: Duration,
+    every: Duration,
+    what: &str,
+    mut probe: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(found) = probe().await? {
             return Ok(found);
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("gave up waiting for {what} after {DEADLINE:?}");
+            bail!("gave up waiting for {what} after {limit:?}");
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

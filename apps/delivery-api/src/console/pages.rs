@@ -440,13 +440,8 @@ pub(super) async fn ship(
             .await;
         }
     };
-    match service.ship(id, carrier, tracking).await {
-        Ok(_) => Redirect::see_other(format!("{PATH}/shipments/{id}?done=shipped")).into_response(),
-        Err(failure) => {
-            let (status, text) = refusal(&failure);
-            render_shipment(service, user, id, status, Message::refused(text), entered).await
-        }
-    }
+    let shipped = service.ship(id, carrier, tracking).await;
+    answer(service, user, id, shipped, "shipped", entered).await
 }
 
 /// Confirms the parcel arrived.
@@ -462,11 +457,25 @@ pub(super) async fn deliver(
         Err(answer) => return *answer,
     };
     let Some(id) = shipment_id(&id) else { return not_found() };
-    match service.deliver(id).await {
-        Ok(_) => Redirect::see_other(format!("{PATH}/shipments/{id}?done=delivered")).into_response(),
+    let delivered = service.deliver(id).await;
+    answer(service, user, id, delivered, "delivered", (String::new(), String::new())).await
+}
+
+/// After an action: back to the shipment saying it was `done`, or its page again saying why not, with
+/// what the form held.
+async fn answer(
+    service: &DeliveryService,
+    user: SignedIn,
+    id: ShipmentId,
+    result: Result<Shipment, TransitionFailure>,
+    done: &str,
+    entered: (String, String),
+) -> Response {
+    match result {
+        Ok(_) => Redirect::see_other(format!("{PATH}/shipments/{id}?done={done}")).into_response(),
         Err(failure) => {
             let (status, text) = refusal(&failure);
-            render_shipment(service, user, id, status, Message::refused(text), (String::new(), String::new())).await
+            render_shipment(service, user, id, status, Message::refused(text), entered).await
         }
     }
 }
