@@ -426,6 +426,30 @@ async fn staff_ships_and_delivers(
         .await?;
     ensure!(forged.status() == StatusCode::FORBIDDEN, "a form without the CSRF token is refused: {}", forged.status());
 
+    // The same rules as the API, said on the page: a delivered parcel cannot ship again, and a field
+    // left empty is named.
+    let csrf = browser
+        .wait_for("form#sign-out input[name=\"csrf\"]")
+        .await?
+        .attr("value")
+        .await?
+        .context("the session's CSRF token")?;
+    for (carrier, status, says) in
+        [("UPS", StatusCode::CONFLICT, "Not allowed now"), ("", StatusCode::UNPROCESSABLE_ENTITY, "Carrier")]
+    {
+        let refused = sales
+            .http
+            .post(format!("{console}/console/shipments/{shipment_id}/ship"))
+            .header(COOKIE, format!("{SESSION_COOKIE}={cookie}"))
+            .form(&[("carrier", carrier), ("tracking_number", "TRK-AGAIN"), ("csrf", csrf.as_str())])
+            .send()
+            .await?;
+        ensure!(refused.status() == status, "shipping with carrier {carrier:?} again: {}", refused.status());
+        let page = refused.text().await?;
+        ensure!(page.contains("id=\"message\"") && page.contains(says), "the page says why ({says}):\n{page}");
+        ensure!(page.contains("data-status=\"delivered\""), "and nothing changed");
+    }
+
     browser.click("form#sign-out button").await?;
     browser.wait_for("p#notice").await?;
     browser.shot("signed-out").await?;

@@ -377,8 +377,9 @@ pub(super) struct DeliverForm {
     csrf: String,
 }
 
-/// Who may act, or the answer for someone who may not (boxed: a response is large, a user small).
-fn acting(session: &Session, csrf: &str) -> Result<SignedIn, Box<Response>> {
+/// Who acts on which shipment, or the answer for someone who may not or a shipment that cannot be
+/// (boxed: a response is large, the rest small).
+fn acting(session: &Session, csrf: &str, id: &str) -> Result<(SignedIn, ShipmentId), Box<Response>> {
     let Some(user) = signed_in(session) else {
         return Err(Box::new(
             notice(StatusCode::UNAUTHORIZED, "Signed out", "Your session ended; sign in and try again.")
@@ -392,7 +393,8 @@ fn acting(session: &Session, csrf: &str) -> Result<SignedIn, Box<Response>> {
         let text = "Your account may see shipments but not change them.";
         return Err(Box::new(notice(StatusCode::FORBIDDEN, "Read only", text).into_response()));
     }
-    Ok(user)
+    let id = shipment_id(id).ok_or_else(|| Box::new(not_found()))?;
+    Ok((user, id))
 }
 
 /// Why a transition was refused, for the person who asked.
@@ -417,11 +419,10 @@ pub(super) async fn ship(
     Form(form): Form<ShipForm>,
     Data(service): Data<&DeliveryService>,
 ) -> Response {
-    let user = match acting(session, &form.csrf) {
-        Ok(user) => user,
+    let (user, id) = match acting(session, &form.csrf, &id) {
+        Ok(acting) => acting,
         Err(answer) => return *answer,
     };
-    let Some(id) = shipment_id(&id) else { return not_found() };
     let entered = (form.carrier.trim().to_owned(), form.tracking_number.trim().to_owned());
     let parsed = Carrier::parse(&entered.0).and_then(|c| Ok((c, TrackingNumber::parse(&entered.1)?)));
     let (carrier, tracking) = match parsed {
@@ -452,11 +453,10 @@ pub(super) async fn deliver(
     Form(form): Form<DeliverForm>,
     Data(service): Data<&DeliveryService>,
 ) -> Response {
-    let user = match acting(session, &form.csrf) {
-        Ok(user) => user,
+    let (user, id) = match acting(session, &form.csrf, &id) {
+        Ok(acting) => acting,
         Err(answer) => return *answer,
     };
-    let Some(id) = shipment_id(&id) else { return not_found() };
     let delivered = service.deliver(id).await;
     answer(service, user, id, delivered, "delivered", (String::new(), String::new())).await
 }
