@@ -21,13 +21,15 @@ export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export OAUTH_ISSUER="${OAUTH_ISSUER:-http://127.0.0.1:9000}"
 export LOG_FORMAT="${LOG_FORMAT:-json}"
+# The console's client at the oidc-provider dev server, which knows http://127.0.0.1:8081/console/callback.
+export CONSOLE_CLIENT_SECRET="${CONSOLE_CLIENT_SECRET:-dev-secret-console}"
 
 running() { [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
 
 start_service() {
   local name=$1 addr=$2
   if running "$name"; then echo "--- $name already running"; return; fi
-  HTTP_ADDR="$addr" nohup "target/debug/$name" >>"$state/$name.log" 2>&1 &
+  HTTP_ADDR="$addr" nohup "${CARGO_TARGET_DIR:-target}/debug/$name" >>"$state/$name.log" 2>&1 &
   echo $! >"$state/$name.pid"
   for _ in $(seq 1 60); do
     curl -fsS "http://$addr/health/ready" >/dev/null 2>&1 && { echo "--- $name ready on http://$addr"; return; }
@@ -61,6 +63,7 @@ case "${1:-start}" in
     cat <<TXT
 
 orderflow is running: Sales http://${SALES_ADDR:-127.0.0.1:8080}, Delivery http://${DELIVERY_ADDR:-127.0.0.1:8081}, tokens from $OAUTH_ISSUER
+  console: http://${DELIVERY_ADDR:-127.0.0.1:8081}/console (staff / dev-password-staff, viewer / dev-password-viewer)
   TOKEN=\$(cargo run -q -p orderflow -- token --issuer $OAUTH_ISSUER --client-id sales-client --client-secret dev-secret-sales)
 TXT
     ;;
