@@ -480,7 +480,7 @@ async fn a_viewer_sees_shipments_but_no_actions_in_the_console_of_orderflow_dev(
 }
 
 /// A viewer signs in, finds the order and opens it: no form to ship or deliver; posting one anyway, with
-/// the session's own CSRF token, is refused too.
+/// the session's own CSRF token, is refused too, and the metrics count both pages by name.
 async fn viewer_sees_no_actions(
     browser: &mut Browser,
     console: &str,
@@ -518,6 +518,14 @@ async fn viewer_sees_no_actions(
     ensure!(posted.status() == StatusCode::FORBIDDEN, "a viewer may not ship: {}", posted.status());
     browser.client.refresh().await?;
     browser.wait_for_text("dd#status", "pending").await?;
+
+    let metrics = http.get(format!("{console}/metrics")).send().await?.text().await?;
+    for counted in [
+        r#"{method="GET",operation="console_shipment",status="200"}"#,
+        r#"{method="POST",operation="console_ship",status="403"}"#,
+    ] {
+        ensure!(metrics.contains(&format!("http_requests_total{counted}")), "the metrics count {counted}:\n{metrics}");
+    }
     Ok(())
 }
 

@@ -340,17 +340,24 @@ async fn orders_are_listed_newest_first_in_pages_and_by_status() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metrics_show_handled_commands_cache_lookups_and_requests() -> anyhow::Result<()> {
+async fn metrics_show_handled_commands_cache_lookups_and_requests_refusals_under_their_operation() -> anyhow::Result<()>
+{
     let h = Harness::start().await?;
     h.put_product(SKU, 1999, 10).await?;
     let (id, _) = h.paid_order_with_shipment("cust-metrics", SKU, 1).await?;
     h.order(&id).await?;
+    let unknown = format!("/orders/{}", uuid::Uuid::new_v4());
+    expect_status(h.sales(reqwest::Method::GET, &unknown).send().await?, StatusCode::NOT_FOUND).await?;
+    let anonymous = h.http.get(h.sales_url(&format!("/orders/{id}"))).send().await?;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     let text = h.http.get(h.sales_url("/metrics")).send().await?.text().await?;
     for expected in [
         "orderflow_messages_total{outcome=\"done\",queue=\"payments.requested\"}",
         "orderflow_handler_seconds_bucket{queue=\"payments.requested\"",
         "orderflow_cache_lookups_total{result=\"hit\"}",
         "http_requests_total{method=\"POST\",operation=\"place_order\",status=\"201\"}",
+        "http_requests_total{method=\"GET\",operation=\"get_order\",status=\"404\"} 1",
+        "http_requests_total{method=\"GET\",operation=\"get_order\",status=\"401\"} 1",
     ] {
         assert!(text.contains(expected), "/metrics lacks {expected}:\n{text}");
     }

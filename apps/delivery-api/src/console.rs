@@ -11,6 +11,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use orderflow_ports::auth::TokenVerifier;
+use orderflow_runtime::http::counted_as;
 use poem::endpoint::BoxEndpoint;
 use poem::http::header;
 use poem::middleware::SetHeader;
@@ -132,17 +133,17 @@ pub fn routes(
         .overriding(header::CONTENT_SECURITY_POLICY, PAGE_POLICY)
         .overriding(header::CACHE_CONTROL, "no-store");
     let route = Route::new()
-        .at("/", get(pages::index))
-        .at("/events", get(pages::live_lists))
-        .at("/shipments/:id", get(pages::show_shipment))
-        .at("/shipments/:id/ship", post(pages::ship))
-        .at("/shipments/:id/deliver", post(pages::deliver))
-        .at("/login", get(signin::login))
-        .at("/callback", get(signin::callback))
-        .at("/logout", post(signin::logout))
-        .at("/signed-out", get(signin::signed_out))
-        .at("/assets/console.css", get(pages::stylesheet))
-        .at("/assets/console.js", get(pages::script))
+        .at("/", counted_as("console_lists", get(pages::index)))
+        .at("/events", counted_as("console_live_lists", get(pages::live_lists)))
+        .at("/shipments/:id", counted_as("console_shipment", get(pages::show_shipment)))
+        .at("/shipments/:id/ship", counted_as("console_ship", post(pages::ship)))
+        .at("/shipments/:id/deliver", counted_as("console_deliver", post(pages::deliver)))
+        .at("/login", counted_as("console_sign_in", get(signin::login)))
+        .at("/callback", counted_as("console_signed_in", get(signin::callback)))
+        .at("/logout", counted_as("console_sign_out", post(signin::logout)))
+        .at("/signed-out", counted_as("console_signed_out", get(signin::signed_out)))
+        .at("/assets/console.css", counted_as("console_assets", get(pages::stylesheet)))
+        .at("/assets/console.js", counted_as("console_assets", get(pages::script)))
         .data(service)
         .data(verifier)
         .data(signin)

@@ -22,7 +22,7 @@ pub use document::exact_document;
 pub use headers::SecurityHeaders;
 pub use json::StrictJson;
 pub use limit::BodyLimit;
-pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, into_problem};
+pub use observe::{HttpMetrics, Observe, REQUEST_ID_HEADER, counted_as, into_problem};
 pub use problem::Problem;
 pub use ready::readiness;
 pub use refusals::{Listing, Lookup, Problems, Refusals, Transition, TransitionWithBody};

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use orderflow_ports::trace;
 use poem::http::StatusCode;
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem::{Endpoint, EndpointExt, IntoResponse, Middleware, Request, Response};
 use poem_openapi::OperationId;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tracing::Instrument;
@@ -138,11 +138,20 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         );
         trace::continue_trace(&span, req.header(trace::TRACEPARENT));
         let started = Instant::now();
-        let mut response = match self.inner.call(req).instrument(span.clone()).await {
-            Ok(output) => output.into_response(),
-            Err(error) => span.in_scope(|| into_problem(error)),
+        // The operation a request reached is on its response, or on its error when it was refused there
+        // (a 401, a 404, a 422): a refusal counts under its operation, not as unmatched.
+        let (mut response, operation) = match self.inner.call(req).instrument(span.clone()).await {
+            Ok(output) => {
+                let response = output.into_response();
+                let operation = response.data::<OperationId>().map(|id| id.0);
+                (response, operation)
+            }
+            Err(error) => {
+                let operation = error.data::<OperationId>().map(|id| id.0);
+                (span.in_scope(|| into_problem(error)), operation)
+            }
         };
-        let operation = response.data::<OperationId>().map_or("unmatched", |id| id.0);
+        let operation = operation.unwrap_or("unmatched");
         let status = response.status();
         span.record("http.response.status_code", status.as_u16());
         if status.is_server_error() {
@@ -161,6 +170,19 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         }
         Ok(response)
     }
+}
+
+/// `endpoint`, counted in the HTTP metrics and named in the request log as `operation`, as an API
+/// operation is by its id: for pages served beside the API, which would otherwise count as unmatched.
+pub fn counted_as<E: Endpoint + 'static>(operation: &'static str, endpoint: E) -> impl Endpoint<Output = Response> {
+    endpoint.after(move |result| async move {
+        let mut result = result.map(IntoResponse::into_response);
+        match &mut result {
+            Ok(response) => response.set_data(OperationId(operation)),
+            Err(error) => error.set_data(OperationId(operation)),
+        }
+        result
+    })
 }
 
 /// The request's correlation id: `X-Request-Id` when the client sent a sane one, else the trace id of
@@ -227,7 +249,65 @@ fn readable(reason: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use poem::Route;
+    use poem::http::StatusCode;
+    use poem_openapi::param::Path;
+    use poem_openapi::payload::PlainText;
+    use poem_openapi::{OpenApi, OpenApiService};
+
     use super::*;
+
+    struct Things;
+
+    #[OpenApi]
+    impl Things {
+        #[oai(path = "/things/:id", method = "get", operation_id = "get_thing")]
+        async fn get(&self, id: Path<u32>) -> poem::Result<PlainText<&'static str>> {
+            match id.0 {
+                1 => Ok(PlainText("one")),
+                _ => Err(poem::Error::from_status(StatusCode::NOT_FOUND)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_count_under_their_operation_refused_or_not_and_pages_under_their_name() {
+        let registry = prometheus::Registry::new();
+        let metrics = HttpMetrics::register(&registry).expect("registers");
+        let api = OpenApiService::new(Things, "things", "1");
+        let spec = api.spec();
+        let refusing =
+            poem::endpoint::make(|_| async { Err::<String, _>(poem::Error::from_status(StatusCode::FORBIDDEN)) });
+        let app = Route::new()
+            .nest("/", api)
+            .at("/page", counted_as("a_page", poem::endpoint::make_sync(|_| "a page")))
+            .at("/refusing-page", counted_as("a_refusing_page", refusing))
+            .with(Observe::new(metrics, &spec, &[]));
+        let client = poem::test::TestClient::new(app);
+
+        for (path, status) in [
+            ("/things/1", StatusCode::OK),
+            ("/things/2", StatusCode::NOT_FOUND),
+            ("/things/two", StatusCode::BAD_REQUEST),
+            ("/page", StatusCode::OK),
+            ("/refusing-page", StatusCode::FORBIDDEN),
+            ("/nowhere", StatusCode::NOT_FOUND),
+        ] {
+            client.get(path).send().await.assert_status(status);
+        }
+
+        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("encodes");
+        for counted in [
+            r#"{method="GET",operation="get_thing",status="200"} 1"#,
+            r#"{method="GET",operation="get_thing",status="404"} 1"#,
+            r#"{method="GET",operation="get_thing",status="400"} 1"#,
+            r#"{method="GET",operation="a_page",status="200"} 1"#,
+            r#"{method="GET",operation="a_refusing_page",status="403"} 1"#,
+            r#"{method="GET",operation="unmatched",status="404"} 1"#,
+        ] {
+            assert!(text.contains(&format!("http_requests_total{counted}")), "no {counted} in\n{text}");
+        }
+    }
 
     #[test]
     fn a_validators_refusal_is_said_in_words() {
