@@ -350,6 +350,7 @@ async fn metrics_show_handled_commands_cache_lookups_and_requests_refusals_under
     expect_status(h.sales(reqwest::Method::GET, &unknown).send().await?, StatusCode::NOT_FOUND).await?;
     let anonymous = h.http.get(h.sales_url(&format!("/orders/{id}"))).send().await?;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(h.http.get(h.sales_url("/health/live")).send().await?.status(), StatusCode::OK);
     let text = h.http.get(h.sales_url("/metrics")).send().await?.text().await?;
     for expected in [
         "orderflow_messages_total{outcome=\"done\",queue=\"payments.requested\"}",
@@ -358,6 +359,7 @@ async fn metrics_show_handled_commands_cache_lookups_and_requests_refusals_under
         "http_requests_total{method=\"POST\",operation=\"place_order\",status=\"201\"}",
         "http_requests_total{method=\"GET\",operation=\"get_order\",status=\"404\"} 1",
         "http_requests_total{method=\"GET\",operation=\"get_order\",status=\"401\"} 1",
+        "http_requests_total{method=\"GET\",operation=\"health_live\",status=\"200\"} 1",
     ] {
         assert!(text.contains(expected), "/metrics lacks {expected}:\n{text}");
     }

@@ -20,7 +20,9 @@ use poem_openapi::{OpenApi, OpenApiService};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::http::{BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, exact_document, readiness};
+use crate::http::{
+    BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, counted_as, exact_document, readiness,
+};
 use crate::relay::{OutboxRelay, RelaySettings};
 use crate::wiring::Connected;
 
@@ -97,11 +99,11 @@ impl RunningService {
             mounted = mounted.nest(path, endpoint.with(BodyLimit { max: parts.body_limit }));
         }
         let mut routes = mounted
-            .at("/openapi.json", spec)
-            .nest("/docs", docs)
-            .at("/health/live", live)
-            .at("/health/ready", ready.data(Arc::new(health)))
-            .at("/metrics", metrics_text.data(Arc::new(registry)))
+            .at("/openapi.json", counted_as("openapi_document", spec))
+            .nest("/docs", counted_as("docs", docs))
+            .at("/health/live", counted_as("health_live", live))
+            .at("/health/ready", counted_as("health_ready", ready.data(Arc::new(health))))
+            .at("/metrics", counted_as("metrics", metrics_text.data(Arc::new(registry))))
             .data(shared.auth)
             .boxed();
         if let Some(burst) = shared.rate_limit_burst {
