@@ -17,7 +17,7 @@ use poem::http::header;
 use poem::middleware::SetHeader;
 use poem::session::{CookieConfig, CookieSession};
 use poem::web::cookie::{CookieKey, SameSite};
-use poem::{EndpointExt, Route, get, post};
+use poem::{EndpointExt, Route, RouteMethod};
 use url::Url;
 
 use crate::service::DeliveryService;
@@ -132,29 +132,48 @@ pub fn routes(
     let headers = SetHeader::new()
         .overriding(header::CONTENT_SECURITY_POLICY, PAGE_POLICY)
         .overriding(header::CACHE_CONTROL, "no-store");
-    let route = Route::new()
-        .at("/", counted_as("console_lists", get(pages::index)))
-        .at("/events", counted_as("console_live_lists", get(pages::live_lists)))
-        .at("/shipments/:id", counted_as("console_shipment", get(pages::show_shipment)))
-        .at("/shipments/:id/ship", counted_as("console_ship", post(pages::ship)))
-        .at("/shipments/:id/deliver", counted_as("console_deliver", post(pages::deliver)))
-        .at("/login", counted_as("console_sign_in", get(signin::login)))
-        .at("/callback", counted_as("console_signed_in", get(signin::callback)))
-        .at("/logout", counted_as("console_sign_out", post(signin::logout)))
-        .at("/signed-out", counted_as("console_signed_out", get(signin::signed_out)))
-        .at("/assets/console.css", counted_as("console_assets", get(pages::stylesheet)))
-        .at("/assets/console.js", counted_as("console_assets", get(pages::script)))
-        .data(service)
-        .data(verifier)
-        .data(signin)
-        .with(CookieSession::new(cookie))
-        .with(headers);
+    let mut route = Route::new();
+    for (path, method, name, endpoint) in pages() {
+        route = route.at(path, RouteMethod::new().method(method.parse()?, counted_as(name, endpoint)));
+    }
+    let route = route.data(service).data(verifier).data(signin).with(CookieSession::new(cookie)).with(headers);
     Ok(route.boxed())
+}
+
+/// The console's pages: the path below [`PATH`] (`:id` a segment), the method, the name their requests are
+/// counted under in the HTTP metrics, and the handler.
+fn pages() -> [(&'static str, &'static str, &'static str, BoxEndpoint<'static>); 11] {
+    [
+        ("/", "GET", "console_lists", pages::index.map_to_response().boxed()),
+        ("/events", "GET", "console_live_lists", pages::live_lists.map_to_response().boxed()),
+        ("/shipments/:id", "GET", "console_shipment", pages::show_shipment.map_to_response().boxed()),
+        ("/shipments/:id/ship", "POST", "console_ship", pages::ship.map_to_response().boxed()),
+        ("/shipments/:id/deliver", "POST", "console_deliver", pages::deliver.map_to_response().boxed()),
+        ("/login", "GET", "console_sign_in", signin::login.map_to_response().boxed()),
+        ("/callback", "GET", "console_signed_in", signin::callback.map_to_response().boxed()),
+        ("/logout", "POST", "console_sign_out", signin::logout.map_to_response().boxed()),
+        ("/signed-out", "GET", "console_signed_out", signin::signed_out.map_to_response().boxed()),
+        ("/assets/console.css", "GET", "console_assets", pages::stylesheet.map_to_response().boxed()),
+        ("/assets/console.js", "GET", "console_assets", pages::script.map_to_response().boxed()),
+    ]
+}
+
+/// The console's routes below [`PATH`], as templates (`/shipments/{id}`) with their methods, which name
+/// the spans of its requests.
+pub fn templates() -> Vec<(String, &'static str)> {
+    pages().into_iter().map(|(path, method, ..)| (path.replace(":id", "{id}"), method)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_s_routes_are_named_as_templates_with_their_methods() {
+        let templates = templates();
+        assert!(templates.contains(&("/shipments/{id}/ship".to_owned(), "POST")));
+        assert!(templates.contains(&("/".to_owned(), "GET")));
+    }
 
     #[test]
     fn a_session_key_is_base64_of_at_least_64_bytes() {

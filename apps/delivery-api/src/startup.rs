@@ -14,7 +14,7 @@ use orderflow_messages::RoutingKey;
 use orderflow_ports::delivery::DeliveryStore;
 use orderflow_ports::messaging::MessageHandler;
 use orderflow_runtime::relay::RelaySettings;
-use orderflow_runtime::service::{RunningService, ServiceParts};
+use orderflow_runtime::service::{Pages, RunningService, ServiceParts};
 use orderflow_runtime::wiring::{Store, Wiring};
 
 use crate::console::{self, ConsoleSettings};
@@ -88,7 +88,7 @@ impl Application {
                     console,
                 )
                 .context("setting up the console")?;
-                vec![(console::PATH, routes)]
+                vec![Pages { path: console::PATH, routes: console::templates(), endpoint: routes }]
             }
             None => Vec::new(),
         };

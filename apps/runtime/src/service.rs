@@ -53,9 +53,20 @@ pub struct ServiceParts<A> {
     pub handlers: Vec<(RoutingKey, Arc<dyn MessageHandler>)>,
     /// Other tasks to run for as long as the service runs, by name (e.g. Delivery's autopilot).
     pub tasks: Vec<(&'static str, BoxFuture<'static, ()>)>,
-    /// Pages for people, outside the API and its document, by the path they are served under (e.g.
-    /// Delivery's `/console`). They set their own `Content-Security-Policy`.
-    pub pages: Vec<(&'static str, BoxEndpoint<'static>)>,
+    /// Pages for people, outside the API and its document (e.g. Delivery's `/console`). They set their
+    /// own `Content-Security-Policy`.
+    pub pages: Vec<Pages>,
+}
+
+/// Pages for people served beside the API under one path.
+pub struct Pages {
+    /// The path they are served under (`/console`).
+    pub path: &'static str,
+    /// Their routes below `path`, each a template (`/shipments/{id}`) with the methods it answers, so
+    /// their requests' spans are named by route as the API's are.
+    pub routes: Vec<(String, &'static str)>,
+    /// What serves them.
+    pub endpoint: BoxEndpoint<'static>,
 }
 
 /// A running service. Dropping it stops its tasks.
@@ -86,7 +97,18 @@ impl RunningService {
         let addr = listener.local_addr()?;
         let api = OpenApiService::new(parts.api, parts.name, parts.version).server(format!("http://{addr}"));
         let raw = api.spec();
-        let observe = Observe::new(metrics, &raw, &["/openapi.json", "/health/live", "/health/ready", "/metrics"]);
+        let mut fixed: Vec<(String, &str)> =
+            ["/openapi.json", "/health/live", "/health/ready", "/metrics"].map(|p| (p.to_owned(), "GET")).into();
+        for pages in &parts.pages {
+            for (route, methods) in &pages.routes {
+                // Their root answers with and without the trailing slash.
+                if route == "/" {
+                    fixed.push((pages.path.to_owned(), methods));
+                }
+                fixed.push((format!("{}{route}", pages.path), methods));
+            }
+        }
+        let observe = Observe::new(metrics, &raw, &fixed);
         // One document for clients and for the page that shows it to people.
         let document = exact_document(&raw, &shared.issuer);
         let docs_page = api.swagger_ui_html().replace(&raw, &document);
@@ -95,8 +117,8 @@ impl RunningService {
         });
         let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_page.clone()));
         let mut mounted = Route::new().nest("/", api.with(BodyLimit { max: parts.body_limit }));
-        for (path, endpoint) in parts.pages {
-            mounted = mounted.nest(path, endpoint.with(BodyLimit { max: parts.body_limit }));
+        for pages in parts.pages {
+            mounted = mounted.nest(pages.path, pages.endpoint.with(BodyLimit { max: parts.body_limit }));
         }
         let mut routes = mounted
             .at("/openapi.json", counted_as("openapi_document", spec))

@@ -53,11 +53,12 @@ pub struct Observe {
 
 impl Observe {
     /// Records in `metrics`; names the SERVER spans by the route a request matches: the paths of the
-    /// OpenAPI document `spec` (JSON) and the `fixed` paths served beside it.
-    pub fn new(metrics: HttpMetrics, spec: &str, fixed: &[&str]) -> Self {
+    /// OpenAPI document `spec` (JSON) and the `fixed` routes served beside it, each a path template
+    /// (`/console/shipments/{id}`) with the methods it answers (`GET`, or `GET, POST`).
+    pub fn new<P: AsRef<str>>(metrics: HttpMetrics, spec: &str, fixed: &[(P, &str)]) -> Self {
         let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
         let mut templates: Vec<(Vec<String>, String)> =
-            fixed.iter().map(|path| (segments(path), "GET".to_owned())).collect();
+            fixed.iter().map(|(path, methods)| (segments(path.as_ref()), (*methods).to_owned())).collect();
         templates.extend(spec["paths"].as_object().into_iter().flatten().map(|(path, operations)| {
             let methods: Vec<String> =
                 operations.as_object().into_iter().flat_map(|o| o.keys()).map(|m| m.to_uppercase()).collect();
@@ -282,7 +283,7 @@ mod tests {
             .nest("/", api)
             .at("/page", counted_as("a_page", poem::endpoint::make_sync(|_| "a page")))
             .at("/refusing-page", counted_as("a_refusing_page", refusing))
-            .with(Observe::new(metrics, &spec, &[]));
+            .with(Observe::new(metrics, &spec, &[] as &[(&str, &str)]));
         let client = poem::test::TestClient::new(app);
 
         for (path, status) in [
@@ -321,10 +322,11 @@ mod tests {
     }
 
     #[test]
-    fn a_request_is_named_by_the_route_it_matches_with_literal_segments_winning() {
+    fn a_request_is_named_by_the_route_it_matches_api_or_page_with_literal_segments_winning() {
         let spec = r#"{"paths": {"/orders": {"get": {}, "post": {}}, "/orders/{id}": {"get": {}}, "/orders/{id}/cancel": {"post": {}}, "/shipments/by-order/{order_id}": {"get": {}}, "/shipments/{id}": {"get": {}}}}"#;
         let metrics = HttpMetrics::register(&prometheus::Registry::new()).expect("registers");
-        let routes = Observe::new(metrics, spec, &["/health/live"]).routes;
+        let pages = [("/health/live", "GET"), ("/console/shipments/{id}/ship", "POST")];
+        let routes = Observe::new(metrics, spec, &pages).routes;
 
         let template = |path: &str| routes.matching(path).map(|m| m.template);
         assert_eq!(template("/orders").as_deref(), Some("/orders"));
@@ -332,6 +334,8 @@ mod tests {
         assert_eq!(template("/orders/0190aa/cancel").as_deref(), Some("/orders/{id}/cancel"));
         assert_eq!(template("/shipments/by-order/42").as_deref(), Some("/shipments/by-order/{order_id}"));
         assert_eq!(template("/health/live").as_deref(), Some("/health/live"));
+        assert_eq!(template("/console/shipments/0190aa/ship").as_deref(), Some("/console/shipments/{id}/ship"));
+        assert_eq!(routes.matching("/console/shipments/0190aa/ship").map(|m| m.methods), Some("POST"));
         assert_eq!(template("/orders/"), None, "an empty segment is no id");
         assert_eq!(template("/nowhere"), None);
         assert_eq!(routes.matching("/orders").map(|m| m.methods), Some("GET, POST"), "what a 405 allows");
