@@ -70,17 +70,13 @@ impl DeliveryConfig {
 
 #[cfg(test)]
 mod tests {
-    use orderflow_runtime::config::LOCAL_REQUIRED;
+    use orderflow_runtime::config::ParseLocally;
 
     use super::*;
 
-    fn parse(extra: &[&str]) -> Result<DeliveryConfig, clap::Error> {
-        DeliveryConfig::try_parse_from(["delivery-api"].into_iter().chain(LOCAL_REQUIRED).chain(extra.iter().copied()))
-    }
-
     #[test]
     fn delivery_listens_on_8081_in_its_own_schema_with_the_autopilot_off() {
-        let config = parse(&[]).unwrap();
+        let config = DeliveryConfig::parse_locally(&[]).unwrap();
         assert_eq!(config.http_addr, SocketAddr::from(([127, 0, 0, 1], 8081)));
         assert_eq!(config.database_schema, "delivery");
         assert!(config.setup().settings.autopilot.is_none());
@@ -92,11 +88,11 @@ mod tests {
             ("--autopilot-ship-after=1s", "AUTOPILOT_DELIVER_AFTER"),
             ("--autopilot-deliver-after=1s", "AUTOPILOT_SHIP_AFTER"),
         ] {
-            let error = parse(&[given]).err().unwrap();
+            let error = DeliveryConfig::parse_locally(&[given]).err().unwrap();
             assert!(error.to_string().contains(missing), "{error}");
         }
         let both = ["--autopilot-ship-after=50ms", "--autopilot-deliver-after=2s"];
-        let config = parse(&both).unwrap();
+        let config = DeliveryConfig::parse_locally(&both).unwrap();
         let autopilot = config.setup().settings.autopilot.unwrap();
         assert_eq!(
             (autopilot.ship_after, autopilot.deliver_after),

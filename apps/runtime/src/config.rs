@@ -33,6 +33,18 @@ pub const LOCAL_REQUIRED: [&str; 5] = [
     "--oauth-issuer=http://127.0.0.1:9000",
 ];
 
+/// A service's configuration parsed from [`LOCAL_REQUIRED`] and `extra` flags: for tests of a
+/// configuration, which cannot set the process environment.
+pub trait ParseLocally: Parser {
+    /// # Errors
+    /// clap's, naming the flag and variable at fault.
+    fn parse_locally(extra: &[&str]) -> Result<Self, clap::Error> {
+        Self::try_parse_from(std::iter::once("service").chain(LOCAL_REQUIRED).chain(extra.iter().copied()))
+    }
+}
+
+impl<C: Parser> ParseLocally for C {}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -208,8 +220,7 @@ mod tests {
     }
 
     fn parse(extra: &[&str]) -> Result<SharedConfig, clap::Error> {
-        let args = std::iter::once("service").chain(LOCAL_REQUIRED).chain(extra.iter().copied());
-        Cli::try_parse_from(args).map(|cli| cli.shared)
+        Cli::parse_locally(extra).map(|cli| cli.shared)
     }
 
     #[test]

@@ -107,17 +107,13 @@ impl SalesConfig {
 
 #[cfg(test)]
 mod tests {
-    use orderflow_runtime::config::LOCAL_REQUIRED;
+    use orderflow_runtime::config::ParseLocally;
 
     use super::*;
 
-    fn parse(extra: &[&str]) -> Result<SalesConfig, clap::Error> {
-        SalesConfig::try_parse_from(["sales-api"].into_iter().chain(LOCAL_REQUIRED).chain(extra.iter().copied()))
-    }
-
     #[test]
     fn sales_listens_on_8080_in_its_own_schema_with_back_pressure_off() {
-        let config = parse(&[]).unwrap();
+        let config = SalesConfig::parse_locally(&[]).unwrap();
         assert_eq!(config.http_addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(config.database_schema, "sales");
         assert!(!config.setup().settings.pressure.any());
@@ -127,7 +123,9 @@ mod tests {
 
     #[test]
     fn an_smtp_url_sends_e_mail_from_notify_from() {
-        let config = parse(&["--smtp-url=smtp://127.0.0.1:2525", "--notify-from=Shop <shop@example.com>"]).unwrap();
+        let config =
+            SalesConfig::parse_locally(&["--smtp-url=smtp://127.0.0.1:2525", "--notify-from=Shop <shop@example.com>"])
+                .unwrap();
         assert_eq!(
             config.setup().mail,
             Mail::Smtp { url: "smtp://127.0.0.1:2525".into(), from: "Shop <shop@example.com>".into() }
@@ -138,14 +136,14 @@ mod tests {
     fn a_failure_rate_outside_zero_to_one_is_refused_by_name() {
         for rate in ["1.5", "-0.1", "often"] {
             let flag = format!("--payment-transient-failure-rate={rate}");
-            let error = parse(&[&flag]).err().unwrap();
+            let error = SalesConfig::parse_locally(&[&flag]).err().unwrap();
             assert!(error.to_string().contains("PAYMENT_TRANSIENT_FAILURE_RATE"), "{error}");
         }
     }
 
     #[test]
     fn a_malformed_address_is_refused_by_name() {
-        let error = parse(&["--http-addr=localhost"]).err().unwrap();
+        let error = SalesConfig::parse_locally(&["--http-addr=localhost"]).err().unwrap();
         assert!(error.to_string().contains("HTTP_ADDR"), "{error}");
     }
 }
