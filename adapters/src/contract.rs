@@ -79,6 +79,7 @@ macro_rules! delivery_store_contract {
             shipments_filter_by_status_and_page_keyset,
             due_shipments_come_longest_waiting_first,
             a_due_shipment_carries_the_trace_of_its_creation,
+            a_signed_out_console_session_stays_signed_out_and_no_other_is,
         );
     };
 }

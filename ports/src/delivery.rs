@@ -106,4 +106,18 @@ pub trait DeliveryStore: OutboxStore {
     /// # Errors
     /// [`ReadError::Unexpected`] when the store fails.
     async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Due>, ReadError>;
+
+    /// Ends the console session named `session` before its time, for every replica:
+    /// [`DeliveryStore::signed_out`] says so from now on. `until` is when it would have ended anyway;
+    /// records of sessions that had ended by `now` are forgotten.
+    ///
+    /// # Errors
+    /// [`ChangeError::Unexpected`] when the store fails; then the session has not ended.
+    async fn sign_out(&self, session: &str, until: Timestamp, now: Timestamp) -> Result<(), ChangeError>;
+
+    /// Whether the console session named `session` was signed out.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails.
+    async fn signed_out(&self, session: &str) -> Result<bool, ReadError>;
 }

@@ -352,7 +352,8 @@ async fn wait_for_row(browser: &Browser, list: &str, order_id: &str) -> anyhow::
 }
 
 /// A staff member signs in, sees a new order appear, opens it, ships it and delivers it; Sales learns of
-/// the delivery; a form posted without the session's CSRF token is refused; signing out ends the session.
+/// the delivery; a form posted without the session's CSRF token is refused; signing out ends the session,
+/// for a copy of its cookie too.
 async fn staff_ships_and_delivers(
     browser: &mut Browser,
     console: &str,
@@ -457,6 +458,17 @@ async fn staff_ships_and_delivers(
     ensure!(browser.text("h1").await?.contains("Signed out"), "the page says so");
     ensure!(!browser.has("span#user").await?, "nobody is named in the header");
     ensure!(browser.session_cookie().await.is_err(), "the browser no longer holds the session cookie");
+
+    // A copy of the cookie taken before signing out is signed out too.
+    let copied = sales
+        .http
+        .post(format!("{console}/console/shipments/{shipment_id}/ship"))
+        .header(COOKIE, format!("{SESSION_COOKIE}={cookie}"))
+        .form(&[("carrier", "UPS"), ("tracking_number", "TRK-COPIED"), ("csrf", csrf.as_str())])
+        .send()
+        .await?;
+    ensure!(copied.status() == StatusCode::UNAUTHORIZED, "a copied cookie is signed out: {}", copied.status());
+    ensure!(copied.text().await?.contains("Signed out"), "and the page says so");
     Ok(())
 }
 

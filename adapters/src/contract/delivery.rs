@@ -398,3 +398,25 @@ pub async fn a_due_shipment_carries_the_trace_of_its_creation(store: Arc<dyn Del
     let other = pending.iter().find(|d| d.shipment.id == untraced.id).expect("the untraced one is due");
     assert_eq!(other.traceparent, None, "a creation without trace context leaves none");
 }
+
+/// A console session signed out stays signed out, whichever replica asks, and no other is; signing out
+/// twice is harmless, and the record of a session past its end is forgotten at a later sign-out.
+pub async fn a_signed_out_console_session_stays_signed_out_and_no_other_is(store: Arc<dyn DeliveryStore>) {
+    let store = store.as_ref();
+    let now = super::fixtures::now();
+    let session = format!("session-{}", Uuid::now_v7());
+    let other = format!("session-{}", Uuid::now_v7());
+    let ending = format!("session-{}", Uuid::now_v7());
+    assert!(!store.signed_out(&session).await.expect("read"), "not signed out yet");
+
+    store.sign_out(&session, later(now, 3600), now).await.expect("signed out");
+    store.sign_out(&session, later(now, 3600), now).await.expect("signed out again");
+    store.sign_out(&ending, later(now, 10), now).await.expect("signed out");
+    assert!(store.signed_out(&session).await.expect("read"), "signed out");
+    assert!(store.signed_out(&ending).await.expect("read"), "signed out until it would have ended");
+    assert!(!store.signed_out(&other).await.expect("read"), "another session is not");
+
+    store.sign_out(&other, later(now, 3600), later(now, 11)).await.expect("signed out");
+    assert!(!store.signed_out(&ending).await.expect("read"), "a session past its end is forgotten");
+    assert!(store.signed_out(&session).await.expect("read"), "one still running is kept");
+}

@@ -21,6 +21,8 @@ struct State {
     inbox: HashSet<(String, String)>,
     /// The trace context each shipment's creation carried.
     traces: HashMap<ShipmentId, String>,
+    /// Console sessions signed out, with when each would have ended.
+    signed_out: HashMap<String, Timestamp>,
 }
 
 /// Delivery persistence in memory.
@@ -111,5 +113,16 @@ impl DeliveryStore for InMemoryDeliveryStore {
             .into_iter()
             .map(|s| Due { shipment: s.clone(), traceparent: state.traces.get(&s.id).cloned() })
             .collect())
+    }
+
+    async fn sign_out(&self, session: &str, until: Timestamp, now: Timestamp) -> Result<(), ChangeError> {
+        let mut state = lock(&self.state);
+        state.signed_out.retain(|_, ends| *ends >= now);
+        state.signed_out.insert(session.to_owned(), until);
+        Ok(())
+    }
+
+    async fn signed_out(&self, session: &str) -> Result<bool, ReadError> {
+        Ok(lock(&self.state).signed_out.contains_key(session))
     }
 }

@@ -344,4 +344,27 @@ impl DeliveryStore for PgDeliveryStore {
             .collect::<Result<Vec<_>, BoxError>>()
             .map_err(ReadError::Unexpected)
     }
+
+    async fn sign_out(&self, session: &str, until: Timestamp, now: Timestamp) -> Result<(), ChangeError> {
+        let client = self.db.client().await.map_err(ChangeError::Unexpected)?;
+        client
+            .execute(
+                "WITH ended AS (DELETE FROM console_sign_outs WHERE until < $3)
+                 INSERT INTO console_sign_outs (session, until) VALUES ($1, $2)
+                 ON CONFLICT (session) DO UPDATE SET until = excluded.until",
+                &[&session, &until, &now],
+            )
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    async fn signed_out(&self, session: &str) -> Result<bool, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let row = client
+            .query_opt("SELECT 1 FROM console_sign_outs WHERE session = $1", &[&session])
+            .await
+            .map_err(read_failed)?;
+        Ok(row.is_some())
+    }
 }

@@ -170,6 +170,12 @@ impl<S: DeliveryStore> DeliveryStore for Isolated<S> {
     async fn due(&self, status: ShipmentStatus, before: Timestamp, limit: usize) -> Result<Vec<Due>, ReadError> {
         self.store.due(status, before, limit).await
     }
+    async fn sign_out(&self, session: &str, until: Timestamp, now: Timestamp) -> Result<(), ChangeError> {
+        self.store.sign_out(session, until, now).await
+    }
+    async fn signed_out(&self, session: &str) -> Result<bool, ReadError> {
+        self.store.signed_out(session).await
+    }
 }
 
 mod sales_contract {

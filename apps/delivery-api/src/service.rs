@@ -105,6 +105,22 @@ impl DeliveryService {
         self.store.shipments(query).await
     }
 
+    /// Ends the console session named `session` for every replica; `until` is when it would have ended.
+    ///
+    /// # Errors
+    /// [`ChangeError::Unexpected`] when the store fails: the session has not ended.
+    pub async fn sign_out(&self, session: &str, until: Timestamp) -> Result<(), ChangeError> {
+        self.store.sign_out(session, until, self.clock.now()).await
+    }
+
+    /// Whether the console session named `session` was signed out.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the store fails.
+    pub async fn signed_out(&self, session: &str) -> Result<bool, ReadError> {
+        self.store.signed_out(session).await
+    }
+
     /// Hands the parcel to `carrier`; repeating it with the same details changes nothing.
     ///
     /// # Errors

@@ -181,7 +181,8 @@ impl Notice {
         self.into_response()
     }
 
-    fn into_response(self) -> Response {
+    /// The page.
+    pub(super) fn into_response(self) -> Response {
         render(self.status, &self.page)
     }
 }
@@ -245,7 +246,12 @@ pub(super) async fn index(
     Query(search): Query<Search>,
     Data(service): Data<&DeliveryService>,
 ) -> Response {
-    let Some(user) = signed_in(session) else { return sign_in_first() };
+    let Some(user) = (match signed_in(session, service).await {
+        Ok(user) => user,
+        Err(_) => return unavailable(),
+    }) else {
+        return sign_in_first();
+    };
     let wanted = search.q.trim();
     let mut message = None;
     if !wanted.is_empty() {
@@ -281,26 +287,36 @@ async fn find(service: &DeliveryService, wanted: &str) -> Result<Option<Shipment
 
 /// The lists' HTML whenever it changes, as `lists` events, to a signed-in browser.
 #[handler]
-pub(super) fn live_lists(session: &Session, Data(service): Data<&DeliveryService>) -> Response {
-    if signed_in(session).is_none() {
-        return StatusCode::UNAUTHORIZED.into_response();
+pub(super) async fn live_lists(session: &Session, Data(service): Data<&DeliveryService>) -> Response {
+    match signed_in(session, service).await {
+        Ok(Some(user)) => SSE::new(changes(service.clone(), user.session().to_owned()))
+            .keep_alive(Duration::from_secs(15))
+            .into_response(),
+        Ok(None) => StatusCode::UNAUTHORIZED.into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
-    SSE::new(changes(service.clone())).keep_alive(Duration::from_secs(15)).into_response()
 }
 
-fn changes(service: DeliveryService) -> impl Stream<Item = Event> + Send + 'static {
-    futures::stream::unfold((service, None::<String>), |(service, shown)| async move {
-        let mut first = shown.is_none();
-        loop {
-            if !first {
-                tokio::time::sleep(LIVE_EVERY).await;
-            }
-            first = false;
-            let Ok(lists) = lists_of(&service).await else { continue };
-            let Ok(html) = (ListsFragment { lists }).render() else { continue };
-            if shown.as_deref() != Some(html.as_str()) {
-                let event = Event::message(html.clone()).event_type("lists");
-                return Some((event, (service, Some(html))));
+/// The lists whenever they change, until the session `signed_in` is signed out.
+fn changes(service: DeliveryService, signed_in: String) -> impl Stream<Item = Event> + Send + 'static {
+    futures::stream::unfold((service, None::<String>), move |(service, shown)| {
+        let signed_in = signed_in.clone();
+        async move {
+            let mut first = shown.is_none();
+            loop {
+                if !first {
+                    tokio::time::sleep(LIVE_EVERY).await;
+                }
+                first = false;
+                if service.signed_out(&signed_in).await.unwrap_or(false) {
+                    return None;
+                }
+                let Ok(lists) = lists_of(&service).await else { continue };
+                let Ok(html) = (ListsFragment { lists }).render() else { continue };
+                if shown.as_deref() != Some(html.as_str()) {
+                    let event = Event::message(html.clone()).event_type("lists");
+                    return Some((event, (service, Some(html))));
+                }
             }
         }
     })
@@ -349,7 +365,12 @@ pub(super) async fn show_shipment(
     Query(done): Query<Done>,
     Data(service): Data<&DeliveryService>,
 ) -> Response {
-    let Some(user) = signed_in(session) else { return sign_in_first() };
+    let Some(user) = (match signed_in(session, service).await {
+        Ok(user) => user,
+        Err(_) => return unavailable(),
+    }) else {
+        return sign_in_first();
+    };
     let Some(id) = shipment_id(&id) else { return not_found() };
     let message = match done.done.as_deref() {
         Some("shipped") => Message::ok("Marked as shipped."),
@@ -379,8 +400,13 @@ pub(super) struct DeliverForm {
 
 /// Who acts on which shipment, or the answer for someone who may not or a shipment that cannot be
 /// (boxed: a response is large, the rest small).
-fn acting(session: &Session, csrf: &str, id: &str) -> Result<(SignedIn, ShipmentId), Box<Response>> {
-    let Some(user) = signed_in(session) else {
+async fn acting(
+    session: &Session,
+    service: &DeliveryService,
+    csrf: &str,
+    id: &str,
+) -> Result<(SignedIn, ShipmentId), Box<Response>> {
+    let Some(user) = signed_in(session, service).await.map_err(|_| Box::new(unavailable()))? else {
         return Err(Box::new(
             notice(StatusCode::UNAUTHORIZED, "Signed out", "Your session ended; sign in and try again.")
                 .sign_in_again(),
@@ -419,7 +445,7 @@ pub(super) async fn ship(
     Form(form): Form<ShipForm>,
     Data(service): Data<&DeliveryService>,
 ) -> Response {
-    let (user, id) = match acting(session, &form.csrf, &id) {
+    let (user, id) = match acting(session, service, &form.csrf, &id).await {
         Ok(acting) => acting,
         Err(answer) => return *answer,
     };
@@ -453,7 +479,7 @@ pub(super) async fn deliver(
     Form(form): Form<DeliverForm>,
     Data(service): Data<&DeliveryService>,
 ) -> Response {
-    let (user, id) = match acting(session, &form.csrf, &id) {
+    let (user, id) = match acting(session, service, &form.csrf, &id).await {
         Ok(acting) => acting,
         Err(answer) => return *answer,
     };

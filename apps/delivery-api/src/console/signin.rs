@@ -10,6 +10,7 @@ use oauth2::{
     AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet, PkceCodeChallenge,
     PkceCodeVerifier, RedirectUrl, Scope, TokenResponse, TokenUrl,
 };
+use orderflow_ports::ReadError;
 use orderflow_ports::auth::TokenVerifier;
 use poem::http::StatusCode;
 use poem::session::Session;
@@ -21,6 +22,7 @@ use url::Url;
 
 use super::PATH;
 use super::pages::notice;
+use crate::service::DeliveryService;
 
 /// What the console asks for; the issuer grants what the person may have of it.
 const SCOPES: [&str; 2] = ["shipments:read", "shipments:write"];
@@ -117,14 +119,25 @@ struct Pending {
 const USER: &str = "user";
 const PENDING: &str = "pending";
 
-/// Who is signed in, unless nobody is or their session has ended.
-pub(super) fn signed_in(session: &Session) -> Option<SignedIn> {
-    let user: SignedIn = session.get(USER)?;
-    if user.expires_at <= chrono::Utc::now().timestamp() {
+/// Who is signed in, unless nobody is or their session has ended or was signed out (on any replica,
+/// from any copy of the cookie).
+///
+/// # Errors
+/// When the store cannot say whether the session was signed out.
+pub(super) async fn signed_in(session: &Session, service: &DeliveryService) -> Result<Option<SignedIn>, ReadError> {
+    let Some(user) = session.get::<SignedIn>(USER) else { return Ok(None) };
+    if user.expires_at <= chrono::Utc::now().timestamp() || service.signed_out(user.session()).await? {
         session.purge();
-        return None;
+        return Ok(None);
     }
-    Some(user)
+    Ok(Some(user))
+}
+
+impl SignedIn {
+    /// What names the session where it is signed out: its CSRF token, drawn for it alone at sign-in.
+    pub(super) fn session(&self) -> &str {
+        &self.csrf
+    }
 }
 
 /// Whether a form's token is the session's, compared in constant time.
@@ -228,16 +241,35 @@ pub(super) struct Plain {
     csrf: String,
 }
 
-/// Ends the session.
+/// Ends the session: in the store first, so every copy of the cookie stops working, then in the browser.
 #[handler]
-pub(super) fn logout(session: &Session, Form(form): Form<Plain>) -> Response {
-    match signed_in(session) {
-        Some(user) if !csrf_matches(&user, &form.csrf) => super::pages::forged(),
-        _ => {
-            session.purge();
-            Redirect::see_other(format!("{PATH}/signed-out")).into_response()
+pub(super) async fn logout(
+    session: &Session,
+    Form(form): Form<Plain>,
+    Data(service): Data<&DeliveryService>,
+) -> Response {
+    let user = match signed_in(session, service).await {
+        Ok(user) => user,
+        Err(error) => return sign_out_failed(&error),
+    };
+    if let Some(user) = user {
+        if !csrf_matches(&user, &form.csrf) {
+            return super::pages::forged();
         }
+        let until =
+            chrono::DateTime::from_timestamp(user.expires_at, 0).unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        if let Err(error) = service.sign_out(user.session(), until).await {
+            return sign_out_failed(&error);
+        }
+        tracing::info!(user = %user.name, "console sign-out");
     }
+    session.purge();
+    Redirect::see_other(format!("{PATH}/signed-out")).into_response()
+}
+
+fn sign_out_failed(error: &dyn std::error::Error) -> Response {
+    tracing::warn!(%error, "console sign-out: the store cannot be written");
+    notice(StatusCode::SERVICE_UNAVAILABLE, "Not signed out", "Signing out failed; try again.").into_response()
 }
 
 /// Says the session ended.
