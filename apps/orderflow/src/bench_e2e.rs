@@ -14,7 +14,7 @@
 //! (see [`HOPS`]), from the time each step's writer recorded: the order's `order.paid` timeline event, and
 //! Delivery's shipment `created_at` and `updated_at` once `delivered`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -202,6 +202,10 @@ pub struct E2eReport {
     pub backlog_samples: usize,
     /// Memory of the processes given with `--pid`.
     pub rss: Vec<RssPeak>,
+    /// CPU time every process of the machine spent while the benchmark sampled, by process name, most
+    /// first (clock ticks), and how long it sampled: where the machine's time went, services, database,
+    /// broker and load generator alike.
+    pub machine_cpu: (Vec<(String, u64)>, Duration),
 }
 
 impl E2eReport {
@@ -344,6 +348,23 @@ impl fmt::Display for E2eReport {
                 )?;
             }
         }
+        let (spent, over) = &self.machine_cpu;
+        let total: u64 = spent.iter().map(|(_, ticks)| ticks).sum();
+        if total > 0 && self.delivered > 0 {
+            let busy = total as f64 / 100.0 / (over.as_secs_f64() * self.cpus.max(1) as f64) * 100.0;
+            writeln!(
+                f,
+                "machine CPU:     {:.1} s in {:.1} s on {} cores ({busy:.0}% busy), by process (share, ms per delivered order):",
+                total as f64 / 100.0,
+                over.as_secs_f64(),
+                self.cpus
+            )?;
+            for (name, ticks) in spent.iter().take(8) {
+                let share = *ticks as f64 * 100.0 / total as f64;
+                let per_order = *ticks as f64 * 10.0 / self.delivered as f64;
+                writeln!(f, "                 {name:<16} {share:5.1}%  {per_order:.2} ms")?;
+            }
+        }
         write!(f, "E2E_ORDERS_PER_SEC={:.2}", self.e2e_per_second())
     }
 }
@@ -480,6 +501,7 @@ pub async fn e2e(options: E2eOptions) -> anyhow::Result<E2eReport> {
         max_backlog: samples.max_backlog,
         backlog_samples: samples.backlog_samples,
         rss: samples.rss,
+        machine_cpu: samples.machine_cpu,
     })
 }
 
@@ -741,6 +763,7 @@ struct Samples {
     max_backlog: [i64; 2],
     backlog_samples: usize,
     rss: Vec<RssPeak>,
+    machine_cpu: (Vec<(String, u64)>, Duration),
 }
 
 /// Every [`SAMPLE_EVERY`] until `stop` fires (and once more then): the outbox backlog of both schemas and
@@ -766,7 +789,9 @@ async fn sample(
             .into_iter()
             .map(|service| RssPeak { service, sampled_max_kib: 0, hwm_kib: 0, samples: 0, cpu_ticks: None })
             .collect(),
+        machine_cpu: (Vec::new(), Duration::ZERO),
     };
+    let (started, before) = (std::time::Instant::now(), process_times());
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -788,8 +813,8 @@ async fn sample(
                 peak.hwm_kib = peak.hwm_kib.max(hwm);
                 peak.samples += 1;
             }
-            if let Some(ticks) =
-                std::fs::read_to_string(format!("/proc/{}/stat", peak.service.pid)).ok().and_then(|s| cpu_ticks(&s))
+            if let Some((_, ticks, _)) =
+                std::fs::read_to_string(format!("/proc/{}/stat", peak.service.pid)).ok().and_then(|s| process_stat(&s))
             {
                 peak.cpu_ticks = Some((peak.cpu_ticks.map_or(ticks, |(first, _)| first), ticks));
             }
@@ -798,17 +823,52 @@ async fn sample(
             break;
         }
     }
+    samples.machine_cpu = (cpu_by_name(&before, &process_times()), started.elapsed());
     drop(db);
     let _ = driver.await;
     Ok(samples)
 }
 
-/// User + system CPU time (clock ticks) of a `/proc/PID/stat` line: its 14th and 15th fields, counted
-/// after the command name, which may hold spaces and parentheses.
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // After the name: state is field 3, so utime (14) and stime (15) are the 12th and 13th here.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+/// The command name, user + system CPU time (clock ticks) and start time of a `/proc/PID/stat` line: its
+/// 2nd, 14th + 15th and 22nd fields; the name may hold spaces and parentheses.
+fn process_stat(stat: &str) -> Option<(String, u64, u64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14), stime (15) and starttime (22) are the 12th, 13th
+    // and 20th here.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((name, ticks, fields.get(19)?.parse().ok()?))
+}
+
+/// CPU time of every process on the machine: its name and ticks, by pid and start time (a pid can be
+/// reused).
+type ProcessTimes = HashMap<(u32, u64), (String, u64)>;
+
+fn process_times() -> ProcessTimes {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return HashMap::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let (name, ticks, started) = process_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+            Some(((pid, started), (name, ticks)))
+        })
+        .collect()
+}
+
+/// The ticks each process name spent from `before` to `after`, most first. A process that started in
+/// between counts whole; one that ended in between is not seen (the services' and the database's
+/// processes live through a run).
+fn cpu_by_name(before: &ProcessTimes, after: &ProcessTimes) -> Vec<(String, u64)> {
+    let mut by_name: HashMap<&str, u64> = HashMap::new();
+    for (process, (name, ticks)) in after {
+        let earlier = before.get(process).map_or(0, |(_, ticks)| *ticks);
+        *by_name.entry(name).or_default() += ticks.saturating_sub(earlier);
+    }
+    let mut spent: Vec<(String, u64)> =
+        by_name.into_iter().filter(|(_, ticks)| *ticks > 0).map(|(name, ticks)| (name.to_owned(), ticks)).collect();
+    spent.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    spent
 }
 
 /// `VmRSS` and `VmHWM` (KiB) of a `/proc/PID/status` text.
@@ -925,8 +985,25 @@ mod tests {
     #[test]
     fn cpu_time_comes_from_proc_stat_whatever_the_command_name() {
         let stat = "4242 (sales (api) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 9 0 100 0 0";
-        assert_eq!(cpu_ticks(stat), Some(1234 + 567));
-        assert_eq!(cpu_ticks("4242 (truncated) S 1"), None);
+        assert_eq!(process_stat(stat), Some(("sales (api) x".to_owned(), 1234 + 567, 100)));
+        assert_eq!(process_stat("4242 (truncated) S 1"), None);
+    }
+
+    #[test]
+    fn the_machine_s_cpu_is_summed_by_process_name_counting_processes_started_meanwhile_whole() {
+        let times = |entries: &[((u32, u64), &str, u64)]| -> ProcessTimes {
+            entries.iter().map(|(process, name, ticks)| (*process, ((*name).to_owned(), *ticks))).collect()
+        };
+        let before = times(&[((1, 10), "postgres", 100), ((2, 10), "postgres", 50), ((3, 5), "sales-api", 10)]);
+        let after = times(&[
+            ((1, 10), "postgres", 300),
+            ((3, 5), "sales-api", 110),
+            ((4, 20), "postgres", 40),
+            ((2, 99), "beam.smp", 7),
+            ((5, 1), "idle", 0),
+        ]);
+        let expected = [("postgres", 240), ("sales-api", 100), ("beam.smp", 7)].map(|(n, t)| (n.to_owned(), t));
+        assert_eq!(cpu_by_name(&before, &after), expected, "a reused pid is another process; idle ones are left out");
     }
 
     #[test]
