@@ -213,6 +213,16 @@ fn unavailable() -> Response {
         .into_response()
 }
 
+/// Who is looking at a page, or the answer when nobody is signed in (to sign in) or the store cannot say
+/// (boxed: a response is large, the rest small).
+async fn viewing(session: &Session, service: &DeliveryService) -> Result<SignedIn, Box<Response>> {
+    match signed_in(session, service).await {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => Err(Box::new(sign_in_first())),
+        Err(_) => Err(Box::new(unavailable())),
+    }
+}
+
 fn sign_in_first() -> Response {
     Redirect::see_other(format!("{PATH}/login")).into_response()
 }
@@ -246,11 +256,9 @@ pub(super) async fn index(
     Query(search): Query<Search>,
     Data(service): Data<&DeliveryService>,
 ) -> Response {
-    let Some(user) = (match signed_in(session, service).await {
+    let user = match viewing(session, service).await {
         Ok(user) => user,
-        Err(_) => return unavailable(),
-    }) else {
-        return sign_in_first();
+        Err(answer) => return *answer,
     };
     let wanted = search.q.trim();
     let mut message = None;
@@ -365,11 +373,9 @@ pub(super) async fn show_shipment(
     Query(done): Query<Done>,
     Data(service): Data<&DeliveryService>,
 ) -> Response {
-    let Some(user) = (match signed_in(session, service).await {
+    let user = match viewing(session, service).await {
         Ok(user) => user,
-        Err(_) => return unavailable(),
-    }) else {
-        return sign_in_first();
+        Err(answer) => return *answer,
     };
     let Some(id) = shipment_id(&id) else { return not_found() };
     let message = match done.done.as_deref() {
