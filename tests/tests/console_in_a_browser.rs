@@ -199,6 +199,12 @@ impl Browser {
         Ok(self.client.current_url().await?.path().to_owned())
     }
 
+    /// The session's CSRF token, as every form of the page carries it.
+    async fn csrf(&self) -> anyhow::Result<String> {
+        let field = self.wait_for("form#sign-out input[name=\"csrf\"]").await?;
+        field.attr("value").await?.context("the session's CSRF token")
+    }
+
     /// The console's session cookie, as the browser holds it.
     async fn session_cookie(&self) -> anyhow::Result<String> {
         let cookies = self.client.get_all_cookies().await?;
@@ -429,12 +435,7 @@ async fn staff_ships_and_delivers(
 
     // The same rules as the API, said on the page: a delivered parcel cannot ship again, and a field
     // left empty is named.
-    let csrf = browser
-        .wait_for("form#sign-out input[name=\"csrf\"]")
-        .await?
-        .attr("value")
-        .await?
-        .context("the session's CSRF token")?;
+    let csrf = browser.csrf().await?;
     for (carrier, status, says) in
         [("UPS", StatusCode::CONFLICT, "Not allowed now"), ("", StatusCode::UNPROCESSABLE_ENTITY, "Carrier")]
     {
@@ -514,12 +515,7 @@ async fn viewer_sees_no_actions(
     }
 
     let cookie = browser.session_cookie().await?;
-    let csrf = browser
-        .wait_for("form#sign-out input[name=\"csrf\"]")
-        .await?
-        .attr("value")
-        .await?
-        .context("the session's CSRF token")?;
+    let csrf = browser.csrf().await?;
     let shipment_id = browser.text("dd#shipment-id").await?;
     let posted = http
         .post(format!("{console}/console/shipments/{}/ship", shipment_id.trim()))

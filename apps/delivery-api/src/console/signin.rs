@@ -268,7 +268,7 @@ pub(super) async fn logout(
 }
 
 fn sign_out_failed(error: &dyn std::error::Error) -> Response {
-    tracing::warn!(%error, "console sign-out: the store cannot be written");
+    tracing::warn!(%error, "console sign-out: the store cannot be reached");
     notice(StatusCode::SERVICE_UNAVAILABLE, "Not signed out", "Signing out failed; try again.").into_response()
 }
 
