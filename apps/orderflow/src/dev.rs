@@ -65,8 +65,9 @@ pub struct DevPostgres {
 impl Default for DevOptions {
     fn default() -> Self {
         Self {
-            sales_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            delivery_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            // The services' own defaults: `orderflow dev` answers where the binaries would.
+            sales_addr: SalesSettings::default().http_addr,
+            delivery_addr: DeliverySettings::default().http_addr,
             issuer_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
             autopilot: Some(AutopilotSettings {
                 ship_after: Duration::from_secs(2),
