@@ -74,6 +74,45 @@ pub fn producer_span(destination: &str, message_id: &str, traceparent: Option<&s
     span
 }
 
+/// The PRODUCER span of publishing several messages to `destination` in one round, each continuing the
+/// trace of the change that wrote it (`traceparents`, stored with the outbox rows): under the first
+/// sampled message's trace, linked to every other sampled one's, as [`batch_span`] joins deliveries. The
+/// messages carry their writers' contexts unchanged. `None` when no message is of a sampled trace: a span
+/// nobody records would only cost the relay its time.
+pub fn producer_batch_span<'a>(
+    destination: &str,
+    traceparents: impl IntoIterator<Item = Option<&'a str>>,
+) -> Option<Span> {
+    let mut count = 0_usize;
+    let mut contexts: Vec<SpanContext> = Vec::new();
+    for traceparent in traceparents {
+        count += 1;
+        let Some(context) = traceparent.filter(|t| sampled(t)).and_then(|t| remote(Some(t))) else { continue };
+        if !contexts.iter().any(|known| known.span_id() == context.span_id()) {
+            contexts.push(context);
+        }
+    }
+    let mut contexts = contexts.into_iter();
+    let parent = contexts.next()?;
+    let span = tracing::info_span!(
+        parent: None,
+        "publish",
+        otel.name = %format_args!("publish {destination}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        messaging.operation.type = "send",
+        messaging.destination.name = destination,
+        messaging.batch.message_count = count,
+    );
+    // Fails only when the span was already started, which it is not.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    for other in contexts {
+        span.add_link(other);
+    }
+    Some(span)
+}
+
 /// The CONSUMER span of handling one delivery from `queue` on `system` (`rabbitmq`, or the in-process
 /// bus), a child of the producer whose context the message carries. The handler's work on the delivery
 /// runs inside it, so what that work sends continues the same trace.

@@ -15,6 +15,7 @@ use orderflow_ports::messaging::{AuditLog, CommandPublisher, PublishError};
 use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::trace;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Settings of an [`OutboxRelay`].
 #[derive(Debug, Clone)]
@@ -202,8 +203,19 @@ impl OutboxRelay {
 
     /// Audit records of different orders concurrently, each order's one after the other: a record is sent
     /// only once the one before it in its order is acknowledged, so a failure can never let a later record
-    /// of an order reach the stream ahead of an earlier one.
+    /// of an order reach the stream ahead of an earlier one. The round is one PRODUCER span, not one a
+    /// record: a record's trace context is its writer's, which already names its order's trace.
     async fn append_audit(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
+        let span = trace::producer_batch_span("audit", rows.iter().map(|row| row.event.traceparent.as_deref()));
+        let (published, failure) =
+            self.append_in_order(rows).instrument(span.clone().unwrap_or_else(tracing::Span::none)).await;
+        if let (Some(span), Some(error)) = (&span, &failure) {
+            trace::mark_failed(span, &unacknowledged(Some(error)));
+        }
+        (published, failure)
+    }
+
+    async fn append_in_order(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
         let mut orders: Vec<(&str, Vec<&OutboxMessage>)> = Vec::new();
         for row in rows {
             match orders.iter_mut().find(|(subject, _)| *subject == row.event.subject) {
@@ -214,9 +226,7 @@ impl OutboxRelay {
         let appended = futures::future::join_all(orders.into_iter().map(|(_, rows)| async move {
             let mut published = Vec::with_capacity(rows.len());
             for row in rows {
-                let traced = Traced::new("audit", &row.event);
-                if let Err(error) = self.audit.append(&traced.event).await {
-                    traced.failed(Some(&error));
+                if let Err(error) = self.audit.append(&row.event).await {
                     return (published, Some(error));
                 }
                 published.push(row.id());
@@ -259,12 +269,17 @@ impl<'a> Traced<'a> {
 
     /// The round logs the failure once; each row's span records it.
     fn failed(&self, error: Option<&PublishError>) {
-        let Some(span) = &self.span else { return };
-        let error = match error.and_then(std::error::Error::source) {
-            Some(cause) => format!("not acknowledged: {cause}"),
-            None => "not acknowledged".to_owned(),
-        };
-        trace::mark_failed(span, &error);
+        if let Some(span) = &self.span {
+            trace::mark_failed(span, &unacknowledged(error));
+        }
+    }
+}
+
+/// What a span records of a message the destination did not acknowledge.
+fn unacknowledged(error: Option<&PublishError>) -> String {
+    match error.and_then(std::error::Error::source) {
+        Some(cause) => format!("not acknowledged: {cause}"),
+        None => "not acknowledged".to_owned(),
     }
 }
 

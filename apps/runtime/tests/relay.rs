@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use opentelemetry::trace::SpanKind;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use orderflow_adapters::contract::fixtures::{
     LIFECYCLE_AUDIT, OrderDraft, change_of, eur, inbox, message, name, now, owed, sku,
 };
@@ -24,6 +26,8 @@ use orderflow_ports::messaging::{AuditLog, CommandPublisher, PublishError};
 use orderflow_ports::outbox::{Destination, OutboxMessage, OutboxStore};
 use orderflow_ports::sales::{ChangeOutcome, PlaceOutcome, SalesStore};
 use orderflow_runtime::relay::{OutboxRelay, RelaySettings};
+use orderflow_runtime::telemetry;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// Both destinations in one test double: counts what reaches each, keeps the order of arrival, and refuses
 /// everything while `down` is set.
@@ -530,6 +534,57 @@ async fn rows_stay_owed_while_the_publisher_fails_and_publish_after_it_recovers(
     );
     assert_eq!(audit_ids(&audit), vec![placed.id()], "the audit record is appended once");
     assert_eq!(owed(fixture.outbox().as_ref(), Destination::Command).await, vec![], "nothing is owed");
+}
+
+/// An audit round is one PRODUCER span, in the trace of its first sampled record and linked to the other
+/// sampled records' writers; every record reaches the stream with its writer's trace context, and a round
+/// of unsampled records has no span at all.
+// Several workers: the span processor exports from a task of the runtime while the test waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_round_is_one_producer_span_under_its_first_sampled_record_linked_to_the_others() {
+    const FIRST: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const SECOND: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const UNSAMPLED: &str = "00-5cf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-00";
+    let exporter = InMemorySpanExporter::default();
+    let provider = telemetry::tracer_provider("relay", Some(exporter.clone()));
+    let _traced = tracing::subscriber::set_default(tracing_subscriber::registry().with(telemetry::traces(&provider)));
+    let fixture = SalesOutbox::new(InMemorySalesStore::new());
+    let written = |traceparents: &[Option<&str>]| -> Vec<OutboxMessage> {
+        traceparents
+            .iter()
+            .map(|traceparent| {
+                let mut row = message(None, true);
+                row.event.traceparent = traceparent.map(str::to_owned);
+                row
+            })
+            .collect()
+    };
+    let rows = written(&[Some(UNSAMPLED), Some(FIRST), None, Some(SECOND), Some(FIRST)]);
+    fixture.write(rows.clone()).await;
+    let recorder = Arc::new(Recorder::default());
+    let relay = relay(fixture.outbox(), &recorder, RelaySettings::default());
+
+    assert_eq!(relay.publish_batch(Destination::Audit).await.expect("the round publishes"), 5);
+    fixture.write(written(&[None, Some(UNSAMPLED)])).await;
+    assert_eq!(relay.publish_batch(Destination::Audit).await.expect("the round publishes"), 2);
+    provider.force_flush().expect("spans flushed");
+
+    let spans: Vec<SpanData> =
+        exporter.get_finished_spans().expect("spans").into_iter().filter(|s| s.name == "publish audit").collect();
+    let [span] = spans.as_slice() else { panic!("one span for the two rounds, got {spans:#?}") };
+    assert_eq!(span.span_kind, SpanKind::Producer);
+    assert_eq!(span.span_context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736", "the first sampled trace");
+    assert_eq!(span.parent_span_id.to_string(), "00f067aa0ba902b7", "under the span that wrote the record");
+    let links: Vec<String> = span.links.iter().map(|l| l.span_context.span_id().to_string()).collect();
+    assert_eq!(links, ["b7ad6b7169203331"], "linked once to each other sampled writer");
+    let count = span.attributes.iter().find(|kv| kv.key.as_str() == "messaging.batch.message_count");
+    assert_eq!(count.map(|kv| kv.value.to_string()).as_deref(), Some("5"));
+    let carried: HashMap<EventId, Option<String>> =
+        recorder.audit_log().into_iter().map(|e| (e.id, e.traceparent)).collect();
+    for row in rows {
+        let carried = carried.get(&row.event.id);
+        assert_eq!(carried, Some(&row.event.traceparent), "each record carries its writer's context unchanged");
+    }
 }
 
 /// The stores the contract checks above run on: both in-memory stores and both PostgreSQL stores, the
