@@ -124,6 +124,7 @@ macro_rules! command_bus_contract {
             a_permanent_failure_is_dead_lettered_without_retries,
             a_dead_letter_keeps_at_most_1000_characters_of_the_error,
             a_poison_delivery_in_a_batch_is_dead_lettered_alone_and_the_rest_acknowledged,
+            batches_settled_out_of_order_are_each_acknowledged_once,
             dead_letters_are_peeked_oldest_first_and_left_in_place,
             replayed_dead_letters_are_consumed_again_with_their_retry_count_reset,
             purging_deletes_every_dead_letter_of_the_queue,

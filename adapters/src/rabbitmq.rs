@@ -296,6 +296,7 @@ impl RabbitBroker {
         tracing::info!(queue = queue.as_str(), "consuming");
         // Half the prefetch, so a second batch can be handled while the first commits.
         let most = usize::from(self.settings.prefetch / 2).max(1);
+        let unsettled = Arc::new(Unsettled::default());
         let mut running = tokio::task::JoinSet::new();
         let mut failed = None;
         loop {
@@ -323,10 +324,12 @@ impl RabbitBroker {
                     Some(None) | None => break,
                 }
             }
+            unsettled.hold(batch.iter().map(|delivery| delivery.delivery_tag));
             let handler = Arc::clone(handler);
             let channel = channel.clone();
             let delays = self.settings.retry_delays.len();
-            running.spawn(async move { settle_batch(&channel, queue, delays, batch, handler).await });
+            let unsettled = Arc::clone(&unsettled);
+            running.spawn(async move { settle_batch(&channel, queue, delays, batch, handler, &unsettled).await });
             if failed.is_some() {
                 break;
             }
@@ -349,13 +352,47 @@ impl RabbitBroker {
     }
 }
 
-/// Hands a batch of deliveries to the handler, then settles each by its own outcome (see [`settle`]).
+/// The delivery tags of one channel handed to a handler and not yet settled. An ack with `multiple`
+/// settles every unsettled tag up to its own, so a batch may be acknowledged in one frame only when no
+/// other batch's tag below it is still unsettled; a tag leaves the set only once its ack, nack or
+/// republish has been sent, so a later `multiple` can never cover a delivery still being settled.
+#[derive(Default)]
+struct Unsettled(std::sync::Mutex<std::collections::BTreeSet<u64>>);
+
+impl Unsettled {
+    fn hold(&self, tags: impl IntoIterator<Item = u64>) {
+        self.tags().extend(tags);
+    }
+
+    /// Whether every unsettled tag up to the last of `tags` is one of `tags`.
+    fn oldest(&self, tags: &[u64]) -> bool {
+        let Some(last) = tags.last() else { return false };
+        self.tags().range(..=last).all(|tag| tags.contains(tag))
+    }
+
+    fn release(&self, tags: &[u64]) {
+        let mut held = self.tags();
+        for tag in tags {
+            held.remove(tag);
+        }
+    }
+
+    fn tags(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
+        // The set stays whole even if a holder panicked: every change to it is one call.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Hands a batch of deliveries to the handler, then settles them: a batch handled in full and holding
+/// the channel's oldest unsettled deliveries with one `multiple` ack (for a quorum queue one settlement
+/// in its log instead of one a delivery), otherwise each by its own outcome (see [`settle`]).
 async fn settle_batch(
     channel: &Channel,
     queue: RoutingKey,
     retry_levels: usize,
     deliveries: Vec<lapin::message::Delivery>,
     handler: Arc<dyn MessageHandler>,
+    unsettled: &Unsettled,
 ) -> Result<(), BoxError> {
     let messages: Vec<Delivery> = deliveries
         .iter()
@@ -379,13 +416,37 @@ async fn settle_batch(
     let started = std::time::Instant::now();
     let mut outcomes = handler.handle_batch(&messages).instrument(joint).await.into_iter();
     let elapsed = started.elapsed().as_secs_f64();
+    let outcomes: Vec<HandlerOutcome> = deliveries
+        .iter()
+        .map(|_| {
+            outcomes
+                .next()
+                .unwrap_or_else(|| HandlerOutcome::Transient("the handler gave no outcome for this delivery".into()))
+        })
+        .collect();
+    let tags: Vec<u64> = deliveries.iter().map(|delivery| delivery.delivery_tag).collect();
+    let handled = crate::metrics::HANDLER_SECONDS.with_label_values(&[queue.as_str()]);
+    if outcomes.iter().all(|outcome| matches!(outcome, HandlerOutcome::Done)) && unsettled.oldest(&tags) {
+        let acked = match tags.last() {
+            Some(&last) => channel.basic_ack(last, BasicAckOptions { multiple: true }).await,
+            None => Ok(()),
+        };
+        unsettled.release(&tags);
+        acked?;
+        for _ in &tags {
+            handled.observe(elapsed);
+        }
+        crate::metrics::MESSAGES
+            .with_label_values(&[queue.as_str(), "done"])
+            .inc_by(u64::try_from(tags.len()).unwrap_or(u64::MAX));
+        return Ok(());
+    }
     let mut result = Ok(());
-    for (delivery, message) in deliveries.into_iter().zip(&messages) {
-        crate::metrics::HANDLER_SECONDS.with_label_values(&[queue.as_str()]).observe(elapsed);
-        let outcome = outcomes
-            .next()
-            .unwrap_or_else(|| HandlerOutcome::Transient("the handler gave no outcome for this delivery".into()));
+    for ((delivery, message), outcome) in deliveries.into_iter().zip(&messages).zip(outcomes) {
+        handled.observe(elapsed);
+        let tag = delivery.delivery_tag;
         let settled = settle(channel, queue, retry_levels, delivery, message, outcome).await;
+        unsettled.release(&[tag]);
         if let Err(error) = settled {
             result = result.and(Err(error));
         }

@@ -192,6 +192,51 @@ impl MessageHandler for Batches {
     }
 }
 
+/// Handles deliveries in batches, all done; the first batch waits for a gate while later ones finish, so
+/// batches are settled in another order than they arrived.
+struct FirstBatchWaits {
+    batches: Mutex<Vec<Vec<String>>>,
+    finished: AtomicUsize,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for FirstBatchWaits {
+    fn default() -> Self {
+        Self { batches: Mutex::default(), finished: AtomicUsize::new(0), gate: tokio::sync::watch::channel(false).0 }
+    }
+}
+
+impl FirstBatchWaits {
+    fn batches(&self) -> Vec<Vec<String>> {
+        self.batches.lock().expect("batches lock").clone()
+    }
+
+    fn handled(&self) -> Vec<String> {
+        self.batches().into_iter().flatten().collect()
+    }
+}
+
+#[async_trait]
+impl MessageHandler for FirstBatchWaits {
+    async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
+        self.handle_batch(std::slice::from_ref(delivery)).await.remove(0)
+    }
+
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<HandlerOutcome> {
+        let ids: Vec<String> = deliveries.iter().map(|d| d.message_id.clone().unwrap_or_default()).collect();
+        let first = {
+            let mut batches = self.batches.lock().expect("batches lock");
+            batches.push(ids);
+            batches.len() == 1
+        };
+        if first {
+            let _ = self.gate.subscribe().wait_for(|open| *open).await;
+        }
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        deliveries.iter().map(|_| HandlerOutcome::Done).collect()
+    }
+}
+
 /// Long enough for anything the bus does on loopback; checks poll, so they only take it when failing.
 const DEADLINE: Duration = Duration::from_secs(20);
 /// How long a check watches for something that must not happen (a redelivery, a requeue).
@@ -482,6 +527,41 @@ pub async fn a_poison_delivery_in_a_batch_is_dead_lettered_alone_and_the_rest_ac
     handled.dedup();
     assert_eq!(handled.len(), 25, "each delivery handled once: {batches:?}");
     assert_eq!(waiting(bus.as_ref(), QUEUE).await, 0, "the rest acknowledged");
+}
+
+/// Batches settled in another order than they arrived (the first still being handled while later ones
+/// finish) are each acknowledged once: none is redelivered, none is left in the queue, and the consumer
+/// goes on taking new commands.
+pub async fn batches_settled_out_of_order_are_each_acknowledged_once(fixture: Arc<dyn BusFixture>) {
+    let bus = fixture.bus(BusOptions::quick()).await;
+    // Queued before the consumer starts, so they arrive together and are handed over in batches.
+    publish(bus.as_ref(), QUEUE, 8).await;
+    eventually("all queued", async || (waiting(bus.as_ref(), QUEUE).await == 8).then_some(())).await;
+    let handler = Arc::new(FirstBatchWaits::default());
+    let consumer = consume(&bus, QUEUE, handler.clone());
+
+    eventually("every batch but the first finished", async || {
+        let batches = handler.batches();
+        let all_in = batches.iter().map(Vec::len).sum::<usize>() == 8;
+        (all_in && batches.len() > 1 && handler.finished.load(Ordering::SeqCst) == batches.len() - 1).then_some(())
+    })
+    .await;
+    handler.gate.send_replace(true);
+    eventually("the first batch finished", async || {
+        (handler.finished.load(Ordering::SeqCst) == handler.batches().len()).then_some(())
+    })
+    .await;
+    publish(bus.as_ref(), QUEUE, 4).await;
+    eventually("the later commands handled", async || (handler.handled().len() >= 12).then_some(())).await;
+    throughout("none redelivered", async || handler.handled().len() == 12).await;
+    stop(bus.as_ref(), [consumer]).await;
+
+    let mut handled = handler.handled();
+    handled.sort();
+    handled.dedup();
+    assert_eq!(handled.len(), 12, "each delivery handled once: {:?}", handler.batches());
+    throughout("nothing back in the queue", async || waiting(bus.as_ref(), QUEUE).await == 0).await;
+    assert_eq!(dead_letter_depth(bus.as_ref(), QUEUE).await, 0, "nothing dead-lettered");
 }
 
 /// Peeking shows dead letters oldest first, up to the limit, and leaves them in the dead-letter queue;

@@ -171,3 +171,75 @@ async fn an_unroutable_command_in_a_batch_fails_alone_and_the_rest_is_confirmed(
     assert!(published.failure.is_some(), "the unroutable command is reported");
     assert!(broker.publish(RoutingKey::OrdersCreated, &event()).await.is_ok(), "the publisher carries on");
 }
+
+/// How many deliveries of `queue` in `vhost` the broker counts as handed out and not yet acknowledged.
+fn unacknowledged(vhost: &TestVhost, queue: RoutingKey) -> u64 {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "-p", &vhost.name, "name", "messages_unacknowledged"])
+        .output()
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(name, _)| *name == queue.as_str())
+        .and_then(|(_, count)| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{queue:?} is listed: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Handles deliveries in batches, all done, holding the first batch until `release` is sent.
+struct FirstBatchHeld {
+    batches: Mutex<Vec<usize>>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+#[async_trait]
+impl MessageHandler for FirstBatchHeld {
+    async fn handle(&self, delivery: &Delivery) -> HandlerOutcome {
+        self.handle_batch(std::slice::from_ref(delivery)).await.remove(0)
+    }
+
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Vec<HandlerOutcome> {
+        let first = {
+            let mut batches = self.batches.lock().unwrap();
+            batches.push(deliveries.len());
+            batches.len() == 1
+        };
+        if first {
+            let _ = self.release.subscribe().wait_for(|released| *released).await;
+        }
+        deliveries.iter().map(|_| HandlerOutcome::Done).collect()
+    }
+}
+
+/// Later batches are acknowledged together (one `multiple` ack a batch where they can be), but never so
+/// that an earlier batch still being handled is acknowledged with them: its deliveries stay with the
+/// broker, unacknowledged, until it is done, so a crash meanwhile would hand them out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_still_being_handled_stays_unacknowledged_while_later_batches_are_acknowledged() {
+    let vhost = TestVhost::new();
+    let broker = Arc::new(RabbitBroker::connect(vhost.settings(&[100]), &[QUEUE]).await.unwrap());
+    for _ in 0..8 {
+        broker.publish(QUEUE, &event()).await.unwrap();
+    }
+    let handler = Arc::new(FirstBatchHeld { batches: Mutex::default(), release: tokio::sync::watch::channel(false).0 });
+    let consumer = {
+        let (broker, handler) = (Arc::clone(&broker), Arc::clone(&handler));
+        tokio::spawn(async move { broker.consume(QUEUE, handler).await })
+    };
+
+    let first = eventually("all eight handed out", async || {
+        let batches = handler.batches.lock().unwrap().clone();
+        (batches.iter().sum::<usize>() == 8).then(|| batches[0])
+    })
+    .await;
+    eventually("the later batches acknowledged", async || (unacknowledged(&vhost, QUEUE) == first as u64).then_some(()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(unacknowledged(&vhost, QUEUE), first as u64, "the held batch is still unacknowledged");
+
+    handler.release.send_replace(true);
+    eventually("the held batch acknowledged", async || (unacknowledged(&vhost, QUEUE) == 0).then_some(())).await;
+    broker.shutdown().await;
+    consumer.await.unwrap().unwrap();
+    assert_eq!(broker.waiting(QUEUE).await.unwrap(), 0, "nothing went back to the queue");
+}
