@@ -143,6 +143,7 @@ macro_rules! order_cache_contract {
         $crate::__contract_tests!(cache, $new;
             a_cached_order_reads_back_equal_and_an_unknown_one_is_a_miss,
             put_if_newer_never_replaces_a_newer_version_with_an_older_or_equal_one,
+            putting_a_batch_stores_each_order_unless_a_newer_version_is_cached,
             concurrent_puts_in_random_order_leave_the_newest_version_cached,
             a_read_right_after_each_write_sees_it_even_while_stale_readers_put_older_states,
             invalidate_drops_the_entry_and_the_next_put_repopulates_it,

@@ -31,6 +31,19 @@ pub trait OrderCache: Send + Sync {
     /// [`OrderCache::invalidate`] or accept that reads fall back to the store.
     async fn put_if_newer(&self, order: &Order) -> Result<(), CacheError>;
 
+    /// Stores each of `orders` as [`OrderCache::put_if_newer`] would; a cache that can takes them in one
+    /// round trip (a batch of deliveries commits many orders at once).
+    ///
+    /// # Errors
+    /// [`CacheError::Unexpected`] when the cache cannot be written; any of the orders may then be stored
+    /// or not.
+    async fn put_all_if_newer(&self, orders: &[Order]) -> Result<(), CacheError> {
+        for order in orders {
+            self.put_if_newer(order).await?;
+        }
+        Ok(())
+    }
+
     /// Drops the entry for `id`.
     ///
     /// # Errors

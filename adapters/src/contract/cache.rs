@@ -52,6 +52,25 @@ pub async fn put_if_newer_never_replaces_a_newer_version_with_an_older_or_equal_
     assert_eq!(cached(cache, order.id).await, Some(v3), "a newer version replaces the cached one");
 }
 
+/// `put_all_if_newer` stores each order of the batch as `put_if_newer` would: a new order and a newer
+/// version are stored, an older version of a cached one is not, and an empty batch is nothing.
+pub async fn putting_a_batch_stores_each_order_unless_a_newer_version_is_cached(cache: Arc<dyn OrderCache>) {
+    let cache = cache.as_ref();
+    let (kept, replaced, new) = (an_order(), an_order(), an_order());
+    let kept_v3 = Order { status: OrderStatus::Shipped, ..at_version(&kept, 3) };
+    put(cache, &kept_v3).await;
+    put(cache, &at_version(&replaced, 1)).await;
+    let replaced_v2 = Order { status: OrderStatus::PendingShipment, ..at_version(&replaced, 2) };
+
+    let batch = [at_version(&kept, 2), replaced_v2.clone(), new.clone()];
+    cache.put_all_if_newer(&batch).await.expect("the cache is written");
+    cache.put_all_if_newer(&[]).await.expect("an empty batch is nothing to write");
+
+    assert_eq!(cached(cache, kept.id).await, Some(kept_v3), "an older version does not replace v3");
+    assert_eq!(cached(cache, replaced.id).await, Some(replaced_v2), "a newer version replaces v1");
+    assert_eq!(cached(cache, new.id).await, Some(new), "a new order is stored");
+}
+
 /// Fifty versions put concurrently in random order leave the newest cached.
 pub async fn concurrent_puts_in_random_order_leave_the_newest_version_cached(cache: Arc<dyn OrderCache>) {
     let order = an_order();

@@ -232,8 +232,10 @@ async fn a_batch_still_being_handled_stays_unacknowledged_while_later_batches_ar
         (batches.iter().sum::<usize>() == 8).then(|| batches[0])
     })
     .await;
-    eventually("the later batches acknowledged", async || (unacknowledged(&vhost, QUEUE) == first as u64).then_some(()))
-        .await;
+    eventually("the later batches acknowledged", async || {
+        (unacknowledged(&vhost, QUEUE) == first as u64).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(unacknowledged(&vhost, QUEUE), first as u64, "the held batch is still unacknowledged");
 

@@ -89,6 +89,28 @@ impl OrderCache for RedisOrderCache {
         Ok(())
     }
 
+    async fn put_all_if_newer(&self, orders: &[Order]) -> Result<(), CacheError> {
+        if orders.is_empty() {
+            return Ok(());
+        }
+        let mut invocations = Vec::with_capacity(orders.len());
+        for order in orders {
+            let json = serde_json::to_vec(order).map_err(unexpected)?;
+            let mut invocation = self.put_if_newer.key(self.key(order.id));
+            invocation.arg(order.version).arg(json).arg(self.ttl_ms);
+            invocations.push(invocation);
+        }
+        // A pipeline does not load a script the server lacks (after a restart or `SCRIPT FLUSH`), so it
+        // loads it first: one command more, in the same round trip.
+        let mut pipeline = ::redis::pipe();
+        pipeline.load_script(&self.put_if_newer).ignore();
+        for invocation in &invocations {
+            pipeline.invoke_script(invocation).ignore();
+        }
+        let mut connection = self.connection.clone();
+        pipeline.query_async::<()>(&mut connection).await.map_err(unexpected)
+    }
+
     async fn invalidate(&self, id: OrderId) -> Result<(), CacheError> {
         let mut connection = self.connection.clone();
         let _removed: i64 = connection.del(self.key(id)).await.map_err(unexpected)?;

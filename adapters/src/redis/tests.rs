@@ -117,6 +117,9 @@ impl OrderCache for IsolatedCache {
     async fn put_if_newer(&self, order: &Order) -> Result<(), CacheError> {
         self.cache.put_if_newer(order).await
     }
+    async fn put_all_if_newer(&self, orders: &[Order]) -> Result<(), CacheError> {
+        self.cache.put_all_if_newer(orders).await
+    }
     async fn invalidate(&self, id: OrderId) -> Result<(), CacheError> {
         self.cache.invalidate(id).await
     }
@@ -187,6 +190,25 @@ async fn entries_expire_after_the_ttl() {
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     assert_eq!(cache.get(order.id).await.unwrap(), None);
+    redis.clean_up().await;
+}
+
+/// A batch is written with the version-comparing script even when the server has forgotten it (a restart,
+/// `SCRIPT FLUSH`): the pipeline loads it first.
+#[tokio::test]
+async fn a_batch_is_stored_after_the_server_forgot_its_scripts() {
+    let redis = TestRedis::new().await;
+    let cache = redis.cache(Duration::from_secs(60));
+    let orders = [an_order(), an_order()];
+    // Other tests' scripts are reloaded by their own invocations, which load on a miss.
+    let () =
+        ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut redis.manager.clone()).await.expect("scripts flushed");
+
+    cache.put_all_if_newer(&orders).await.expect("the batch is written");
+
+    for order in &orders {
+        assert_eq!(cache.get(order.id).await.expect("the cache answers").as_ref(), Some(order));
+    }
     redis.clean_up().await;
 }
 

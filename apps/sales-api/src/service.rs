@@ -501,6 +501,8 @@ impl SalesService {
             true => Ok(Vec::new()),
             false => self.store.orders_by_id(&unread).await,
         };
+        // Written through to the cache together, after the batch (as `transition` does for one order).
+        let mut to_cache = Vec::new();
         if let Ok(fetched) = fetched {
             let read: HashMap<OrderId, Order> = fetched.into_iter().map(|o| (o.id, o)).collect();
             let now = self.clock.now();
@@ -515,7 +517,7 @@ impl SalesService {
                 match (t.transition)(order, now) {
                     Err(refused) => results[i] = Some(Err(refused.into())),
                     Ok(Step::Unchanged(order)) => {
-                        self.cache_put(&order).await;
+                        to_cache.push(order.clone());
                         results[i] = Some(Ok(order));
                     }
                     Ok(Step::Applied { state, event }) => {
@@ -537,7 +539,7 @@ impl SalesService {
                 for ((i, order), outcome) in changed.into_iter().zip(orders).zip(outcomes) {
                     results[i] = match outcome {
                         Ok(ChangeOutcome::Applied) => {
-                            self.cache_put(&order).await;
+                            to_cache.push(order.clone());
                             Some(Ok(order))
                         }
                         Err(ChangeError::NotFound) => Some(Err(TransitionFailure::NotFound)),
@@ -547,6 +549,7 @@ impl SalesService {
                 }
             }
         }
+        self.cache_put_all(&to_cache).await;
         let mut done = Vec::with_capacity(batch.len());
         for (t, result) in batch.iter().zip(results) {
             done.push(match result {
@@ -574,9 +577,23 @@ impl SalesService {
     async fn cache_put(&self, order: &Order) {
         if let Err(error) = self.cache.put_if_newer(order).await {
             tracing::warn!(%error, order_id = %order.id, "could not cache the order");
-            if let Err(error) = self.cache.invalidate(order.id).await {
-                tracing::warn!(%error, order_id = %order.id, "could not invalidate the cached order");
+            self.uncache(order).await;
+        }
+    }
+
+    /// [`Self::cache_put`] for several orders, in one round trip.
+    async fn cache_put_all(&self, orders: &[Order]) {
+        if let Err(error) = self.cache.put_all_if_newer(orders).await {
+            tracing::warn!(%error, orders = orders.len(), "could not cache the orders");
+            for order in orders {
+                self.uncache(order).await;
             }
+        }
+    }
+
+    async fn uncache(&self, order: &Order) {
+        if let Err(error) = self.cache.invalidate(order.id).await {
+            tracing::warn!(%error, order_id = %order.id, "could not invalidate the cached order");
         }
     }
 }
