@@ -43,7 +43,7 @@ impl Default for RelaySettings {
         Self {
             batch: 256,
             idle_poll: Duration::from_secs(1),
-            linger: Duration::from_millis(10),
+            linger: Duration::from_millis(20),
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
