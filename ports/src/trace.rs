@@ -59,7 +59,16 @@ fn remote(traceparent: Option<&str>) -> Option<SpanContext> {
 /// The PRODUCER span of publishing one message to `destination` (a routing key, or the audit stream),
 /// continuing the trace of the change that wrote it (`traceparent`, stored with the outbox row).
 pub fn producer_span(destination: &str, message_id: &str, traceparent: Option<&str>) -> Span {
-    let span = tracing::info_span!(
+    let span = publish_span(destination);
+    span.record("messaging.message.id", message_id);
+    continue_trace(&span, traceparent);
+    span
+}
+
+/// A PRODUCER span of publishing to `destination`, with no parent yet; the caller records what it sends
+/// (one message's id, or a batch's size).
+fn publish_span(destination: &str) -> Span {
+    tracing::info_span!(
         parent: None,
         "publish",
         otel.name = %format_args!("publish {destination}"),
@@ -68,10 +77,9 @@ pub fn producer_span(destination: &str, message_id: &str, traceparent: Option<&s
         otel.status_description = tracing::field::Empty,
         messaging.operation.type = "send",
         messaging.destination.name = destination,
-        messaging.message.id = message_id,
-    );
-    continue_trace(&span, traceparent);
-    span
+        messaging.message.id = tracing::field::Empty,
+        messaging.batch.message_count = tracing::field::Empty,
+    )
 }
 
 /// The PRODUCER span of publishing several messages to `destination` in one round, each continuing the
@@ -94,17 +102,8 @@ pub fn producer_batch_span<'a>(
     }
     let mut contexts = contexts.into_iter();
     let parent = contexts.next()?;
-    let span = tracing::info_span!(
-        parent: None,
-        "publish",
-        otel.name = %format_args!("publish {destination}"),
-        otel.kind = "producer",
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        messaging.operation.type = "send",
-        messaging.destination.name = destination,
-        messaging.batch.message_count = count,
-    );
+    let span = publish_span(destination);
+    span.record("messaging.batch.message_count", count);
     // Fails only when the span was already started, which it is not.
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
     for other in contexts {

@@ -79,6 +79,9 @@ async fn an_order_placed_with_a_traceparent_is_one_trace_from_the_sales_request_
     for consumed in consumed {
         assert!(has(SpanKind::Consumer, consumed), "{consumed} is in the trace:\n{all}");
     }
+    let producer = spans.iter().find(|s| s.name == "publish orders.created").context("the relay's producer span")?;
+    assert!(attribute(producer, "messaging.message.id").is_some_and(|id| !id.is_empty()), "the command's id");
+    assert_eq!(attribute(producer, "messaging.batch.message_count"), None, "one message, not a batch");
     let delivery_consumer = spans.iter().find(|s| s.name == "process orders.created").context("Delivery's consumer")?;
     assert_eq!(attribute(delivery_consumer, "messaging.destination.name").as_deref(), Some("orders.created"));
     for step in ["autopilot ship", "autopilot deliver"] {
