@@ -424,18 +424,16 @@ async fn settle_batch(
                 .unwrap_or_else(|| HandlerOutcome::Transient("the handler gave no outcome for this delivery".into()))
         })
         .collect();
-    let tags: Vec<u64> = deliveries.iter().map(|delivery| delivery.delivery_tag).collect();
     let handled = crate::metrics::HANDLER_SECONDS.with_label_values(&[queue.as_str()]);
-    if outcomes.iter().all(|outcome| matches!(outcome, HandlerOutcome::Done)) && unsettled.oldest(&tags) {
-        let acked = match tags.last() {
-            Some(&last) => channel.basic_ack(last, BasicAckOptions { multiple: true }).await,
-            None => Ok(()),
-        };
+    for _ in &deliveries {
+        handled.observe(elapsed);
+    }
+    let tags: Vec<u64> = deliveries.iter().map(|delivery| delivery.delivery_tag).collect();
+    let all_done = outcomes.iter().all(|outcome| matches!(outcome, HandlerOutcome::Done));
+    if let Some(&last) = tags.last().filter(|_| all_done && unsettled.oldest(&tags)) {
+        let acked = channel.basic_ack(last, BasicAckOptions { multiple: true }).await;
         unsettled.release(&tags);
         acked?;
-        for _ in &tags {
-            handled.observe(elapsed);
-        }
         crate::metrics::MESSAGES
             .with_label_values(&[queue.as_str(), "done"])
             .inc_by(u64::try_from(tags.len()).unwrap_or(u64::MAX));
@@ -443,7 +441,6 @@ async fn settle_batch(
     }
     let mut result = Ok(());
     for ((delivery, message), outcome) in deliveries.into_iter().zip(&messages).zip(outcomes) {
-        handled.observe(elapsed);
         let tag = delivery.delivery_tag;
         let settled = settle(channel, queue, retry_levels, delivery, message, outcome).await;
         unsettled.release(&[tag]);
