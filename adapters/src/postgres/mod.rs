@@ -219,11 +219,15 @@ impl Database {
                 }
                 Err(error) => return Err(unexpected(error.into())),
             };
-            if plans == Plans::Custom {
-                let plan = tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan").await;
-                plan.map_err(|e| unexpected(e.into()))?;
-            }
-            let value = work(&tx).await?;
+            let value = match plans.setting() {
+                // The setting travels with the work's first statement, in the same round trip.
+                Some(setting) => {
+                    let (set, value) = tokio::join!(tx.batch_execute(setting), work(&tx));
+                    set.map_err(|e| unexpected(e.into()))?;
+                    value?
+                }
+                None => work(&tx).await?,
+            };
             if let Err(error) = tx.commit().await {
                 orderflow_ports::trace::mark_failed(&span, &error.to_string());
                 return Err(unexpected(error.into()));
@@ -241,11 +245,41 @@ type Tx<'a> = deadpool_postgres::Transaction<'a>;
 enum Plans {
     /// Prepared statements keep the plan the server settles on: right for statements on one row.
     Cached,
+    /// Each prepared statement is planned once per connection, whatever its parameters. The server
+    /// would otherwise plan a statement over an array parameter at every call (a plan for two SKUs
+    /// looks cheaper than one for any number), and planning a placement's stock reservation cost more
+    /// than running it. For statements whose plan cannot go wrong: on a few rows by primary key.
+    Generic,
     /// Each statement is planned for the arrays it is given. Prepared statements otherwise settle on a
     /// generic plan made while the tables were young (an empty `inbox` is scanned faster than looked
     /// up), and a plan of a join with `unnest` keeps scanning long after the table has grown: 4 ms a
-    /// batch, more than the batch saved. Planning anew costs far less, once per batch statement.
+    /// batch, more than the batch saved. Planning anew costs far less, once per batch statement. A
+    /// batch's inserts, which have no plan to choose, switch to [`Plans::Generic`] with
+    /// [`planned_once`].
     Custom,
+}
+
+impl Plans {
+    /// The statement that sets the transaction's plan mode, if it is not the server's default.
+    const fn setting(self) -> Option<&'static str> {
+        match self {
+            Self::Cached => None,
+            Self::Generic => Some(GENERIC_PLANS),
+            Self::Custom => Some("SET LOCAL plan_cache_mode = force_custom_plan"),
+        }
+    }
+}
+
+const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+
+/// Runs `statements` (a batch's inserts from arrays: nothing to choose between plans) with plans made
+/// once per connection for the rest of `tx`; the switch travels with their first statement. Planning
+/// them for every batch cost PostgreSQL as much as running them (`outbox_partition` alone is parsed
+/// and inlined at each planning).
+async fn planned_once<T>(tx: &Tx<'_>, statements: impl Future<Output = Result<T, BoxError>>) -> Result<T, BoxError> {
+    let (set, written) = tokio::join!(tx.batch_execute(GENERIC_PLANS), statements);
+    set?;
+    written
 }
 
 /// Why a batch's version-checked update refused these rows of `table`, given as `(id, expected version)`:

@@ -16,7 +16,7 @@ use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
 
 use super::outbox::{self, pg_outbox_store};
-use super::{Database, PgSettings, PgSetupError, Plans, Service, Tx, from_json};
+use super::{Database, PgSettings, PgSetupError, Plans, Service, Tx, from_json, planned_once};
 
 /// Sales persistence in PostgreSQL.
 #[derive(Clone)]
@@ -245,10 +245,13 @@ async fn write_batch(
          {}",
         outbox::write_rows(3)
     );
-    let statement = tx.prepare_cached(&sql).await?;
-    let [a, b, c, d, e] = columns.params();
-    tx.execute(&statement, &[&timeline_orders, &events, a, b, c, d, e]).await?;
-    outbox::record_inbox(tx, applied_changes.iter().filter_map(|c| c.inbox.as_ref())).await?;
+    planned_once(tx, async {
+        let statement = tx.prepare_cached(&sql).await?;
+        let [a, b, c, d, e] = columns.params();
+        tx.execute(&statement, &[&timeline_orders, &events, a, b, c, d, e]).await?;
+        outbox::record_inbox(tx, applied_changes.iter().filter_map(|c| c.inbox.as_ref())).await
+    })
+    .await?;
     for i in applied {
         outcomes[i] = Some(Ok(ChangeOutcome::Applied));
     }
@@ -455,7 +458,7 @@ impl SalesStore for PgSalesStore {
     async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
         let outcome = self
             .db
-            .transaction(Plans::Cached, PlaceError::Unexpected, async move |tx| place(tx, placement).await)
+            .transaction(Plans::Generic, PlaceError::Unexpected, async move |tx| place(tx, placement).await)
             .await?;
         if matches!(outcome, PlaceOutcome::Created(_)) {
             self.db.outbox_committed();
