@@ -9,7 +9,7 @@ use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
 
 use super::outbox::{self, pg_outbox_store};
-use super::{Database, PgSettings, PgSetupError, Plans, Service, Tx, from_json, planned_once};
+use super::{Database, PgSettings, PgSetupError, Plans, Service, Tx, from_json};
 
 /// Delivery persistence in PostgreSQL.
 #[derive(Clone)]
@@ -252,11 +252,8 @@ async fn write_batch(
     // What applied, in the batch's order: its outbox rows and inbox entries.
     applied.sort_unstable();
     let messages: Vec<OutboxMessage> = applied.iter().flat_map(|&i| changes[i].messages.iter().cloned()).collect();
-    planned_once(tx, async {
-        outbox::insert(tx, &messages).await?;
-        outbox::record_inbox(tx, applied.iter().filter_map(|&i| changes[i].inbox.as_ref())).await
-    })
-    .await?;
+    outbox::insert(tx, &messages).await?;
+    outbox::record_inbox(tx, applied.iter().filter_map(|&i| changes[i].inbox.as_ref())).await?;
     for i in applied {
         outcomes[i] = Some(Ok(ChangeOutcome::Applied));
     }

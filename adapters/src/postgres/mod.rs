@@ -147,8 +147,8 @@ impl Database {
         self.announce.notify_one();
     }
 
-    /// Writes a batch of changes with `write` in one transaction planned for its arrays
-    /// ([`Plans::Custom`]), commits it, wakes the relays when it wrote messages, and returns every change's
+    /// Writes a batch of changes with `write` in one transaction planned by key
+    /// ([`Plans::Keyed`]), commits it, wakes the relays when it wrote messages, and returns every change's
     /// outcome in the batch's order. `write` fills in each outcome and says whether it wrote messages.
     async fn commit_batch<C>(
         &self,
@@ -157,7 +157,7 @@ impl Database {
     ) -> Result<Vec<Outcome>, ChangeError> {
         let mut outcomes: Vec<Option<Outcome>> = changes.iter().map(|_| None).collect();
         let wrote_messages = self
-            .transaction(Plans::Custom, ChangeError::Unexpected, async |tx| {
+            .transaction(Plans::Keyed, ChangeError::Unexpected, async |tx| {
                 write(tx, changes, &mut outcomes).await.map_err(ChangeError::Unexpected)
             })
             .await?;
@@ -168,6 +168,30 @@ impl Database {
             .into_iter()
             .map(|outcome| outcome.ok_or_else(|| ChangeError::Unexpected("a change of the batch was left out".into())))
             .collect()
+    }
+
+    /// Reads rows by key (`sql` over `params`) with [`Plans::Keyed`] planning, in a transaction of its
+    /// own whose statements all travel in one round trip.
+    async fn read_keyed(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, BoxError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        let setting = Plans::Keyed.setting().unwrap_or_default();
+        // A failed read leaves the transaction aborted, and `COMMIT` then rolls it back: the connection
+        // goes back to the pool outside any transaction either way.
+        let (begun, planned, rows, ended) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.batch_execute(setting),
+            client.query(&statement, params),
+            client.batch_execute("COMMIT")
+        );
+        begun?;
+        planned?;
+        ended?;
+        Ok(rows?)
     }
 
     /// A pooled connection that is still open. A connection the server closed (restart, failover,
@@ -245,41 +269,26 @@ type Tx<'a> = deadpool_postgres::Transaction<'a>;
 enum Plans {
     /// Prepared statements keep the plan the server settles on: right for statements on one row.
     Cached,
-    /// Each prepared statement is planned once per connection, whatever its parameters. The server
-    /// would otherwise plan a statement over an array parameter at every call (a plan for two SKUs
-    /// looks cheaper than one for any number), and planning a placement's stock reservation cost more
-    /// than running it. For statements whose plan cannot go wrong: on a few rows by primary key.
-    Generic,
-    /// Each statement is planned for the arrays it is given. Prepared statements otherwise settle on a
-    /// generic plan made while the tables were young (an empty `inbox` is scanned faster than looked
-    /// up), and a plan of a join with `unnest` keeps scanning long after the table has grown: 4 ms a
-    /// batch, more than the batch saved. Planning anew costs far less, once per batch statement. A
-    /// batch's inserts, which have no plan to choose, switch to [`Plans::Generic`] with
-    /// [`planned_once`].
-    Custom,
+    /// For transactions whose every statement finds its rows by key (a placement, a batch): each
+    /// prepared statement is planned once per connection, and never as a scan of a whole table.
+    /// Left to itself the server plans a statement over an array anew at every call (a plan for two
+    /// keys looks cheaper than one for any number): planning took a quarter of PostgreSQL's statement
+    /// time under load, `outbox_partition` parsed and inlined at each planning. A plan made once
+    /// must not depend on the table's statistics, though: one made while a table is young (or
+    /// analyzed while empty) scans it, and would go on scanning it as it grows until the next
+    /// `ANALYZE` (4 ms a batch in the benchmark, which never waits that long). With sequential scans
+    /// disabled the planner takes the primary key whatever the statistics say.
+    Keyed,
 }
 
 impl Plans {
-    /// The statement that sets the transaction's plan mode, if it is not the server's default.
+    /// The statements that set the transaction's planning, if it is not the server's default.
     const fn setting(self) -> Option<&'static str> {
         match self {
             Self::Cached => None,
-            Self::Generic => Some(GENERIC_PLANS),
-            Self::Custom => Some("SET LOCAL plan_cache_mode = force_custom_plan"),
+            Self::Keyed => Some("SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"),
         }
     }
-}
-
-const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
-
-/// Runs `statements` (a batch's inserts from arrays: nothing to choose between plans) with plans made
-/// once per connection for the rest of `tx`; the switch travels with their first statement. Planning
-/// them for every batch cost PostgreSQL as much as running them (`outbox_partition` alone is parsed
-/// and inlined at each planning).
-async fn planned_once<T>(tx: &Tx<'_>, statements: impl Future<Output = Result<T, BoxError>>) -> Result<T, BoxError> {
-    let (set, written) = tokio::join!(tx.batch_execute(GENERIC_PLANS), statements);
-    set?;
-    written
 }
 
 /// Why a batch's version-checked update refused these rows of `table`, given as `(id, expected version)`:

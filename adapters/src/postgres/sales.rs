@@ -16,7 +16,7 @@ use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
 
 use super::outbox::{self, pg_outbox_store};
-use super::{Database, PgSettings, PgSetupError, Plans, Service, Tx, from_json, planned_once};
+use super::{Database, PgSettings, PgSetupError, Plans, Service, Tx, from_json};
 
 /// Sales persistence in PostgreSQL.
 #[derive(Clone)]
@@ -245,13 +245,10 @@ async fn write_batch(
          {}",
         outbox::write_rows(3)
     );
-    planned_once(tx, async {
-        let statement = tx.prepare_cached(&sql).await?;
-        let [a, b, c, d, e] = columns.params();
-        tx.execute(&statement, &[&timeline_orders, &events, a, b, c, d, e]).await?;
-        outbox::record_inbox(tx, applied_changes.iter().filter_map(|c| c.inbox.as_ref())).await
-    })
-    .await?;
+    let statement = tx.prepare_cached(&sql).await?;
+    let [a, b, c, d, e] = columns.params();
+    tx.execute(&statement, &[&timeline_orders, &events, a, b, c, d, e]).await?;
+    outbox::record_inbox(tx, applied_changes.iter().filter_map(|c| c.inbox.as_ref())).await?;
     for i in applied {
         outcomes[i] = Some(Ok(ChangeOutcome::Applied));
     }
@@ -458,7 +455,7 @@ impl SalesStore for PgSalesStore {
     async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
         let outcome = self
             .db
-            .transaction(Plans::Generic, PlaceError::Unexpected, async move |tx| place(tx, placement).await)
+            .transaction(Plans::Keyed, PlaceError::Unexpected, async move |tx| place(tx, placement).await)
             .await?;
         if matches!(outcome, PlaceOutcome::Created(_)) {
             self.db.outbox_committed();
@@ -483,13 +480,9 @@ impl SalesStore for PgSalesStore {
     }
 
     async fn orders_by_id(&self, ids: &[OrderId]) -> Result<Vec<Order>, ReadError> {
-        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
-        let statement = client
-            .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = ANY($1)"))
-            .await
-            .map_err(read_failed)?;
         let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
-        let rows = client.query(&statement, &[&ids]).await.map_err(read_failed)?;
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id = ANY($1)");
+        let rows = self.db.read_keyed(&sql, &[&ids]).await.map_err(ReadError::Unexpected)?;
         rows.iter().map(order_from).collect::<Result<_, _>>().map_err(ReadError::Unexpected)
     }
 
@@ -552,15 +545,9 @@ impl SalesStore for PgSalesStore {
     }
 
     async fn products_by_sku(&self, skus: &[Sku]) -> Result<Vec<Product>, ReadError> {
-        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
         let skus: Vec<&str> = skus.iter().map(Sku::as_str).collect();
-        let statement = client
-            .prepare_cached(
-                "SELECT sku, name, price_minor, currency, stock, reserved FROM products WHERE sku = ANY($1)",
-            )
-            .await
-            .map_err(read_failed)?;
-        let rows = client.query(&statement, &[&skus]).await.map_err(read_failed)?;
+        let sql = "SELECT sku, name, price_minor, currency, stock, reserved FROM products WHERE sku = ANY($1)";
+        let rows = self.db.read_keyed(sql, &[&skus]).await.map_err(ReadError::Unexpected)?;
         rows.iter().map(product_from).collect::<Result<_, _>>().map_err(ReadError::Unexpected)
     }
 
