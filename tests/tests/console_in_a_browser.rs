@@ -31,6 +31,11 @@ const PAGE: Duration = Duration::from_secs(15);
 /// How long an order may take to reach the console's lists, and a delivery to reach Sales.
 const PIPELINE: Duration = Duration::from_secs(30);
 
+/// How long the oidc-provider server may take to answer after it is started. It generates its signing keys
+/// (an RSA key among them) before it listens, competing for two cores with the rest of the suite: once in a
+/// CI run it had not answered after 30 s.
+const PROVIDER_START: Duration = Duration::from_secs(90);
+
 /// The console's session cookie.
 const SESSION_COOKIE: &str = "orderflow_console";
 
@@ -564,7 +569,7 @@ impl OidcProvider {
         let provider = Self { _process: process, log, issuer: format!("http://127.0.0.1:{port}") };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         let metadata = format!("{}/.well-known/openid-configuration", provider.issuer);
-        within(PIPELINE, "oidc-provider to answer", || async {
+        within(PROVIDER_START, "oidc-provider to answer", || async {
             let answer = http.get(&metadata).send().await;
             Ok(answer.is_ok_and(|r| r.status().is_success()).then_some(()))
         })
