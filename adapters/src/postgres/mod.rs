@@ -92,6 +92,8 @@ struct Database {
     relays: Arc<AtomicUsize>,
     /// Counts this process's relay rounds, to start each at another partition.
     relay_round: Arc<AtomicU32>,
+    /// Outbox rows this process's relays deleted since its last vacuum of the outbox tables.
+    published: Arc<AtomicUsize>,
 }
 
 impl Database {
@@ -137,7 +139,9 @@ impl Database {
         tokio::spawn(outbox::observe(pool.clone(), schema.clone()));
         tokio::spawn(outbox::count_relays(pool.clone(), application, Arc::clone(&relays)));
         let relay_round = Arc::new(AtomicU32::new(rand::random::<u32>()));
-        Ok(Self { pool, outbox_written, announce, relays, relay_round })
+        let published = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(outbox::vacuum(pool.clone(), Arc::clone(&published)));
+        Ok(Self { pool, outbox_written, announce, relays, relay_round, published })
     }
 
     /// Called after a commit that wrote outbox rows: wakes the local relay at once and has the announcer

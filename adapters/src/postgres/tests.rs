@@ -202,3 +202,4 @@ mod delivery_outbox_contract {
 mod concurrency;
 mod crash;
 mod migrations;
+mod vacuum;
