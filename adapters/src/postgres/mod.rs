@@ -93,7 +93,7 @@ struct Database {
     /// Counts this process's relay rounds, to start each at another partition.
     relay_round: Arc<AtomicU32>,
     /// Outbox rows this process's relays deleted since its last vacuum of the outbox tables.
-    published: Arc<AtomicUsize>,
+    deleted: Arc<AtomicUsize>,
 }
 
 impl Database {
@@ -139,9 +139,9 @@ impl Database {
         tokio::spawn(outbox::observe(pool.clone(), schema.clone()));
         tokio::spawn(outbox::count_relays(pool.clone(), application, Arc::clone(&relays)));
         let relay_round = Arc::new(AtomicU32::new(rand::random::<u32>()));
-        let published = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(outbox::vacuum(pool.clone(), Arc::clone(&published)));
-        Ok(Self { pool, outbox_written, announce, relays, relay_round, published })
+        let deleted = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(outbox::vacuum(pool.clone(), Arc::clone(&deleted)));
+        Ok(Self { pool, outbox_written, announce, relays, relay_round, deleted })
     }
 
     /// Called after a commit that wrote outbox rows: wakes the local relay at once and has the announcer
@@ -183,12 +183,11 @@ impl Database {
     ) -> Result<Vec<tokio_postgres::Row>, BoxError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await?;
-        let setting = Plans::Keyed.setting().unwrap_or_default();
         // A failed read leaves the transaction aborted, and `COMMIT` then rolls it back: the connection
         // goes back to the pool outside any transaction either way.
         let (begun, planned, rows, ended) = tokio::join!(
             client.batch_execute("BEGIN"),
-            client.batch_execute(setting),
+            client.batch_execute(KEYED),
             client.query(&statement, params),
             client.batch_execute("COMMIT")
         );
@@ -290,10 +289,13 @@ impl Plans {
     const fn setting(self) -> Option<&'static str> {
         match self {
             Self::Cached => None,
-            Self::Keyed => Some("SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"),
+            Self::Keyed => Some(KEYED),
         }
     }
 }
+
+/// The settings of [`Plans::Keyed`], for the rest of the transaction.
+const KEYED: &str = "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /// Why a batch's version-checked update refused these rows of `table`, given as `(id, expected version)`:
 /// [`ChangeError::NotFound`] for an id the table does not hold, [`ChangeError::Conflict`] for the others.

@@ -216,7 +216,7 @@ pub(super) async fn take(
         let command = row.get::<_, Option<String>>(2).map(routing_key).transpose().map_err(ReadError::Unexpected)?;
         messages.push(OutboxMessage { event, command, audit: destination == Destination::Audit });
     }
-    Ok(Box::new(PgBatch { tx, table, seqs, messages, published: Arc::clone(&db.published) }))
+    Ok(Box::new(PgBatch { tx, table, seqs, messages, deleted: Arc::clone(&db.deleted) }))
 }
 
 /// Rows taken by [`take`], with the transaction that holds their partitions. Dropped unsettled, the
@@ -227,7 +227,7 @@ struct PgBatch {
     seqs: Vec<i64>,
     messages: Vec<OutboxMessage>,
     /// Counts the rows deleted, for [`vacuum`].
-    published: Arc<AtomicUsize>,
+    deleted: Arc<AtomicUsize>,
 }
 
 #[async_trait]
@@ -237,7 +237,7 @@ impl OutboxBatch for PgBatch {
     }
 
     async fn settle(self: Box<Self>, ids: &[EventId]) -> Result<(), ReadError> {
-        let Self { tx, table, seqs, messages, published: deleted } = *self;
+        let Self { tx, table, seqs, messages, deleted } = *self;
         let published: Vec<i64> =
             seqs.iter().zip(&messages).filter(|(_, m)| ids.contains(&m.id())).map(|(seq, _)| *seq).collect();
         let mut sql = String::new();

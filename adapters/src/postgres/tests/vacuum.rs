@@ -23,6 +23,17 @@ async fn vacuums(observer: &tokio_postgres::Client, schema: &str, table: &str) -
         .get(0)
 }
 
+/// Writes a thousand messages owed to both destinations, then takes and settles them as published: 2,000
+/// rows deleted.
+async fn publish_a_thousand_messages(store: &PgSalesStore) {
+    store.enqueue((0..1_000).map(|_| message(Some(RoutingKey::OrdersCreated), true)).collect()).await.expect("owed");
+    for destination in [Destination::Command, Destination::Audit] {
+        let batch = store.take(destination, 1_000).await.expect("rows taken");
+        let ids = message_ids(batch.messages());
+        batch.settle(&ids).await.expect("published");
+    }
+}
+
 #[tokio::test]
 async fn outbox_tables_are_vacuumed_once_the_relays_have_deleted_thousands_of_rows() {
     let schema = TestSchema::new();
@@ -32,21 +43,11 @@ async fn outbox_tables_are_vacuumed_once_the_relays_have_deleted_thousands_of_ro
         tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.expect("an observer connection");
     tokio::spawn(connection);
 
-    store.enqueue((0..1_000).map(|_| message(Some(RoutingKey::OrdersCreated), true)).collect()).await.expect("owed");
-    for destination in [Destination::Command, Destination::Audit] {
-        let batch = store.take(destination, 1_000).await.expect("rows taken");
-        let ids = message_ids(batch.messages());
-        batch.settle(&ids).await.expect("published");
-    }
+    publish_a_thousand_messages(&store).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(vacuums(&observer, &settings.schema, "command_outbox").await, 0, "2,000 deleted rows are too few");
 
-    store.enqueue((0..1_000).map(|_| message(Some(RoutingKey::OrdersCreated), true)).collect()).await.expect("owed");
-    for destination in [Destination::Command, Destination::Audit] {
-        let batch = store.take(destination, 1_000).await.expect("rows taken");
-        let ids = message_ids(batch.messages());
-        batch.settle(&ids).await.expect("published");
-    }
+    publish_a_thousand_messages(&store).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (commands, audit) = (
