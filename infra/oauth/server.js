@@ -24,7 +24,7 @@
 //   OAUTH_CONSOLE_REDIRECT_URIS  the redirect URIs of `delivery-console`, space-separated, compared exactly
 //                                (default http://127.0.0.1:8081/console/callback)
 
-import { createHmac, generateKeyPairSync, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHmac, createPrivateKey, generateKeyPairSync, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
@@ -75,10 +75,22 @@ const USERS = new Map([
   ['viewer', { password: 'dev-password-viewer', scope: 'shipments:read' }],
 ]);
 
+/**
+ * A new private key as a JWK. The key is exported from a copy read back from PEM, never from the key
+ * object the generation returned: Node 20 can deadlock exporting that one as JWK, when a garbage
+ * collection during the export finalises the generation job, which takes the lock the export holds (seen
+ * as a server that never listened, its main thread parked in `~KeyGenJob` under `ExportJWKRsaKey`).
+ */
+function generateJwk(type, options) {
+  const encoding = { privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } };
+  const { privateKey } = generateKeyPairSync(type, { ...options, ...encoding });
+  return createPrivateKey(privateKey).export({ format: 'jwk' });
+}
+
 /** A private JWK set with one ES256 key (what access tokens are signed with) and one RS256 key. */
 function generateJwks() {
-  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
-  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+  const ec = generateJwk('ec', { namedCurve: 'P-256' });
+  const rsa = generateJwk('rsa', { modulusLength: 2048 });
   // Random kids, so a verifier holding keys from an earlier run notices the change and fetches the JWKS again.
   return {
     keys: [
