@@ -249,11 +249,16 @@ async fn write_batch(
             }
         }
     }
-    // What applied, in the batch's order: its outbox rows and inbox entries.
+    // What applied, in the batch's order: its outbox rows and inbox entries, in one round trip.
     applied.sort_unstable();
     let messages: Vec<OutboxMessage> = applied.iter().flat_map(|&i| changes[i].messages.iter().cloned()).collect();
-    outbox::insert(tx, &messages).await?;
-    outbox::record_inbox(tx, applied.iter().filter_map(|&i| changes[i].inbox.as_ref())).await?;
+    let (inserted, recorded) = tokio::join!(
+        biased;
+        outbox::insert(tx, &messages),
+        outbox::record_inbox(tx, applied.iter().filter_map(|&i| changes[i].inbox.as_ref()))
+    );
+    inserted?;
+    recorded?;
     for i in applied {
         outcomes[i] = Some(Ok(ChangeOutcome::Applied));
     }

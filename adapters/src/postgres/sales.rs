@@ -9,8 +9,8 @@ use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::notify::NotifyError;
 use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{
-    ChangeError, ChangeOutcome, EnqueueError, NotifyOnceError, OrderChange, OrderQuery, PlaceError, PlaceOutcome,
-    Placement, Product, PutProductError, SalesStore,
+    ChangeError, ChangeOutcome, EnqueueError, IdempotencyRecord, NotifyOnceError, OrderChange, OrderQuery, PlaceError,
+    PlaceOutcome, Placement, Product, PutProductError, SalesStore,
 };
 use orderflow_ports::{BoxError, Page, ReadError};
 use tokio_postgres::Row;
@@ -159,6 +159,47 @@ fn stock_deltas(changes: &[&OrderChange]) -> Result<StockDeltas, BoxError> {
     })
 }
 
+/// The stock effects of a batch's applied changes, summed per SKU and locked in SKU order like every
+/// other writer of products.
+async fn move_batch_stock(tx: &Tx<'_>, changes: &[&OrderChange]) -> Result<(), BoxError> {
+    let StockDeltas { skus, reserved, stock } = stock_deltas(changes)?;
+    if skus.is_empty() {
+        return Ok(());
+    }
+    let statement = tx
+        .prepare_cached(
+            "WITH w AS (SELECT * FROM unnest($1::text[], $2::int[], $3::int[]) AS w(sku, reserved, stock)),
+                  l AS (SELECT p.sku FROM products p WHERE p.sku = ANY($1) ORDER BY p.sku FOR UPDATE)
+             UPDATE products p SET reserved = p.reserved + w.reserved, stock = p.stock + w.stock FROM w, l
+             WHERE p.sku = ANY($1) AND p.sku = w.sku AND l.sku = w.sku
+             RETURNING p.sku",
+        )
+        .await?;
+    let moved = tx.query(&statement, &[&skus, &reserved, &stock]).await?;
+    if moved.len() != skus.len() {
+        return Err("stock out of balance: a product of the batch is gone".into());
+    }
+    Ok(())
+}
+
+/// The timeline and outbox rows of a batch's applied changes (`messages`, theirs in the batch's order).
+async fn record_changes(tx: &Tx<'_>, changes: &[&OrderChange], messages: &[OutboxMessage]) -> Result<(), BoxError> {
+    let timeline_orders: Vec<uuid::Uuid> =
+        changes.iter().flat_map(|c| c.messages.iter().filter(|m| m.audit).map(|_| c.order.id.as_uuid())).collect();
+    let events = timeline_events(messages)?;
+    let columns = outbox::OutboxColumns::of(messages)?;
+    let sql = format!(
+        "WITH e AS (INSERT INTO order_events (order_id, event)
+                    SELECT o, e FROM unnest($1::uuid[], $2::jsonb[]) WITH ORDINALITY AS t(o, e, n) ORDER BY n),
+         {}",
+        outbox::write_rows(3)
+    );
+    let statement = tx.prepare_cached(&sql).await?;
+    let [a, b, c, d, e] = columns.params();
+    tx.execute(&statement, &[&timeline_orders, &events, a, b, c, d, e]).await?;
+    Ok(())
+}
+
 /// Writes the changes of a batch that are neither redeliveries nor second changes of an order, inside
 /// `tx`, with one statement per kind of row; fills in their outcomes. `Err` leaves `tx` to roll back.
 async fn write_batch(
@@ -214,41 +255,18 @@ async fn write_batch(
         return Ok(false);
     }
     let applied_changes: Vec<&OrderChange> = applied.iter().map(|&i| &changes[i]).collect();
-    // Stock, summed per SKU and locked in SKU order like every other writer of products.
-    let StockDeltas { skus, reserved, stock } = stock_deltas(&applied_changes)?;
-    if !skus.is_empty() {
-        let statement = tx
-            .prepare_cached(
-                "WITH w AS (SELECT * FROM unnest($1::text[], $2::int[], $3::int[]) AS w(sku, reserved, stock)),
-                      l AS (SELECT p.sku FROM products p WHERE p.sku = ANY($1) ORDER BY p.sku FOR UPDATE)
-                 UPDATE products p SET reserved = p.reserved + w.reserved, stock = p.stock + w.stock FROM w, l
-                 WHERE p.sku = ANY($1) AND p.sku = w.sku AND l.sku = w.sku
-                 RETURNING p.sku",
-            )
-            .await?;
-        let moved = tx.query(&statement, &[&skus, &reserved, &stock]).await?;
-        if moved.len() != skus.len() {
-            return Err("stock out of balance: a product of the batch is gone".into());
-        }
-    }
-    // Timeline and outbox rows of every applied change, in the batch's order.
     let messages: Vec<OutboxMessage> = applied_changes.iter().flat_map(|c| c.messages.iter().cloned()).collect();
-    let timeline_orders: Vec<uuid::Uuid> = applied_changes
-        .iter()
-        .flat_map(|c| c.messages.iter().filter(|m| m.audit).map(|_| c.order.id.as_uuid()))
-        .collect();
-    let events = timeline_events(&messages)?;
-    let columns = outbox::OutboxColumns::of(&messages)?;
-    let sql = format!(
-        "WITH e AS (INSERT INTO order_events (order_id, event)
-                    SELECT o, e FROM unnest($1::uuid[], $2::jsonb[]) WITH ORDINALITY AS t(o, e, n) ORDER BY n),
-         {}",
-        outbox::write_rows(3)
+    // The rest travels in one round trip, the stock last: product rows are what every placement and
+    // batch contends for, and each is then held only from its update to the commit.
+    let (written, recorded, stocked) = tokio::join!(
+        biased;
+        record_changes(tx, &applied_changes, &messages),
+        outbox::record_inbox(tx, applied_changes.iter().filter_map(|c| c.inbox.as_ref())),
+        move_batch_stock(tx, &applied_changes)
     );
-    let statement = tx.prepare_cached(&sql).await?;
-    let [a, b, c, d, e] = columns.params();
-    tx.execute(&statement, &[&timeline_orders, &events, a, b, c, d, e]).await?;
-    outbox::record_inbox(tx, applied_changes.iter().filter_map(|c| c.inbox.as_ref())).await?;
+    written?;
+    recorded?;
+    stocked?;
     for i in applied {
         outcomes[i] = Some(Ok(ChangeOutcome::Applied));
     }
@@ -263,48 +281,51 @@ fn read_failed(error: impl Into<BoxError>) -> ReadError {
     ReadError::Unexpected(error.into())
 }
 
-/// Writes a placement inside `tx`: its idempotency record (or the response of the request that holds the
-/// key), the stock it reserves, the order, its lines, timeline and outbox rows.
-async fn place(tx: &Tx<'_>, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
-    let order = placement.order;
-    if let Some(key) = &placement.idempotency {
-        // A concurrent request with the same key blocks on this row until the first commits, then
-        // replays it; an expired key is taken over.
-        let response = serde_json::to_value(&order).map_err(place_failed)?;
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO idempotency_keys (client, key, request_hash, response, created_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (client, key) DO UPDATE
-                     SET request_hash = EXCLUDED.request_hash, response = EXCLUDED.response,
-                         created_at = EXCLUDED.created_at
-                     WHERE idempotency_keys.created_at < $6
-                 RETURNING 1",
-            )
-            .await
-            .map_err(place_failed)?;
-        let claimed = tx
-            .query_opt(
-                &statement,
-                &[&key.client, &key.key, &key.request_hash, &response, &order.created_at, &key.not_before],
-            )
-            .await
-            .map_err(place_failed)?;
-        if claimed.is_none() {
-            let row = tx
-                .query_one(
-                    "SELECT request_hash, response FROM idempotency_keys WHERE client = $1 AND key = $2",
-                    &[&key.client, &key.key],
-                )
-                .await
-                .map_err(place_failed)?;
-            if row.get::<_, &str>(0) != key.request_hash {
-                return Err(PlaceError::KeyReused);
-            }
-            return Ok(PlaceOutcome::Replayed(from_json(row.get(1)).map_err(PlaceError::Unexpected)?));
-        }
+/// Why a placement's transaction rolls back.
+enum Unplaced {
+    /// The idempotency key is held by an earlier request: its order is the answer, and what this
+    /// placement wrote meanwhile is undone.
+    Replayed(Box<Order>),
+    Failed(PlaceError),
+}
+
+impl From<PlaceError> for Unplaced {
+    fn from(error: PlaceError) -> Self {
+        Self::Failed(error)
     }
-    let reserved = move_stock(tx, &order, StockEffect::Reserve).await.map_err(PlaceError::Unexpected)?;
+}
+
+/// Writes a placement inside `tx`: its idempotency record, the order, its lines, timeline and outbox rows,
+/// and the stock it reserves. All of it travels in one round trip, the stock last: product rows are what
+/// every placement and batch contends for, and each is then held only from its update to the commit.
+/// The statements must reach the server in that order (`biased`: a rotating join could send the stock
+/// first once the statements are prepared, and two requests with one key would then lock key and
+/// products in opposite orders). When the key turns out to be another request's, or the stock is short,
+/// the transaction rolls back.
+async fn place(tx: &Tx<'_>, placement: Placement) -> Result<Order, Unplaced> {
+    let order = placement.order;
+    let (claimed, inserted, reserved) = tokio::join!(
+        biased;
+        claim_key(tx, &order, placement.idempotency.as_ref()),
+        insert_order(tx, &order, &placement.messages),
+        move_stock(tx, &order, StockEffect::Reserve)
+    );
+    if let Some(key) = placement.idempotency.as_ref().filter(|_| matches!(claimed, Ok(false))) {
+        let row = tx
+            .query_one(
+                "SELECT request_hash, response FROM idempotency_keys WHERE client = $1 AND key = $2",
+                &[&key.client, &key.key],
+            )
+            .await
+            .map_err(place_failed)?;
+        if row.get::<_, &str>(0) != key.request_hash {
+            return Err(PlaceError::KeyReused.into());
+        }
+        return Err(Unplaced::Replayed(Box::new(from_json(row.get(1)).map_err(PlaceError::Unexpected)?)));
+    }
+    claimed?;
+    inserted?;
+    let reserved = reserved.map_err(PlaceError::Unexpected)?;
     if reserved.len() < order.lines.len() {
         let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
         let known: Vec<String> = tx
@@ -318,12 +339,47 @@ async fn place(tx: &Tx<'_>, placement: Placement) -> Result<PlaceOutcome, PlaceE
             order.lines.iter().filter(|l| pred(l.sku.as_str())).map(|l| l.sku.clone()).collect()
         };
         let unknown = missing(&|s| !known.iter().any(|k| k == s));
-        return Err(if unknown.is_empty() {
+        return Err(Unplaced::Failed(if unknown.is_empty() {
             PlaceError::InsufficientStock(missing(&|s| !reserved.iter().any(|r| r == s)))
         } else {
             PlaceError::UnknownSkus(unknown)
-        });
+        }));
     }
+    Ok(order)
+}
+
+/// Claims the placement's idempotency key, if it has one, inside `tx`; `false` when an earlier request
+/// holds it. A concurrent request with the same key blocks on its row until the first commits, then
+/// replays it; an expired key is taken over.
+async fn claim_key(tx: &Tx<'_>, order: &Order, key: Option<&IdempotencyRecord>) -> Result<bool, PlaceError> {
+    let Some(key) = key else {
+        return Ok(true);
+    };
+    let response = serde_json::to_value(order).map_err(place_failed)?;
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (client, key, request_hash, response, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (client, key) DO UPDATE
+                 SET request_hash = EXCLUDED.request_hash, response = EXCLUDED.response,
+                     created_at = EXCLUDED.created_at
+                 WHERE idempotency_keys.created_at < $6
+             RETURNING 1",
+        )
+        .await
+        .map_err(place_failed)?;
+    let claimed = tx
+        .query_opt(
+            &statement,
+            &[&key.client, &key.key, &key.request_hash, &response, &order.created_at, &key.not_before],
+        )
+        .await
+        .map_err(place_failed)?;
+    Ok(claimed.is_some())
+}
+
+/// Writes a new order inside `tx`: the order, its lines, timeline and outbox rows (`messages`).
+async fn insert_order(tx: &Tx<'_>, order: &Order, messages: &[OutboxMessage]) -> Result<(), PlaceError> {
     let positions: Vec<i16> = (1..).take(order.lines.len()).collect();
     let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
     let quantities: Vec<i32> =
@@ -331,8 +387,8 @@ async fn place(tx: &Tx<'_>, placement: Placement) -> Result<PlaceOutcome, PlaceE
     let prices: Vec<i64> = order.lines.iter().map(|l| l.unit_price.amount_minor).collect();
     let address = serde_json::to_value(&order.shipping_address).map_err(place_failed)?;
     let version = i32::try_from(order.version).map_err(place_failed)?;
-    let events = timeline_events(&placement.messages).map_err(PlaceError::Unexpected)?;
-    let columns = outbox::OutboxColumns::of(&placement.messages).map_err(PlaceError::Unexpected)?;
+    let events = timeline_events(messages).map_err(PlaceError::Unexpected)?;
+    let columns = outbox::OutboxColumns::of(messages).map_err(PlaceError::Unexpected)?;
     let sql = format!(
         "WITH o AS (
              INSERT INTO orders (id, customer_id, status, total_minor, currency, shipping_address,
@@ -375,7 +431,7 @@ async fn place(tx: &Tx<'_>, placement: Placement) -> Result<PlaceOutcome, PlaceE
     )
     .await
     .map_err(place_failed)?;
-    Ok(PlaceOutcome::Created(order))
+    Ok(())
 }
 
 /// Applies one change inside `tx`: its inbox entry, the order's new state (version-checked), its stock
@@ -453,14 +509,22 @@ impl SalesStore for PgSalesStore {
     }
 
     async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
-        let outcome = self
+        let placed = self
             .db
-            .transaction(Plans::Keyed, PlaceError::Unexpected, async move |tx| place(tx, placement).await)
-            .await?;
-        if matches!(outcome, PlaceOutcome::Created(_)) {
-            self.db.outbox_committed();
+            .transaction(
+                Plans::Keyed,
+                |e| Unplaced::Failed(PlaceError::Unexpected(e)),
+                async move |tx| place(tx, placement).await,
+            )
+            .await;
+        match placed {
+            Ok(order) => {
+                self.db.outbox_committed();
+                Ok(PlaceOutcome::Created(order))
+            }
+            Err(Unplaced::Replayed(order)) => Ok(PlaceOutcome::Replayed(*order)),
+            Err(Unplaced::Failed(error)) => Err(error),
         }
-        Ok(outcome)
     }
 
     async fn apply(&self, change: OrderChange) -> Result<ChangeOutcome, ChangeError> {
