@@ -154,15 +154,16 @@ impl Database {
     /// Writes a batch of changes with `write` in one transaction planned by key
     /// ([`Plans::Keyed`]), commits it, wakes the relays when it wrote messages, and returns every change's
     /// outcome in the batch's order. `write` fills in each outcome and says whether it wrote messages.
-    async fn commit_batch<C>(
+    async fn commit_batch<C: Sync>(
         &self,
         changes: &[C],
-        write: impl AsyncFnOnce(&Tx<'_>, &[C], &mut [Option<Outcome>]) -> Result<bool, BoxError>,
+        write: impl AsyncFn(&Tx<'_>, &[C], &mut [Option<Outcome>]) -> Result<bool, BoxError> + Copy,
     ) -> Result<Vec<Outcome>, ChangeError> {
-        let mut outcomes: Vec<Option<Outcome>> = changes.iter().map(|_| None).collect();
-        let wrote_messages = self
+        let (outcomes, wrote_messages) = self
             .transaction(Plans::Keyed, ChangeError::Unexpected, async |tx| {
-                write(tx, changes, &mut outcomes).await.map_err(ChangeError::Unexpected)
+                let mut outcomes: Vec<Option<Outcome>> = changes.iter().map(|_| None).collect();
+                let wrote = write(tx, changes, &mut outcomes).await.map_err(ChangeError::Unexpected)?;
+                Ok((outcomes, wrote))
             })
             .await?;
         if wrote_messages {
@@ -185,14 +186,13 @@ impl Database {
         let statement = client.prepare_cached(sql).await?;
         // A failed read leaves the transaction aborted, and `COMMIT` then rolls it back: the connection
         // goes back to the pool outside any transaction either way.
-        let (begun, planned, rows, ended) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            client.batch_execute(KEYED),
+        let (begun, rows, ended) = tokio::join!(
+            biased;
+            client.batch_execute(Plans::Keyed.begin()),
             client.query(&statement, params),
             client.batch_execute("COMMIT")
         );
         begun?;
-        planned?;
         ended?;
         Ok(rows?)
     }
@@ -212,15 +212,19 @@ impl Database {
     }
 
     /// Runs `work` in a transaction and commits it if `work` succeeds; if `work` fails, the transaction
-    /// rolls back (the driver's transaction does so when dropped) and `work`'s error is returned. A
-    /// connection the server closed is only noticed when used, so a `BEGIN` that fails on a closed
-    /// connection is tried again on another one: nothing has happened yet. Failures of the database
-    /// itself become errors through `unexpected`.
+    /// rolls back and `work`'s error is returned. `BEGIN` (with the planning settings) travels with the
+    /// work's first statements, in one round trip: the driver's own transaction waits for its `BEGIN`
+    /// before anything else is sent, a round trip per transaction on the hottest paths. Should the caller
+    /// stop waiting midway, the connection is closed rather than returned to the pool, and the server
+    /// rolls back. A connection the server closed is only noticed when used, so a transaction whose
+    /// `BEGIN` failed on a closed connection runs again on another one (a clone of `work`): nothing of it
+    /// reached the server.
+    /// Failures of the database itself become errors through `unexpected`.
     async fn transaction<T, E>(
         &self,
         plans: Plans,
         unexpected: fn(BoxError) -> E,
-        work: impl AsyncFnOnce(&Tx<'_>) -> Result<T, E>,
+        work: impl AsyncFnOnce(&Tx<'_>) -> Result<T, E> + Clone,
     ) -> Result<T, E> {
         // A transaction of a traced operation (a request, a delivery) is a span of it; the relay's and
         // the jobs' own rounds are not traced, so they would only add a trace of one span each.
@@ -237,25 +241,29 @@ impl Database {
         };
         let mut attempts = 3;
         loop {
-            let mut client = self.client().await.map_err(unexpected)?;
-            let tx = match client.transaction().await {
-                Ok(tx) => tx,
+            let held = HeldTransaction(Some(self.client().await.map_err(unexpected)?));
+            let Some(client) = held.0.as_ref() else { unreachable!("a held transaction has its connection") };
+            let tx = Tx(client);
+            // `biased`: `BEGIN` is sent before the work's first statement.
+            let attempt = work.clone();
+            let (begun, value) = tokio::join!(biased; client.batch_execute(plans.begin()), attempt(&tx));
+            match begun {
                 Err(error) if error.is_closed() && attempts > 1 => {
                     attempts -= 1;
                     continue;
                 }
                 Err(error) => return Err(unexpected(error.into())),
-            };
-            let value = match plans.setting() {
-                // The setting travels with the work's first statement, in the same round trip.
-                Some(setting) => {
-                    let (set, value) = tokio::join!(tx.batch_execute(setting), work(&tx));
-                    set.map_err(|e| unexpected(e.into()))?;
-                    value?
+                Ok(()) => {}
+            }
+            let value = match value {
+                Ok(value) => value,
+                Err(error) => {
+                    // A rollback that fails leaves the connection to be closed, which rolls back as well.
+                    let _ = held.finish("ROLLBACK").await;
+                    return Err(error);
                 }
-                None => work(&tx).await?,
             };
-            if let Err(error) = tx.commit().await {
+            if let Err(error) = held.finish("COMMIT").await {
                 orderflow_ports::trace::mark_failed(&span, &error.to_string());
                 return Err(unexpected(error.into()));
             }
@@ -264,8 +272,40 @@ impl Database {
     }
 }
 
-/// An open transaction on a pooled connection.
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+/// An open transaction's connection: what its statements are sent on.
+struct Tx<'a>(&'a deadpool_postgres::Object);
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = deadpool_postgres::ClientWrapper;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+    }
+}
+
+/// A transaction begun on a pooled connection and ended by [`HeldTransaction::finish`]. Dropped before
+/// that (a caller that stopped waiting, a relay whose task ended mid-publish), its connection is closed
+/// instead of going back to the pool: the server then rolls the transaction back and frees what it held,
+/// and no statement has to be sent from `Drop`.
+struct HeldTransaction(Option<deadpool_postgres::Object>);
+
+impl HeldTransaction {
+    /// Runs `sql`, which ends the transaction (its last statement a `COMMIT` or `ROLLBACK`).
+    async fn finish(mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        let Some(client) = self.0.as_ref() else { return Ok(()) };
+        client.batch_execute(sql).await?;
+        self.0 = None;
+        Ok(())
+    }
+}
+
+impl Drop for HeldTransaction {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
 
 /// How a transaction's statements are planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,17 +325,17 @@ enum Plans {
 }
 
 impl Plans {
-    /// The statements that set the transaction's planning, if it is not the server's default.
-    const fn setting(self) -> Option<&'static str> {
+    /// What begins a transaction planned so.
+    const fn begin(self) -> &'static str {
         match self {
-            Self::Cached => None,
-            Self::Keyed => Some(KEYED),
+            Self::Cached => "BEGIN",
+            Self::Keyed => BEGIN_KEYED,
         }
     }
 }
 
-/// The settings of [`Plans::Keyed`], for the rest of the transaction.
-const KEYED: &str = "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
+/// Begins a transaction of [`Plans::Keyed`].
+const BEGIN_KEYED: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /// Why a batch's version-checked update refused these rows of `table`, given as `(id, expected version)`:
 /// [`ChangeError::NotFound`] for an id the table does not hold, [`ChangeError::Conflict`] for the others.

@@ -17,7 +17,7 @@ use orderflow_ports::{BoxError, ReadError};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::{Database, Tx, from_json, unexpected};
+use super::{Database, HeldTransaction, Tx, from_json, unexpected};
 
 /// How many partitions the outbox tables split orders into (`outbox_partitions()` in the migrations): the
 /// most relays that can publish one destination at the same time.
@@ -251,31 +251,6 @@ impl OutboxBatch for PgBatch {
         tx.finish(&sql).await.map_err(|e| ReadError::Unexpected(unexpected(e)))?;
         deleted.fetch_add(published.len(), Ordering::Relaxed);
         Ok(())
-    }
-}
-
-/// A transaction that outlives the call that began it: the relay publishes a batch while its transaction
-/// holds the batch's partitions, so it cannot be the driver's transaction, which borrows its connection.
-/// Dropped before [`HeldTransaction::finish`] (the relay's task ended mid-publish), its connection is
-/// closed instead of going back to the pool: the server then rolls the transaction back and frees the
-/// partitions, and no statement has to be sent from `Drop`.
-struct HeldTransaction(Option<deadpool_postgres::Object>);
-
-impl HeldTransaction {
-    /// Runs `sql`, which ends the transaction (its last statement a `COMMIT`).
-    async fn finish(mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
-        let Some(client) = self.0.as_ref() else { return Ok(()) };
-        client.batch_execute(sql).await?;
-        self.0 = None;
-        Ok(())
-    }
-}
-
-impl Drop for HeldTransaction {
-    fn drop(&mut self) {
-        if let Some(client) = self.0.take() {
-            drop(deadpool_postgres::Object::take(client));
-        }
     }
 }
 

@@ -302,13 +302,13 @@ impl From<PlaceError> for Unplaced {
 /// first once the statements are prepared, and two requests with one key would then lock key and
 /// products in opposite orders). When the key turns out to be another request's, or the stock is short,
 /// the transaction rolls back.
-async fn place(tx: &Tx<'_>, placement: Placement) -> Result<Order, Unplaced> {
-    let order = placement.order;
+async fn place(tx: &Tx<'_>, placement: &Placement) -> Result<Order, Unplaced> {
+    let order = &placement.order;
     let (claimed, inserted, reserved) = tokio::join!(
         biased;
-        claim_key(tx, &order, placement.idempotency.as_ref()),
-        insert_order(tx, &order, &placement.messages),
-        move_stock(tx, &order, StockEffect::Reserve)
+        claim_key(tx, order, placement.idempotency.as_ref()),
+        insert_order(tx, order, &placement.messages),
+        move_stock(tx, order, StockEffect::Reserve)
     );
     if let Some(key) = placement.idempotency.as_ref().filter(|_| matches!(claimed, Ok(false))) {
         let row = tx
@@ -345,7 +345,7 @@ async fn place(tx: &Tx<'_>, placement: Placement) -> Result<Order, Unplaced> {
             PlaceError::UnknownSkus(unknown)
         }));
     }
-    Ok(order)
+    Ok(order.clone())
 }
 
 /// Claims the placement's idempotency key, if it has one, inside `tx`; `false` when an earlier request
@@ -489,10 +489,13 @@ impl SalesStore for PgSalesStore {
         send: futures::future::BoxFuture<'_, Result<(), NotifyError>>,
     ) -> Result<ChangeOutcome, NotifyOnceError> {
         let unexpected = |e: tokio_postgres::Error| NotifyOnceError::Unexpected(e.into());
+        // Taken once the claim holds; a transaction run again (its connection found closed) has not
+        // reached the claim, so it finds the send still here.
+        let send = std::sync::Mutex::new(Some(send));
         // The claim is the inbox row, uncommitted while the e-mail is sent: a concurrent delivery of the
         // same message waits on it, then finds it recorded, or takes it over if this send failed.
         self.db
-            .transaction(Plans::Cached, NotifyOnceError::Unexpected, async move |tx| {
+            .transaction(Plans::Cached, NotifyOnceError::Unexpected, async |tx| {
                 let statement = tx
                     .prepare_cached("INSERT INTO inbox (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                     .await
@@ -502,7 +505,8 @@ impl SalesStore for PgSalesStore {
                 if claimed == 0 {
                     return Ok(ChangeOutcome::AlreadyProcessed);
                 }
-                send.await?;
+                let send = send.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                send.ok_or_else(|| NotifyOnceError::Unexpected("the message was sent already".into()))?.await?;
                 Ok(ChangeOutcome::Applied)
             })
             .await
@@ -514,7 +518,7 @@ impl SalesStore for PgSalesStore {
             .transaction(
                 Plans::Keyed,
                 |e| Unplaced::Failed(PlaceError::Unexpected(e)),
-                async move |tx| place(tx, placement).await,
+                async |tx| place(tx, &placement).await,
             )
             .await;
         match placed {
