@@ -242,7 +242,7 @@ impl Database {
         let mut attempts = 3;
         loop {
             let held = HeldTransaction(Some(self.client().await.map_err(unexpected)?));
-            let Some(client) = held.0.as_ref() else { unreachable!("a held transaction has its connection") };
+            let Some(client) = held.0.as_ref() else { return Err(unexpected(LOST.into())) };
             let tx = Tx(client);
             // `biased`: `BEGIN` is sent before the work's first statement.
             let attempt = work.clone();
@@ -282,6 +282,9 @@ impl std::ops::Deref for Tx<'_> {
         self.0
     }
 }
+
+/// What a [`HeldTransaction`] without its connection says: none is made so.
+const LOST: &str = "the transaction's connection is gone";
 
 /// A transaction begun on a pooled connection and ended by [`HeldTransaction::finish`]. Dropped before
 /// that (a caller that stopped waiting, a relay whose task ended mid-publish), its connection is closed

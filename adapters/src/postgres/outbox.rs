@@ -17,7 +17,7 @@ use orderflow_ports::{BoxError, ReadError};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::{Database, HeldTransaction, Tx, from_json, unexpected};
+use super::{Database, HeldTransaction, LOST, Tx, from_json, unexpected};
 
 /// How many partitions the outbox tables split orders into (`outbox_partitions()` in the migrations): the
 /// most relays that can publish one destination at the same time.
@@ -169,7 +169,9 @@ pub(super) async fn take(
     limit: usize,
 ) -> Result<Box<dyn OutboxBatch>, ReadError> {
     let failed = |e: tokio_postgres::Error| ReadError::Unexpected(unexpected(e));
-    let client = db.client().await.map_err(ReadError::Unexpected)?;
+    // Held from before its BEGIN is sent, so that a take dropped midway closes the connection.
+    let tx = HeldTransaction(Some(db.client().await.map_err(ReadError::Unexpected)?));
+    let Some(client) = tx.0.as_ref() else { return Err(ReadError::Unexpected(LOST.into())) };
     let table = table(destination);
     let key_column = match destination {
         Destination::Command => "routing_key",
@@ -204,7 +206,6 @@ pub(super) async fn take(
         client.query_one(&lock, &lock_params),
         client.query(&read, &read_params)
     );
-    let tx = HeldTransaction(Some(client));
     begun.map_err(failed)?;
     locked.map_err(failed)?;
     let rows = rows.map_err(failed)?;
