@@ -302,7 +302,7 @@ impl From<PlaceError> for Unplaced {
 /// first once the statements are prepared, and two requests with one key would then lock key and
 /// products in opposite orders). When the key turns out to be another request's, or the stock is short,
 /// the transaction rolls back.
-async fn place(tx: &Tx<'_>, placement: &Placement) -> Result<Order, Unplaced> {
+async fn place(tx: &Tx<'_>, placement: &Placement) -> Result<(), Unplaced> {
     let order = &placement.order;
     let (claimed, inserted, reserved) = tokio::join!(
         biased;
@@ -345,7 +345,7 @@ async fn place(tx: &Tx<'_>, placement: &Placement) -> Result<Order, Unplaced> {
             PlaceError::UnknownSkus(unknown)
         }));
     }
-    Ok(order.clone())
+    Ok(())
 }
 
 /// Claims the placement's idempotency key, if it has one, inside `tx`; `false` when an earlier request
@@ -522,9 +522,9 @@ impl SalesStore for PgSalesStore {
             )
             .await;
         match placed {
-            Ok(order) => {
+            Ok(()) => {
                 self.db.outbox_committed();
-                Ok(PlaceOutcome::Created(order))
+                Ok(PlaceOutcome::Created(placement.order))
             }
             Err(Unplaced::Replayed(order)) => Ok(PlaceOutcome::Replayed(*order)),
             Err(Unplaced::Failed(error)) => Err(error),
