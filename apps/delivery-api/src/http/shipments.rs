@@ -7,6 +7,7 @@ use orderflow_runtime::http::{
     BearerAuth, IdCursor, Listing, Lookup, PathId, Problem, Problems, Scope, StrictJson, Text, Transition,
     TransitionWithBody, page_limit,
 };
+use orderflow_runtime::page;
 use poem::http::StatusCode;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -83,15 +84,14 @@ impl From<Shipment> for ShipmentDto {
     }
 }
 
-/// A page of shipments.
-#[derive(Debug, Clone, Object)]
-pub struct ShipmentList {
-    /// Newest first.
-    pub items: Vec<ShipmentDto>,
-    /// Pass as `cursor` for the next page; `null` on the last.
-    #[oai(nullable)]
-    pub next_cursor: Option<IdCursor>,
-}
+page!(
+    /// A page of shipments.
+    ShipmentList {
+        /// Newest first.
+        items: ShipmentDto,
+        next_cursor: IdCursor,
+    }
+);
 
 /// `POST /shipments/{id}/ship` body.
 #[derive(Debug, Clone, Object, Serialize, Deserialize)]
@@ -148,10 +148,7 @@ impl ShipmentsApi {
             ..ShipmentQuery::default()
         };
         let page = self.service.shipments(query).await.map_err(|e| Problem::unavailable(&e))?;
-        Ok(Json(ShipmentList {
-            items: page.items.into_iter().map(Into::into).collect(),
-            next_cursor: page.next.map(|id| IdCursor(id.as_uuid())),
-        }))
+        Ok(Json(ShipmentList::from(page)))
     }
 
     /// One shipment.

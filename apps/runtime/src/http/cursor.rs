@@ -1,4 +1,4 @@
-//! Pagination: page sizes, and opaque cursors — the id that ended a page, as the 22 base64url characters
+//! Pagination: page sizes, pages, and opaque cursors — the id that ended a page, as the 22 base64url characters
 //! of its 16 bytes, so every string of the documented pattern is a cursor the server accepts (a position
 //! in the list).
 
@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use orderflow_domain::{OrderId, ShipmentId};
 use poem_openapi::registry::MetaSchemaRef;
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type};
 use serde_json::Value;
@@ -85,6 +86,42 @@ pub fn page_limit(limit: Option<i64>) -> Result<usize, Problem> {
         None => Ok(20),
         Some(n @ 1..=100) => usize::try_from(n).map_err(|_| Problem::invalid("limit", "must be between 1 and 100")),
         Some(_) => Err(Problem::invalid("limit", "must be between 1 and 100")),
+    }
+}
+
+/// Declares a page of a list as the API shows it (its items, and the `next_cursor` that asks for the page
+/// after it) and its conversion from a store's [`Page`](orderflow_ports::Page), item by item:
+/// `page!(/** doc */ OrderList { /** doc */ items: OrderDto, next_cursor: IdCursor });`.
+#[macro_export]
+macro_rules! page {
+    ($(#[$doc:meta])* $name:ident { $(#[$items_doc:meta])* items: $item:ty, next_cursor: $cursor:ty $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, ::poem_openapi::Object)]
+        pub struct $name {
+            $(#[$items_doc])*
+            pub items: Vec<$item>,
+            /// Pass as `cursor` to get the next page; `null` on the last.
+            #[oai(nullable)]
+            pub next_cursor: Option<$cursor>,
+        }
+
+        impl<T: Into<$item>, K: Into<$cursor>> From<::orderflow_ports::Page<T, K>> for $name {
+            fn from(page: ::orderflow_ports::Page<T, K>) -> Self {
+                Self { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next.map(Into::into) }
+            }
+        }
+    };
+}
+
+impl From<OrderId> for IdCursor {
+    fn from(id: OrderId) -> Self {
+        Self(id.as_uuid())
+    }
+}
+
+impl From<ShipmentId> for IdCursor {
+    fn from(id: ShipmentId) -> Self {
+        Self(id.as_uuid())
     }
 }
 

@@ -7,6 +7,7 @@ use orderflow_domain::{
 };
 use orderflow_ports::sales::Product;
 use orderflow_runtime::http::{IdCursor, Pattern, Problem, Shape, Text, trimmed, with_pattern};
+use orderflow_runtime::page;
 use poem_openapi::registry::MetaSchema;
 use poem_openapi::{Enum, Object};
 use serde::{Deserialize, Serialize};
@@ -279,15 +280,14 @@ impl From<Order> for OrderDto {
     }
 }
 
-/// A page of orders.
-#[derive(Debug, Clone, Object)]
-pub struct OrderList {
-    /// The orders, newest first.
-    pub items: Vec<OrderDto>,
-    /// Pass as `cursor` to get the next page; `null` on the last.
-    #[oai(nullable)]
-    pub next_cursor: Option<IdCursor>,
-}
+page!(
+    /// A page of orders.
+    OrderList {
+        /// The orders, newest first.
+        items: OrderDto,
+        next_cursor: IdCursor,
+    }
+);
 
 /// One entry of an order's timeline.
 #[derive(Debug, Clone, Object)]
@@ -348,12 +348,11 @@ impl From<Product> for ProductDto {
     }
 }
 
-/// A page of products.
-#[derive(Debug, Clone, Object)]
-pub struct ProductList {
-    /// The products in SKU order.
-    pub items: Vec<ProductDto>,
-    /// Pass as `cursor` to get the next page; `null` on the last.
-    #[oai(nullable)]
-    pub next_cursor: Option<SkuText>,
-}
+page!(
+    /// A page of products.
+    ProductList {
+        /// The products in SKU order.
+        items: ProductDto,
+        next_cursor: SkuText,
+    }
+);

@@ -121,10 +121,7 @@ impl OrdersApi {
             after,
         };
         let page = self.service.orders(query).await.map_err(|e| read_failed(&e))?;
-        Ok(Json(OrderList {
-            items: page.items.into_iter().map(Into::into).collect(),
-            next_cursor: page.next.map(|id| IdCursor(id.as_uuid())),
-        }))
+        Ok(Json(OrderList::from(page)))
     }
 
     /// The order's lifecycle events, oldest first.

@@ -1,6 +1,7 @@
 //! `/products`: the catalogue and its stock.
 
 use orderflow_domain::{InvalidValue, ProductName, Sku};
+use orderflow_ports::Page;
 use orderflow_ports::sales::PutProductError;
 use orderflow_runtime::http::{BearerAuth, Listing, Lookup, Problem, Problems, Scope, StrictJson, page_limit};
 use orderflow_runtime::refusals;
@@ -49,10 +50,8 @@ impl ProductsApi {
         let after =
             cursor.0.map(|c| Sku::parse(c.as_str()).map_err(|e| Problem::invalid("cursor", e.reason))).transpose()?;
         let page = self.service.products(page_limit(limit.0)?, after).await.map_err(|e| read_failed(&e))?;
-        Ok(Json(ProductList {
-            items: page.items.into_iter().map(Into::into).collect(),
-            next_cursor: page.next.map(|sku| sku.as_str().to_owned().into()),
-        }))
+        let next = page.next.map(|sku| SkuText::from(sku.as_str().to_owned()));
+        Ok(Json(ProductList::from(Page { items: page.items, next })))
     }
 
     /// One product with its stock and reservations.
