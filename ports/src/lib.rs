@@ -54,6 +54,26 @@ impl From<ReadError> for TransitionFailure {
     }
 }
 
+/// How often a change is recomputed when another writer got there first.
+const ATTEMPTS: usize = 8;
+
+/// Makes an optimistic change: `attempt` reads, computes and commits against the version it read, and
+/// answers `Ok(None)` when another writer changed it meanwhile; it is then run anew, up to eight times.
+///
+/// # Errors
+/// What an attempt fails with, or [`TransitionFailure::Contended`] when every attempt lost its race.
+pub async fn optimistically<T, F>(mut attempt: impl FnMut() -> F) -> Result<T, TransitionFailure>
+where
+    F: Future<Output = Result<Option<T>, TransitionFailure>>,
+{
+    for _ in 0..ATTEMPTS {
+        if let Some(done) = attempt().await? {
+            return Ok(done);
+        }
+    }
+    Err(TransitionFailure::Contended)
+}
+
 /// A page of a keyset-paginated list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T, K> {

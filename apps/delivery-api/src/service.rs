@@ -16,12 +16,9 @@ use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::system::{Clock, IdGenerator};
 use orderflow_ports::trace;
-use orderflow_ports::{Page, ReadError};
+use orderflow_ports::{Page, ReadError, optimistically};
 use tokio::sync::Notify;
 use tracing::{Instrument, Span};
-
-/// How often a change is recomputed when another writer got there first.
-const MAX_ATTEMPTS: usize = 8;
 
 pub use orderflow_ports::TransitionFailure;
 
@@ -271,12 +268,13 @@ impl DeliveryService {
         inbox: Option<InboxEntry>,
         transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
     ) -> Result<Shipment, TransitionFailure> {
-        for _ in 0..MAX_ATTEMPTS {
+        let (inbox, transition) = (&inbox, &transition);
+        optimistically(|| async move {
             let shipment = self.find(target).await?.ok_or(TransitionFailure::NotFound)?;
             let version = shipment.version;
             let now = self.clock.now();
             let (shipment, event) = match transition(shipment, now)? {
-                Step::Unchanged(shipment) => return Ok(shipment),
+                Step::Unchanged(shipment) => return Ok(Some(shipment)),
                 Step::Applied { state, event } => (state, event),
             };
             let change = ShipmentChange {
@@ -286,16 +284,16 @@ impl DeliveryService {
                 inbox: inbox.clone(),
             };
             match self.store.save(change).await {
-                Ok(ChangeOutcome::Applied) => return Ok(shipment),
+                Ok(ChangeOutcome::Applied) => Ok(Some(shipment)),
                 Ok(ChangeOutcome::AlreadyProcessed) => {
-                    return self.find(target).await?.ok_or(TransitionFailure::NotFound);
+                    self.find(target).await?.ok_or(TransitionFailure::NotFound).map(Some)
                 }
-                Err(ChangeError::Conflict { .. }) => {}
-                Err(ChangeError::NotFound) => return Err(TransitionFailure::NotFound),
-                Err(e) => return Err(unexpected(e)),
+                Err(ChangeError::Conflict { .. }) => Ok(None),
+                Err(ChangeError::NotFound) => Err(TransitionFailure::NotFound),
+                Err(e) => Err(unexpected(e)),
             }
-        }
-        Err(TransitionFailure::Contended)
+        })
+        .await
     }
 
     /// Applies `transition` to each of the `due` shipments as they were read and commits every change in

@@ -20,7 +20,7 @@ use orderflow_ports::sales::{
     Product, PutProductError, SalesStore,
 };
 use orderflow_ports::system::{Clock, IdGenerator};
-use orderflow_ports::{Page, ReadError};
+use orderflow_ports::{Page, ReadError, optimistically};
 
 use tracing::{Instrument, Span};
 
@@ -28,9 +28,6 @@ use crate::pressure::BackPressure;
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: chrono::Duration = chrono::Duration::hours(24);
-
-/// How often a change is recomputed when another writer got there first.
-const MAX_ATTEMPTS: usize = 8;
 
 /// Why an order was not placed.
 #[derive(Debug, thiserror::Error)]
@@ -450,7 +447,8 @@ impl SalesService {
         inbox: Option<InboxEntry>,
         transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
     ) -> Result<Order, TransitionFailure> {
-        for _ in 0..MAX_ATTEMPTS {
+        let (inbox, transition) = (&inbox, &transition);
+        optimistically(|| async move {
             let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
             let (from, version) = (order.status, order.version);
             let now = self.clock.now();
@@ -458,7 +456,7 @@ impl SalesService {
                 Step::Unchanged(order) => {
                     // Read from the store: it may repair a cache a crash left behind (see below).
                     self.cache_put(&order).await;
-                    return Ok(order);
+                    return Ok(Some(order));
                 }
                 Step::Applied { state, event } => (state, event),
             };
@@ -472,22 +470,22 @@ impl SalesService {
             match self.store.apply(change).await {
                 Ok(ChangeOutcome::Applied) => {
                     self.cache_put(&order).await;
-                    return Ok(order);
+                    Ok(Some(order))
                 }
                 // A redelivery: the first delivery committed, but the process may have died before writing
                 // the order through to the cache, which would then serve the old state until it expires.
                 Ok(ChangeOutcome::AlreadyProcessed) => {
                     let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
                     self.cache_put(&order).await;
-                    return Ok(order);
+                    Ok(Some(order))
                 }
-                Err(ChangeError::Conflict { .. }) => {}
-                Err(ChangeError::NotFound) => return Err(TransitionFailure::NotFound),
-                Err(ChangeError::Unexpected(e)) => return Err(TransitionFailure::Unexpected(e)),
-                Err(other) => return Err(TransitionFailure::Unexpected(Box::new(other))),
+                Err(ChangeError::Conflict { .. }) => Ok(None),
+                Err(ChangeError::NotFound) => Err(TransitionFailure::NotFound),
+                Err(ChangeError::Unexpected(e)) => Err(TransitionFailure::Unexpected(e)),
+                Err(other) => Err(TransitionFailure::Unexpected(Box::new(other))),
             }
-        }
-        Err(TransitionFailure::Contended)
+        })
+        .await
     }
 
     /// Applies each transition as [`SalesService::transition`] would, reading the orders in one query and
