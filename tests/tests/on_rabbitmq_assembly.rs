@@ -8,12 +8,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use delivery_api::config::DeliveryConfig;
 use delivery_api::workers::AutopilotSettings;
 use orderflow::dev::DevOptions;
-use orderflow_runtime::config::RouteRule;
+use orderflow_runtime::config::{ParseLocally, RouteRule};
 use orderflow_runtime::wiring::Limits;
 use processes::{Options, Services};
 use reqwest::{Response, StatusCode};
+use sales_api::Mail;
+use sales_api::config::SalesConfig;
+use sales_api::webhooks::WebhookSettings;
 use serde_json::Value;
 use support::Harness;
 
@@ -31,6 +35,22 @@ fn logged_workers(log: &str, service: &str) -> anyhow::Result<String> {
 fn shape(response: &Response) -> (StatusCode, BTreeSet<String>) {
     let names = response.headers().keys().map(|name| name.as_str().to_owned());
     (response.status(), names.filter(|name| name != "date").collect())
+}
+
+#[test]
+fn each_binary_listens_on_its_own_port_in_its_own_schema_with_its_extras_off() -> anyhow::Result<()> {
+    let sales = SalesConfig::parse_locally(&[])?;
+    assert_eq!(sales.http_addr.to_string(), "127.0.0.1:8080");
+    assert_eq!(sales.database_schema, "sales");
+    assert!(!sales.setup().settings.pressure.any(), "back-pressure off");
+    assert_eq!(sales.setup().mail, Mail::Log, "without SMTP_URL, e-mail goes to the log");
+    assert_eq!(sales.setup().settings.webhooks, WebhookSettings::default(), "public endpoints, the full ladder");
+
+    let delivery = DeliveryConfig::parse_locally(&[])?;
+    assert_eq!(delivery.http_addr.to_string(), "127.0.0.1:8081");
+    assert_eq!(delivery.database_schema, "delivery");
+    assert!(delivery.setup().settings.autopilot.is_none(), "the autopilot off");
+    Ok(())
 }
 
 #[tokio::test]

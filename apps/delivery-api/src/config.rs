@@ -75,14 +75,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delivery_listens_on_8081_in_its_own_schema_with_the_autopilot_off() {
-        let config = DeliveryConfig::parse_locally(&[]).unwrap();
-        assert_eq!(config.http_addr, SocketAddr::from(([127, 0, 0, 1], 8081)));
-        assert_eq!(config.database_schema, "delivery");
-        assert!(config.setup().settings.autopilot.is_none());
-    }
-
-    #[test]
     fn the_autopilot_needs_both_delays() {
         for (given, missing) in [
             ("--autopilot-ship-after=1s", "AUTOPILOT_DELIVER_AFTER"),

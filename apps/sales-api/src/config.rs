@@ -112,16 +112,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sales_listens_on_8080_in_its_own_schema_with_back_pressure_off() {
-        let config = SalesConfig::parse_locally(&[]).unwrap();
-        assert_eq!(config.http_addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
-        assert_eq!(config.database_schema, "sales");
-        assert!(!config.setup().settings.pressure.any());
-        assert_eq!(config.setup().mail, Mail::Log, "without SMTP_URL, e-mail goes to the log");
-        assert_eq!(config.setup().settings.webhooks, WebhookSettings::default(), "public endpoints, the full ladder");
-    }
-
-    #[test]
     fn an_smtp_url_sends_e_mail_from_notify_from() {
         let config =
             SalesConfig::parse_locally(&["--smtp-url=smtp://127.0.0.1:2525", "--notify-from=Shop <shop@example.com>"])
