@@ -25,7 +25,8 @@
 # databases are created next to it), AMQP_HOST (127.0.0.1:5672, guest/guest; rabbitmqctl must work),
 # KAFKA_PORT (9092), REDIS_URL (redis://127.0.0.1:6379), OAUTH_PORT (9000), SALES_PORT, DELIVERY_PORT,
 # CARGO_TARGET_DIR, SKIP_BUILD=1 (use the release binaries already in the target directory), SALES_REPLICAS
-# (1; more runs that many sales-api processes on the same database and spreads the POSTs over them), and
+# (1; more runs that many sales-api processes on the same database and spreads the POSTs over them),
+# SALES_WORKER_THREADS (each sales-api's Tokio worker threads; default one per core), and
 # any OTEL_* variable, passed on to both services (OTEL_EXPORTER_OTLP_ENDPOINT measures tracing with an
 # exporter; infra/bench/otlp-sink.py is a receiver that accepts and counts).
 set -euo pipefail
@@ -66,6 +67,10 @@ sales_pid=""
 delivery_pid=""
 # SALES_REPLICAS=2 (or more) runs more sales-api processes on the next ports; the load is spread over them.
 sales_replicas="${SALES_REPLICAS:-1}"
+# SALES_WORKER_THREADS=n gives each sales-api process n Tokio worker threads (default: one per core), as a
+# CPU limit of n cores would size it: replicas sharing the machine can each be given their share of it.
+sales_threads=""
+[ -n "${SALES_WORKER_THREADS:-}" ] && sales_threads="TOKIO_WORKER_THREADS=$SALES_WORKER_THREADS"
 replica_pids=""
 sales_urls="http://127.0.0.1:$sales_port"
 pid_flags=""
@@ -165,7 +170,7 @@ wait_ready() { # $1 = name, $2 = port, $3 = pid
 start_services() {
   # One at a time, as stack.sh does.
   services_started=1
-  sales_pid="$(start_service sales-api "$sales_port")"
+  sales_pid="$(start_service sales-api "$sales_port" $sales_threads)"
   wait_ready sales-api "$sales_port" "$sales_pid"
   delivery_pid="$(start_service delivery-api "$delivery_port" AUTOPILOT_SHIP_AFTER=50ms AUTOPILOT_DELIVER_AFTER=50ms)"
   wait_ready delivery-api "$delivery_port" "$delivery_pid"
@@ -173,7 +178,7 @@ start_services() {
   local n port pid
   for n in $(seq 2 "$sales_replicas"); do
     port=$((sales_port + 10 + n))
-    pid="$(start_service sales-api "$port")"
+    pid="$(start_service sales-api "$port" $sales_threads)"
     wait_ready sales-api "$port" "$pid"
     replica_pids="$replica_pids $pid"
     sales_urls="$sales_urls,http://127.0.0.1:$port"
