@@ -91,3 +91,46 @@ pub enum ReadError {
     #[error("store read failed")]
     Unexpected(#[source] BoxError),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use futures::executor::block_on;
+
+    use super::*;
+
+    #[test]
+    fn a_change_that_keeps_losing_its_race_is_contended_after_eight_attempts() {
+        let attempts = Cell::new(0);
+        let outcome: Result<(), _> = block_on(optimistically(|| {
+            attempts.set(attempts.get() + 1);
+            async { Ok(None) }
+        }));
+        assert!(matches!(outcome, Err(TransitionFailure::Contended)), "{outcome:?}");
+        assert_eq!(attempts.get(), 8);
+    }
+
+    #[test]
+    fn the_first_attempt_that_settles_ends_the_retries_with_its_answer() {
+        let attempts = Cell::new(0);
+        let outcome = block_on(optimistically(|| {
+            attempts.set(attempts.get() + 1);
+            let settled = attempts.get() == 3;
+            async move { Ok(settled.then_some("committed")) }
+        }));
+        assert_eq!(outcome.ok(), Some("committed"));
+        assert_eq!(attempts.get(), 3);
+    }
+
+    #[test]
+    fn a_failed_attempt_is_not_retried() {
+        let attempts = Cell::new(0);
+        let outcome: Result<(), _> = block_on(optimistically(|| {
+            attempts.set(attempts.get() + 1);
+            async { Err(TransitionFailure::NotFound) }
+        }));
+        assert!(matches!(outcome, Err(TransitionFailure::NotFound)), "{outcome:?}");
+        assert_eq!(attempts.get(), 1);
+    }
+}

@@ -1,6 +1,6 @@
-//! Pagination: page sizes, pages, and opaque cursors — the id that ended a page, as the 22 base64url characters
-//! of its 16 bytes, so every string of the documented pattern is a cursor the server accepts (a position
-//! in the list).
+//! Pagination: page sizes, pages, and opaque cursors — the id that ended a page, as the 22 base64url
+//! characters of its 16 bytes, so every string of the documented pattern is a cursor the server accepts
+//! (a position in the list).
 
 use std::borrow::Cow;
 
