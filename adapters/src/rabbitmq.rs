@@ -53,6 +53,9 @@ impl RabbitSettings {
     }
 }
 
+/// How long a batch waits to fill while its consumer is still handling another.
+const FILL_WAIT: Duration = Duration::from_millis(5);
+
 fn boxed(error: impl std::error::Error + Send + Sync + 'static) -> BoxError {
     Box::new(error)
 }
@@ -312,7 +315,7 @@ impl RabbitBroker {
                 },
                 _ = stopping.wait_for(|stop| *stop) => break,
             };
-            // Whatever else has already arrived joins the batch; nothing waits for more.
+            // Whatever else has already arrived joins the batch.
             let mut batch = vec![first];
             while batch.len() < most {
                 match consumer.next().now_or_never() {
@@ -324,6 +327,27 @@ impl RabbitBroker {
                     Some(None) | None => break,
                 }
             }
+            // Reap finished handlers: the set must not grow without bound, and what is left in it is busy.
+            while let Some(done) = running.try_join_next() {
+                if let Ok(Err(error)) = done {
+                    tracing::warn!(queue = queue.as_str(), %error, "could not settle a delivery");
+                }
+            }
+            // While another batch is still being handled the queue is busy: this one gets a few
+            // milliseconds to fill, so that under load the consumer commits fewer, larger batches.
+            if batch.len() < most && failed.is_none() && !running.is_empty() {
+                let deadline = tokio::time::Instant::now() + FILL_WAIT;
+                while batch.len() < most {
+                    match tokio::time::timeout_at(deadline, consumer.next()).await {
+                        Ok(Some(Ok(delivery))) => batch.push(delivery),
+                        Ok(Some(Err(error))) => {
+                            failed = Some(error);
+                            break;
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
             unsettled.hold(batch.iter().map(|delivery| delivery.delivery_tag));
             let handler = Arc::clone(handler);
             let channel = channel.clone();
@@ -332,12 +356,6 @@ impl RabbitBroker {
             running.spawn(async move { settle_batch(&channel, queue, delays, batch, handler, &unsettled).await });
             if failed.is_some() {
                 break;
-            }
-            // Reap finished handlers so the set does not grow without bound.
-            while let Some(done) = running.try_join_next() {
-                if let Ok(Err(error)) = done {
-                    tracing::warn!(queue = queue.as_str(), %error, "could not settle a delivery");
-                }
             }
         }
         // Nothing new from here on: without the cancel, every ack below would free a prefetch slot the
