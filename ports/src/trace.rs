@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use opentelemetry::trace::{SpanContext, TraceContextExt};
+use orderflow_messages::CloudEvent;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -56,45 +57,43 @@ fn remote(traceparent: Option<&str>) -> Option<SpanContext> {
     remote.is_valid().then_some(remote)
 }
 
-/// The PRODUCER span of publishing one message to `destination` (a routing key, or the audit stream),
-/// continuing the trace of the change that wrote it (`traceparent`, stored with the outbox row).
-pub fn producer_span(destination: &str, message_id: &str, traceparent: Option<&str>) -> Span {
-    let span = publish_span(destination);
-    span.record("messaging.message.id", message_id);
-    continue_trace(&span, traceparent);
-    span
+/// The PRODUCER span of publishing `messages` to `destination` in one round, or `None` when none of them
+/// is of a sampled trace. A message keeps its writer's trace context (the span that wrote its outbox row),
+/// which the consumer continues; the span joins those writers as [`joint_span`] says and names the message
+/// when it is alone (`messaging.message.id`) or counts them (`messaging.batch.message_count`).
+pub fn producer_span(destination: &str, messages: &[&CloudEvent]) -> Option<Span> {
+    joint_span(messages.iter().map(|message| message.traceparent.as_deref()), || {
+        let span = tracing::info_span!(
+            parent: None,
+            "publish",
+            otel.name = %format_args!("publish {destination}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            messaging.operation.type = "send",
+            messaging.destination.name = destination,
+            messaging.message.id = tracing::field::Empty,
+            messaging.batch.message_count = tracing::field::Empty,
+        );
+        match messages {
+            [one] => span.record("messaging.message.id", one.id.to_string()),
+            several => span.record("messaging.batch.message_count", several.len()),
+        };
+        span
+    })
 }
 
-/// A PRODUCER span of publishing to `destination`, with no parent yet; the caller records what it sends
-/// (one message's id, or a batch's size).
-fn publish_span(destination: &str) -> Span {
-    tracing::info_span!(
-        parent: None,
-        "publish",
-        otel.name = %format_args!("publish {destination}"),
-        otel.kind = "producer",
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        messaging.operation.type = "send",
-        messaging.destination.name = destination,
-        messaging.message.id = tracing::field::Empty,
-        messaging.batch.message_count = tracing::field::Empty,
-    )
-}
-
-/// The PRODUCER span of publishing several messages to `destination` in one round, each continuing the
-/// trace of the change that wrote it (`traceparents`, stored with the outbox rows): under the first
-/// sampled message's trace, linked to every other sampled one's, as [`batch_span`] joins deliveries. The
-/// messages carry their writers' contexts unchanged. `None` when no message is of a sampled trace: a span
-/// nobody records would only cost the relay its time.
-pub fn producer_batch_span<'a>(
-    destination: &str,
+/// The span `make` makes, for work done at once for several traced things whose contexts are
+/// `traceparents` (messages' writers, shipments' creations): under the first of a sampled trace, linked to
+/// every other sampled one, so each trace leads to the work done for it, as [`batch_span`] joins
+/// deliveries. One span a round, not one a thing, is what keeps tracing's cost from growing with the
+/// load. `None` when no context is of a sampled trace: a span nobody records would only cost its time.
+pub fn joint_span<'a>(
     traceparents: impl IntoIterator<Item = Option<&'a str>>,
+    make: impl FnOnce() -> Span,
 ) -> Option<Span> {
-    let mut count = 0_usize;
     let mut contexts: Vec<SpanContext> = Vec::new();
     for traceparent in traceparents {
-        count += 1;
         let Some(context) = traceparent.filter(|t| sampled(t)).and_then(|t| remote(Some(t))) else { continue };
         if !contexts.iter().any(|known| known.span_id() == context.span_id()) {
             contexts.push(context);
@@ -102,8 +101,7 @@ pub fn producer_batch_span<'a>(
     }
     let mut contexts = contexts.into_iter();
     let parent = contexts.next()?;
-    let span = publish_span(destination);
-    span.record("messaging.batch.message_count", count);
+    let span = make();
     // Fails only when the span was already started, which it is not.
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
     for other in contexts {

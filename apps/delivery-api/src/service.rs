@@ -52,15 +52,14 @@ pub enum AutoStep {
 }
 
 impl AutoStep {
-    /// The span of this step on shipment `id`, continuing the trace of its creation (`traceparent`).
-    fn span(self, id: ShipmentId, traceparent: &str) -> Span {
+    /// The span of this step's round over shipments created in the traces `creations`, `None` when none
+    /// of them is sampled: one span a round, under the first sampled creation and linked to the others.
+    fn span<'a>(self, creations: impl IntoIterator<Item = Option<&'a str>>) -> Option<Span> {
         let name = match self {
             Self::Ship => "autopilot ship",
             Self::Deliver => "autopilot deliver",
         };
-        let span = tracing::info_span!(parent: None, "autopilot", otel.name = name, shipment_id = %id);
-        trace::continue_trace(&span, Some(traceparent));
-        span
+        trace::joint_span(creations, || tracing::info_span!(parent: None, "autopilot", otel.name = name))
     }
 }
 
@@ -298,9 +297,9 @@ impl DeliveryService {
 
     /// Applies `transition` to each of the `due` shipments as they were read and commits every change in
     /// one transaction. A shipment someone changed since is left as it is (whoever asks again sees it
-    /// anew); a transition the state machine refuses is skipped. Each step continues the trace of its
-    /// shipment's creation: of a sampled trace in a span of its own, otherwise by sending on the
-    /// creation's context. Returns how many shipments changed.
+    /// anew); a transition the state machine refuses is skipped. What a step sends continues the trace of
+    /// its shipment's creation; the round is one span joining those traces. Returns how many shipments
+    /// changed.
     async fn transition_all(
         &self,
         step: AutoStep,
@@ -308,31 +307,21 @@ impl DeliveryService {
         transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
     ) -> Result<usize, TransitionFailure> {
         let now = self.clock.now();
-        let mut spans = Vec::new();
         let changes: Vec<ShipmentChange> = due
             .into_iter()
             .filter_map(|Due { shipment, traceparent }| {
                 let version = shipment.version;
-                let (id, Ok(Step::Applied { state, event })) = (shipment.id, transition(shipment, now)) else {
-                    return None;
-                };
-                let outgoing = orderflow_messages::shipment_message(&event);
-                let messages = match traceparent.as_deref().filter(|t| trace::sampled(t)) {
-                    Some(sampled) => {
-                        let span = step.span(id, sampled);
-                        let messages = span.in_scope(|| self.messages(outgoing, now));
-                        spans.push(span);
-                        messages
-                    }
-                    None => self.messages_continuing(outgoing, now, traceparent),
-                };
+                let Ok(Step::Applied { state, event }) = transition(shipment, now) else { return None };
+                let messages = self.messages_continuing(orderflow_messages::shipment_message(&event), now, traceparent);
                 Some(ShipmentChange { shipment: state, expected_version: Some(version), messages, inbox: None })
             })
             .collect();
         if changes.is_empty() {
             return Ok(0);
         }
-        let outcomes = self.store.save_all(changes).await.map_err(unexpected)?;
+        let creations = changes.iter().flat_map(|c| c.messages.iter().map(|m| m.event.traceparent.as_deref()));
+        let span = step.span(creations).unwrap_or_else(Span::none);
+        let outcomes = self.store.save_all(changes).instrument(span).await.map_err(unexpected)?;
         Ok(outcomes.iter().filter(|outcome| matches!(outcome, Ok(ChangeOutcome::Applied))).count())
     }
 

@@ -188,8 +188,14 @@ mod tests {
     use orderflow_domain::{Address, CustomerId, OrderId, Quantity, RawAddress, Shipment, Sku};
     use orderflow_messages::ShipmentLine;
 
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+    use orderflow_ports::outbox::{Destination, OutboxStore};
+    use orderflow_ports::trace;
+    use tracing::Instrument;
+    use tracing_subscriber::layer::SubscriberExt;
+
     use super::{AutopilotSettings, autopilot};
-    use crate::service::{DeliveryService, Target};
+    use crate::service::{AutoStep, DeliveryService, Target};
 
     fn paid_order() -> ShipmentOrder {
         ShipmentOrder {
@@ -237,5 +243,45 @@ mod tests {
 
         assert_eq!(at_due, "shipped", "shipped at 1.3 s, when due, not at the poll at 2 s");
         assert_eq!(a_second_later, "delivered", "delivered at 2.3 s, when due, not at the poll at 3 s");
+    }
+
+    /// Shipping two shipments of sampled traces in one round is one span, under the first shipment's
+    /// creation and linked to the other's, and each `orders.shipped` continues its own shipment's trace.
+    // Several workers: the span processor exports from a task of the runtime while the test waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_autopilot_round_is_one_span_joining_its_shipments_traces_and_each_report_continues_its_own() {
+        const FIRST: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        const SECOND: &str = "0af7651916cd43dd8448eb211c80319c";
+        let exporter = InMemorySpanExporter::default();
+        let provider = orderflow_runtime::telemetry::tracer_provider("delivery", Some(exporter.clone()));
+        let subscriber = tracing_subscriber::registry().with(orderflow_runtime::telemetry::traces(&provider));
+        let _traced = tracing::subscriber::set_default(subscriber);
+        let store = Arc::new(InMemoryDeliveryStore::new());
+        let service = DeliveryService::new(store.clone(), Arc::new(TokioClock::starting_now()), Arc::new(UuidV7Ids));
+        for trace_id in [FIRST, SECOND] {
+            let request = tracing::info_span!("request");
+            trace::continue_trace(&request, Some(&format!("00-{trace_id}-00f067aa0ba902b7-01")));
+            service.create(paid_order(), None).instrument(request).await.expect("created");
+        }
+        let created = store.take(Destination::Audit, 10).await.expect("taken");
+        let creations: Vec<String> = created.messages().iter().filter_map(|m| m.event.traceparent.clone()).collect();
+        let ids: Vec<_> = created.messages().iter().map(|m| m.id()).collect();
+        created.settle(&ids).await.expect("settled");
+
+        let advanced = service.advance_due(AutoStep::Ship, std::time::Duration::ZERO, 10).await.expect("advanced");
+        assert_eq!(advanced.changed, 2);
+        provider.force_flush().expect("spans flushed");
+
+        let spans: Vec<SpanData> = exporter.get_finished_spans().expect("spans");
+        let rounds: Vec<&SpanData> = spans.iter().filter(|s| s.name == "autopilot ship").collect();
+        let [round] = rounds.as_slice() else { panic!("one span for the round, got {spans:#?}") };
+        let [first, second] = creations.as_slice() else { panic!("two creations: {creations:?}") };
+        assert_eq!(round.span_context.trace_id().to_string(), FIRST, "in the first shipment's trace");
+        assert!(first.contains(&round.parent_span_id.to_string()), "under its creation: {first}");
+        let links: Vec<String> = round.links.iter().map(|l| l.span_context.span_id().to_string()).collect();
+        assert!(links.len() == 1 && second.contains(&links[0]), "linked to the second creation: {links:?}");
+        let sent = store.take(Destination::Command, 10).await.expect("taken");
+        let reports: Vec<Option<String>> = sent.messages().iter().map(|m| m.event.traceparent.clone()).collect();
+        assert_eq!(reports, [Some(first.clone()), Some(second.clone())], "each report continues its creation");
     }
 }

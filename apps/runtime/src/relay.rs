@@ -1,7 +1,6 @@
 //! The outbox relay: publishes what each committed transaction owes, through the command-publisher and
 //! audit-log ports, in commit order per order, settling a row only once its destination acknowledged it.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,18 +177,22 @@ impl OutboxRelay {
 
     /// The whole batch at once, in commit order on one channel, its confirms awaited together. What the
     /// broker confirmed is settled even if something before it failed: it is queued, and sending it again
-    /// would only add a duplicate.
+    /// would only add a duplicate. Each routing key of the round is one PRODUCER span, not one a command:
+    /// a command carries its writer's trace context, which already names its order's trace.
     async fn publish_commands(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
-        let sent: Vec<(RoutingKey, Traced)> =
-            rows.iter().filter_map(|row| row.command.map(|key| (key, Traced::new(key.as_str(), &row.event)))).collect();
         let commands: Vec<(RoutingKey, &CloudEvent)> =
-            sent.iter().map(|(key, traced)| (*key, &*traced.event)).collect();
+            rows.iter().filter_map(|row| row.command.map(|key| (key, &row.event))).collect();
+        let spans = producer_spans(&commands);
         let outcome = self.commands.publish_all(&commands).await;
         let mut confirmed = HashSet::new();
-        for ((_, traced), ok) in sent.iter().zip(outcome.confirmed) {
+        for ((key, event), ok) in commands.iter().zip(outcome.confirmed) {
             match ok {
-                true => _ = confirmed.insert(traced.event.id),
-                false => traced.failed(outcome.failure.as_ref()),
+                true => _ = confirmed.insert(event.id),
+                false => {
+                    if let Some((_, span)) = spans.iter().find(|(k, _)| k == key) {
+                        trace::mark_failed(span, &unacknowledged(outcome.failure.as_ref()));
+                    }
+                }
             }
         }
         // A row taken for commands without a routing key owes nothing to the broker.
@@ -206,7 +209,8 @@ impl OutboxRelay {
     /// of an order reach the stream ahead of an earlier one. The round is one PRODUCER span, not one a
     /// record: a record's trace context is its writer's, which already names its order's trace.
     async fn append_audit(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
-        let span = trace::producer_batch_span("audit", rows.iter().map(|row| row.event.traceparent.as_deref()));
+        let events: Vec<&CloudEvent> = rows.iter().map(|row| &row.event).collect();
+        let span = trace::producer_span("audit", &events);
         let (published, failure) =
             self.append_in_order(rows).instrument(span.clone().unwrap_or_else(tracing::Span::none)).await;
         if let (Some(span), Some(error)) = (&span, &failure) {
@@ -246,33 +250,20 @@ impl OutboxRelay {
     }
 }
 
-/// A row as the relay sends it. Of a sampled trace: inside its PRODUCER span, a child of the span that
-/// wrote the row, and carrying that span's trace context on to the consumer. Otherwise as stored, with the
-/// writer's trace context: a span nobody records would only cost the relay its time.
-struct Traced<'a> {
-    span: Option<tracing::Span>,
-    event: Cow<'a, CloudEvent>,
-}
-
-impl<'a> Traced<'a> {
-    fn new(destination: &str, stored: &'a CloudEvent) -> Self {
-        if !stored.traceparent.as_deref().is_some_and(trace::sampled) {
-            return Self { span: None, event: Cow::Borrowed(stored) };
-        }
-        let span = trace::producer_span(destination, &stored.id.to_string(), stored.traceparent.as_deref());
-        let mut event = stored.clone();
-        if let Some(traceparent) = trace::traceparent_of(&span) {
-            event.traceparent = Some(traceparent);
-        }
-        Self { span: Some(span), event: Cow::Owned(event) }
-    }
-
-    /// The round logs the failure once; each row's span records it.
-    fn failed(&self, error: Option<&PublishError>) {
-        if let Some(span) = &self.span {
-            trace::mark_failed(span, &unacknowledged(error));
+/// The PRODUCER span of each routing key among `commands` that has a command of a sampled trace.
+fn producer_spans(commands: &[(RoutingKey, &CloudEvent)]) -> Vec<(RoutingKey, tracing::Span)> {
+    let mut keys: Vec<RoutingKey> = Vec::new();
+    for (key, _) in commands {
+        if !keys.contains(key) {
+            keys.push(*key);
         }
     }
+    keys.into_iter()
+        .filter_map(|key| {
+            let events: Vec<&CloudEvent> = commands.iter().filter(|(k, _)| *k == key).map(|(_, e)| *e).collect();
+            trace::producer_span(key.as_str(), &events).map(|span| (key, span))
+        })
+        .collect()
 }
 
 /// What a span records of a message the destination did not acknowledge.

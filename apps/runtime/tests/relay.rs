@@ -36,7 +36,7 @@ struct Recorder {
     down: AtomicBool,
     commands: Mutex<HashMap<EventId, u32>>,
     audit: Mutex<HashMap<EventId, u32>>,
-    command_log: Mutex<Vec<(RoutingKey, EventId)>>,
+    command_log: Mutex<Vec<(RoutingKey, CloudEvent)>>,
     audit_log: Mutex<Vec<CloudEvent>>,
 }
 
@@ -48,7 +48,10 @@ impl Recorder {
         self.audit.lock().expect("not poisoned").clone()
     }
     fn command_log(&self) -> Vec<(RoutingKey, EventId)> {
-        self.command_log.lock().expect("not poisoned").clone()
+        self.command_log.lock().expect("not poisoned").iter().map(|(key, event)| (*key, event.id)).collect()
+    }
+    fn commands_sent(&self) -> Vec<CloudEvent> {
+        self.command_log.lock().expect("not poisoned").iter().map(|(_, event)| event.clone()).collect()
     }
     fn audit_log(&self) -> Vec<CloudEvent> {
         self.audit_log.lock().expect("not poisoned").clone()
@@ -66,7 +69,7 @@ impl CommandPublisher for Recorder {
     async fn publish(&self, key: RoutingKey, event: &CloudEvent) -> Result<(), PublishError> {
         self.refuse_while_down()?;
         *self.commands.lock().expect("not poisoned").entry(event.id).or_default() += 1;
-        self.command_log.lock().expect("not poisoned").push((key, event.id));
+        self.command_log.lock().expect("not poisoned").push((key, event.clone()));
         Ok(())
     }
 }
@@ -584,6 +587,64 @@ async fn an_audit_round_is_one_producer_span_under_its_first_sampled_record_link
     for row in rows {
         let carried = carried.get(&row.event.id);
         assert_eq!(carried, Some(&row.event.traceparent), "each record carries its writer's context unchanged");
+    }
+}
+
+/// A round of commands is one PRODUCER span per routing key, under its first sampled command's writer and
+/// linked to the other sampled writers, naming the command when it is alone; every command reaches the
+/// broker with its writer's trace context, and a key with no sampled command has no span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_round_is_one_producer_span_per_routing_key_under_its_first_sampled_command() {
+    const FIRST: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const SECOND: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const THIRD: &str = "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01";
+    const UNSAMPLED: &str = "00-5cf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-00";
+    let exporter = InMemorySpanExporter::default();
+    let provider = telemetry::tracer_provider("relay", Some(exporter.clone()));
+    let _traced = tracing::subscriber::set_default(tracing_subscriber::registry().with(telemetry::traces(&provider)));
+    let fixture = SalesOutbox::new(InMemorySalesStore::new());
+    let command = |key: RoutingKey, traceparent: Option<&str>| {
+        let mut row = message(Some(key), false);
+        row.event.traceparent = traceparent.map(str::to_owned);
+        row
+    };
+    let rows = vec![
+        command(RoutingKey::PaymentsRequested, Some(UNSAMPLED)),
+        command(RoutingKey::PaymentsRequested, Some(FIRST)),
+        command(RoutingKey::OrdersCreated, Some(THIRD)),
+        command(RoutingKey::PaymentsRequested, None),
+        command(RoutingKey::PaymentsRequested, Some(SECOND)),
+        command(RoutingKey::OrdersCancelRequested, Some(UNSAMPLED)),
+    ];
+    fixture.write(rows.clone()).await;
+    let recorder = Arc::new(Recorder::default());
+    let relay = relay(fixture.outbox(), &recorder, RelaySettings::default());
+
+    assert_eq!(relay.publish_batch(Destination::Command).await.expect("the round publishes"), 6);
+    provider.force_flush().expect("spans flushed");
+
+    let spans: Vec<SpanData> = exporter.get_finished_spans().expect("spans");
+    let named = |name: &str| -> Vec<&SpanData> { spans.iter().filter(|s| s.name == name).collect() };
+    let attribute = |span: &SpanData, key: &str| {
+        span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+    };
+    let [payments] = named("publish payments.requested")[..] else { panic!("one span for the key: {spans:#?}") };
+    assert_eq!(payments.span_kind, SpanKind::Producer);
+    assert_eq!(payments.span_context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(payments.parent_span_id.to_string(), "00f067aa0ba902b7", "under the first sampled writer");
+    let links: Vec<String> = payments.links.iter().map(|l| l.span_context.span_id().to_string()).collect();
+    assert_eq!(links, ["b7ad6b7169203331"], "linked to the other sampled writer");
+    assert_eq!(attribute(payments, "messaging.batch.message_count").as_deref(), Some("4"));
+    let [created] = named("publish orders.created")[..] else { panic!("one span for the key: {spans:#?}") };
+    assert_eq!(created.parent_span_id.to_string(), "c7ad6b7169203331");
+    assert_eq!(attribute(created, "messaging.message.id"), Some(rows[2].event.id.to_string()), "the one command");
+    assert_eq!(attribute(created, "messaging.batch.message_count"), None, "one command, not a batch");
+    assert!(named("publish orders.cancel_requested").is_empty(), "no span where no command is sampled: {spans:#?}");
+    let carried: HashMap<EventId, Option<String>> =
+        recorder.commands_sent().into_iter().map(|e| (e.id, e.traceparent)).collect();
+    for row in rows {
+        let carried = carried.get(&row.event.id);
+        assert_eq!(carried, Some(&row.event.traceparent), "each command carries its writer's context unchanged");
     }
 }
 
