@@ -111,8 +111,8 @@ pub fn joint_span<'a>(
 }
 
 /// The CONSUMER span of handling one delivery from `queue` on `system` (`rabbitmq`, or the in-process
-/// bus), a child of the span that wrote the message (its creation context, which it carries). The handler's work on the delivery
-/// runs inside it, so what that work sends continues the same trace.
+/// bus), a child of the span that wrote the message (its creation context, which it carries). The
+/// handler's work on the delivery runs inside it, so what that work sends continues the same trace.
 pub fn consumer_span(
     system: &'static str,
     queue: &str,
