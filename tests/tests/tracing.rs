@@ -84,6 +84,11 @@ async fn an_order_placed_with_a_traceparent_is_one_trace_from_the_sales_request_
     assert_eq!(attribute(producer, "messaging.batch.message_count"), None, "one message, not a batch");
     let delivery_consumer = spans.iter().find(|s| s.name == "process orders.created").context("Delivery's consumer")?;
     assert_eq!(attribute(delivery_consumer, "messaging.destination.name").as_deref(), Some("orders.created"));
+    assert_eq!(
+        delivery_consumer.parent_span_id,
+        producer.span_context.span_id(),
+        "alone in its round, it continues the publish"
+    );
     for step in ["autopilot ship", "autopilot deliver"] {
         assert!(has(SpanKind::Internal, step), "the {step} step continues the order's trace:\n{all}");
     }

@@ -178,11 +178,27 @@ impl OutboxRelay {
     /// The whole batch at once, in commit order on one channel, its confirms awaited together. What the
     /// broker confirmed is settled even if something before it failed: it is queued, and sending it again
     /// would only add a duplicate. Each routing key of the round is one PRODUCER span, not one a command:
-    /// a command carries its writer's trace context, which already names its order's trace.
+    /// a command carries its writer's trace context, which already names its order's trace, except the
+    /// first of its span's trace, which carries the span's own. At a low rate most rounds hold one
+    /// command, whose trace then reads writer → publish → process.
     async fn publish_commands(&self, rows: &[OutboxMessage]) -> (Vec<EventId>, Option<PublishError>) {
-        let commands: Vec<(RoutingKey, &CloudEvent)> =
+        let mut commands: Vec<(RoutingKey, &CloudEvent)> =
             rows.iter().filter_map(|row| row.command.map(|key| (key, &row.event))).collect();
         let spans = producer_spans(&commands);
+        let heads: Vec<(usize, CloudEvent)> = spans
+            .iter()
+            .filter_map(|(key, span)| {
+                let at = commands
+                    .iter()
+                    .position(|(k, e)| k == key && e.traceparent.as_deref().is_some_and(trace::sampled))?;
+                let mut head = commands[at].1.clone();
+                head.traceparent = Some(trace::traceparent_of(span)?);
+                Some((at, head))
+            })
+            .collect();
+        for (at, head) in &heads {
+            commands[*at].1 = head;
+        }
         let outcome = self.commands.publish_all(&commands).await;
         let mut confirmed = HashSet::new();
         for ((key, event), ok) in commands.iter().zip(outcome.confirmed) {

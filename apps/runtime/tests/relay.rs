@@ -591,8 +591,9 @@ async fn an_audit_round_is_one_producer_span_under_its_first_sampled_record_link
 }
 
 /// A round of commands is one PRODUCER span per routing key, under its first sampled command's writer and
-/// linked to the other sampled writers, naming the command when it is alone; every command reaches the
-/// broker with its writer's trace context, and a key with no sampled command has no span.
+/// linked to the other sampled writers, naming the command when it is alone; that first command reaches
+/// the broker with the span's trace context, every other with its writer's, and a key with no sampled
+/// command has no span.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_round_is_one_producer_span_per_routing_key_under_its_first_sampled_command() {
     const FIRST: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -642,9 +643,15 @@ async fn a_command_round_is_one_producer_span_per_routing_key_under_its_first_sa
     assert!(named("publish orders.cancel_requested").is_empty(), "no span where no command is sampled: {spans:#?}");
     let carried: HashMap<EventId, Option<String>> =
         recorder.commands_sent().into_iter().map(|e| (e.id, e.traceparent)).collect();
-    for row in rows {
-        let carried = carried.get(&row.event.id);
-        assert_eq!(carried, Some(&row.event.traceparent), "each command carries its writer's context unchanged");
+    let context =
+        |span: &SpanData| Some(format!("00-{}-{}-01", span.span_context.trace_id(), span.span_context.span_id()));
+    for (at, row) in rows.iter().enumerate() {
+        let expected = match at {
+            1 => context(payments),
+            2 => context(created),
+            _ => row.event.traceparent.clone(),
+        };
+        assert_eq!(carried.get(&row.event.id), Some(&expected), "command {at} carries the context it continues");
     }
 }
 
