@@ -58,9 +58,9 @@ fn remote(traceparent: Option<&str>) -> Option<SpanContext> {
 }
 
 /// The PRODUCER span of publishing `messages` to `destination` in one round, or `None` when none of them
-/// is of a sampled trace. A message keeps its writer's trace context (the span that wrote its outbox row),
-/// which the consumer continues; the span joins those writers as [`joint_span`] says and names the message
-/// when it is alone (`messaging.message.id`) or counts them (`messaging.batch.message_count`).
+/// is of a sampled trace. It joins the messages' writers (the spans that wrote their outbox rows, whose
+/// trace contexts they carry) as [`joint_span`] says, and names the message when it is alone
+/// (`messaging.message.id`) or counts them (`messaging.batch.message_count`).
 pub fn producer_span(destination: &str, messages: &[&CloudEvent]) -> Option<Span> {
     joint_span(messages.iter().map(|message| message.traceparent.as_deref()), || {
         let span = tracing::info_span!(
