@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use opentelemetry::trace::SpanKind;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use orderflow_adapters::contract::fixtures::{
     LIFECYCLE_AUDIT, OrderDraft, change_of, eur, inbox, message, name, now, owed, sku,
 };
@@ -539,6 +539,28 @@ async fn rows_stay_owed_while_the_publisher_fails_and_publish_after_it_recovers(
     assert_eq!(owed(fixture.outbox().as_ref(), Destination::Command).await, vec![], "nothing is owed");
 }
 
+/// The spans this thread makes while it lives, caught by an in-memory exporter.
+struct Traced {
+    exporter: InMemorySpanExporter,
+    provider: SdkTracerProvider,
+    _subscriber: tracing::subscriber::DefaultGuard,
+}
+
+impl Traced {
+    fn start() -> Self {
+        let exporter = InMemorySpanExporter::default();
+        let provider = telemetry::tracer_provider("relay", Some(exporter.clone()));
+        let subscriber = tracing_subscriber::registry().with(telemetry::traces(&provider));
+        Self { exporter, _subscriber: tracing::subscriber::set_default(subscriber), provider }
+    }
+
+    /// Every span ended so far.
+    fn spans(&self) -> Vec<SpanData> {
+        self.provider.force_flush().expect("spans flushed");
+        self.exporter.get_finished_spans().expect("spans")
+    }
+}
+
 /// An audit round is one PRODUCER span, in the trace of its first sampled record and linked to the other
 /// sampled records' writers; every record reaches the stream with its writer's trace context, and a round
 /// of unsampled records has no span at all.
@@ -548,9 +570,7 @@ async fn an_audit_round_is_one_producer_span_under_its_first_sampled_record_link
     const FIRST: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     const SECOND: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     const UNSAMPLED: &str = "00-5cf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-00";
-    let exporter = InMemorySpanExporter::default();
-    let provider = telemetry::tracer_provider("relay", Some(exporter.clone()));
-    let _traced = tracing::subscriber::set_default(tracing_subscriber::registry().with(telemetry::traces(&provider)));
+    let traced = Traced::start();
     let fixture = SalesOutbox::new(InMemorySalesStore::new());
     let written = |traceparents: &[Option<&str>]| -> Vec<OutboxMessage> {
         traceparents
@@ -570,10 +590,7 @@ async fn an_audit_round_is_one_producer_span_under_its_first_sampled_record_link
     assert_eq!(relay.publish_batch(Destination::Audit).await.expect("the round publishes"), 5);
     fixture.write(written(&[None, Some(UNSAMPLED)])).await;
     assert_eq!(relay.publish_batch(Destination::Audit).await.expect("the round publishes"), 2);
-    provider.force_flush().expect("spans flushed");
-
-    let spans: Vec<SpanData> =
-        exporter.get_finished_spans().expect("spans").into_iter().filter(|s| s.name == "publish audit").collect();
+    let spans: Vec<SpanData> = traced.spans().into_iter().filter(|s| s.name == "publish audit").collect();
     let [span] = spans.as_slice() else { panic!("one span for the two rounds, got {spans:#?}") };
     assert_eq!(span.span_kind, SpanKind::Producer);
     assert_eq!(span.span_context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736", "the first sampled trace");
@@ -600,9 +617,7 @@ async fn a_command_round_is_one_producer_span_per_routing_key_under_its_first_sa
     const SECOND: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     const THIRD: &str = "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01";
     const UNSAMPLED: &str = "00-5cf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-00";
-    let exporter = InMemorySpanExporter::default();
-    let provider = telemetry::tracer_provider("relay", Some(exporter.clone()));
-    let _traced = tracing::subscriber::set_default(tracing_subscriber::registry().with(telemetry::traces(&provider)));
+    let traced = Traced::start();
     let fixture = SalesOutbox::new(InMemorySalesStore::new());
     let command = |key: RoutingKey, traceparent: Option<&str>| {
         let mut row = message(Some(key), false);
@@ -622,9 +637,7 @@ async fn a_command_round_is_one_producer_span_per_routing_key_under_its_first_sa
     let relay = relay(fixture.outbox(), &recorder, RelaySettings::default());
 
     assert_eq!(relay.publish_batch(Destination::Command).await.expect("the round publishes"), 6);
-    provider.force_flush().expect("spans flushed");
-
-    let spans: Vec<SpanData> = exporter.get_finished_spans().expect("spans");
+    let spans = traced.spans();
     let named = |name: &str| -> Vec<&SpanData> { spans.iter().filter(|s| s.name == name).collect() };
     let attribute = |span: &SpanData, key: &str| {
         span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
