@@ -26,7 +26,9 @@
 # KAFKA_PORT (9092), REDIS_URL (redis://127.0.0.1:6379), OAUTH_PORT (9000), SALES_PORT, DELIVERY_PORT,
 # CARGO_TARGET_DIR, SKIP_BUILD=1 (use the release binaries already in the target directory), SALES_REPLICAS
 # (1; more runs that many sales-api processes on the same database and spreads the POSTs over them),
-# SALES_WORKER_THREADS (each sales-api's Tokio worker threads; default one per core), and
+# SALES_WORKER_THREADS (each sales-api's Tokio worker threads; default one per core), SALES_CPU (a CPU
+# limit for each sales-api process, in cores, e.g. 0.25: each runs in a cgroup of its own with that CFS quota,
+# as a Kubernetes CPU limit would run a replica; needs a writable cgroup cpu controller), and
 # any OTEL_* variable, passed on to both services (OTEL_EXPORTER_OTLP_ENDPOINT measures tracing with an
 # exporter; infra/bench/otlp-sink.py is a receiver that accepts and counts).
 set -euo pipefail
@@ -71,6 +73,10 @@ sales_replicas="${SALES_REPLICAS:-1}"
 # CPU limit of n cores would size it: replicas sharing the machine can each be given their share of it.
 sales_threads=""
 [ -n "${SALES_WORKER_THREADS:-}" ] && sales_threads="TOKIO_WORKER_THREADS=$SALES_WORKER_THREADS"
+# SALES_CPU=0.25 runs each sales-api under a CPU limit of a quarter core, in a cgroup of its own: a replica
+# is then a fixed share of the machine, as a pod with a CPU limit is, and a second replica adds capacity.
+sales_cpu="${SALES_CPU:-}"
+cgroups=""
 replica_pids=""
 sales_urls="http://127.0.0.1:$sales_port"
 pid_flags=""
@@ -98,6 +104,10 @@ cleanup() {
       [ "${problems:-0}" -gt 0 ] && echo "--- $name logged $problems warnings/errors (see $logs/$name.log)"
     done
   fi
+  for cg in $cgroups; do
+    [ -f "$cg/cpu.stat" ] && echo "--- $(basename "$cg"): $(tr '\n' ' ' <"$cg/cpu.stat")"
+    rmdir "$cg" 2>/dev/null
+  done
   psql_admin -c "DROP DATABASE IF EXISTS $e2e_db WITH (FORCE)" -c "DROP DATABASE IF EXISTS $lifecycle_db WITH (FORCE)" \
     >/dev/null 2>&1
   [ -n "$vhost_made" ] && rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1
@@ -141,12 +151,32 @@ fresh_scratch() {
   rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
 }
 
+# A cgroup with a CPU limit of $2 cores (cgroup v2's cpu.max, or v1's CFS quota); prints its directory.
+cpu_cgroup() { # $1 = name, $2 = cores
+  local name=$1 cores=$2 period=100000 quota dir
+  quota="$(awk -v c="$cores" -v p="$period" 'BEGIN { q = int(c * p); if (q < 1000) exit 1; print q }')" ||
+    { echo "SALES_CPU=$cores: not a CPU limit of at least 0.01 cores" >&2; return 1; }
+  if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+    dir="/sys/fs/cgroup/$name"
+    mkdir -p "$dir" && echo "$quota $period" >"$dir/cpu.max"
+  elif [ -w /sys/fs/cgroup/cpu ]; then
+    dir="/sys/fs/cgroup/cpu/$name"
+    mkdir -p "$dir" && echo "$period" >"$dir/cpu.cfs_period_us" && echo "$quota" >"$dir/cpu.cfs_quota_us"
+  else
+    echo "SALES_CPU needs a writable cgroup cpu controller (/sys/fs/cgroup with cpu, or /sys/fs/cgroup/cpu)" >&2
+    return 1
+  fi || { echo "cannot set a CPU limit in $dir" >&2; return 1; }
+  echo "$dir"
+}
+
 start_service() { # $1 = name, $2 = port, then extra VAR=value; prints the pid
   local name=$1 port=$2
   shift 2
-  local otel=()
+  local otel=() confine=()
   mapfile -t otel < <(env | grep -E '^OTEL_[A-Z_]+=' || true)
-  env -i PATH="$PATH" HOME="$HOME" "${otel[@]}" \
+  # The process enters its cgroup before it starts, so every thread it makes is under the limit.
+  [ -n "${CGROUP:-}" ] && confine=(bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CGROUP")
+  "${confine[@]}" env -i PATH="$PATH" HOME="$HOME" "${otel[@]}" \
     DATABASE_URL="$(db_url "$e2e_db")" \
     AMQP_URL="amqp://guest:guest@$amqp_host/$vhost" \
     KAFKA_BROKERS="127.0.0.1:$kafka_port" AUDIT_TOPIC="$topic" \
@@ -170,7 +200,13 @@ wait_ready() { # $1 = name, $2 = port, $3 = pid
 start_services() {
   # One at a time, as stack.sh does.
   services_started=1
-  sales_pid="$(start_service sales-api "$sales_port" $sales_threads)"
+  local cg=""
+  if [ -n "$sales_cpu" ]; then
+    cg="$(cpu_cgroup orderflow-bench-sales-1 "$sales_cpu")"
+    cgroups="$cg"
+    echo "--- each sales-api limited to $sales_cpu cores ($(dirname "$cg"))"
+  fi
+  sales_pid="$(CGROUP="$cg" start_service sales-api "$sales_port" $sales_threads)"
   wait_ready sales-api "$sales_port" "$sales_pid"
   delivery_pid="$(start_service delivery-api "$delivery_port" AUTOPILOT_SHIP_AFTER=50ms AUTOPILOT_DELIVER_AFTER=50ms)"
   wait_ready delivery-api "$delivery_port" "$delivery_pid"
@@ -178,7 +214,11 @@ start_services() {
   local n port pid
   for n in $(seq 2 "$sales_replicas"); do
     port=$((sales_port + 10 + n))
-    pid="$(start_service sales-api "$port" $sales_threads)"
+    if [ -n "$sales_cpu" ]; then
+      cg="$(cpu_cgroup "orderflow-bench-sales-$n" "$sales_cpu")"
+      cgroups="$cgroups $cg"
+    fi
+    pid="$(CGROUP="$cg" start_service sales-api "$port" $sales_threads)"
     wait_ready sales-api "$port" "$pid"
     replica_pids="$replica_pids $pid"
     sales_urls="$sales_urls,http://127.0.0.1:$port"
