@@ -21,7 +21,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::http::{
-    BodyLimit, HttpMetrics, Observe, RateLimitQuota, SecurityHeaders, counted_as, exact_document, readiness,
+    BodyLimit, HttpMetrics, Observe, OperationScopes, RateLimitQuota, SecurityHeaders, counted_as, exact_document,
+    readiness,
 };
 use crate::relay::{OutboxRelay, RelaySettings};
 use crate::wiring::Connected;
@@ -127,6 +128,7 @@ impl RunningService {
             .at("/health/ready", counted_as("health_ready", ready.data(Arc::new(health))))
             .at("/metrics", counted_as("metrics", metrics_text.data(Arc::new(registry))))
             .data(shared.auth)
+            .data(Arc::new(OperationScopes::from_document(&raw)))
             .boxed();
         if let Some(burst) = shared.rate_limit_burst {
             routes = routes.data(RateLimitQuota { burst }).boxed();

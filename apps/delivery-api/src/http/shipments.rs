@@ -130,7 +130,7 @@ impl ShipmentsApi {
     #[oai(path = "/shipments", method = "get", operation_id = "list_shipments")]
     async fn list(
         &self,
-        #[oai(scope = "Scope::ShipmentsRead")] auth: BearerAuth,
+        #[oai(scope = "Scope::ShipmentsRead")] _auth: BearerAuth,
         /// Only shipments in this status.
         status: Query<Option<ShipmentStatusDto>>,
         /// Page size, 1-100 (default 20).
@@ -139,7 +139,6 @@ impl ShipmentsApi {
         /// `next_cursor` of the previous page.
         cursor: Query<Option<IdCursor>>,
     ) -> Result<Json<ShipmentList>, Problems<Listing>> {
-        auth.require(Scope::ShipmentsRead)?;
         let after = cursor.0.map(|c| ShipmentId::from_uuid(c.0));
         let query = ShipmentQuery {
             status: status.0.map(Into::into),
@@ -155,10 +154,9 @@ impl ShipmentsApi {
     #[oai(path = "/shipments/:id", method = "get", operation_id = "get_shipment")]
     async fn get(
         &self,
-        #[oai(scope = "Scope::ShipmentsRead")] auth: BearerAuth,
+        #[oai(scope = "Scope::ShipmentsRead")] _auth: BearerAuth,
         id: Path<PathId>,
     ) -> Result<Json<ShipmentDto>, Problems<Lookup>> {
-        auth.require(Scope::ShipmentsRead)?;
         found(
             self.service
                 .find(Target::Shipment(ShipmentId::from_uuid(id.0.parse("id")?)))
@@ -171,10 +169,9 @@ impl ShipmentsApi {
     #[oai(path = "/shipments/by-order/:order_id", method = "get", operation_id = "get_shipment_by_order")]
     async fn by_order(
         &self,
-        #[oai(scope = "Scope::ShipmentsRead")] auth: BearerAuth,
+        #[oai(scope = "Scope::ShipmentsRead")] _auth: BearerAuth,
         order_id: Path<PathId>,
     ) -> Result<Json<ShipmentDto>, Problems<Lookup>> {
-        auth.require(Scope::ShipmentsRead)?;
         found(
             self.service
                 .find(Target::Order(OrderId::from_uuid(order_id.0.parse("order_id")?)))
@@ -187,11 +184,10 @@ impl ShipmentsApi {
     #[oai(path = "/shipments/:id/ship", method = "post", operation_id = "ship_shipment")]
     async fn ship(
         &self,
-        #[oai(scope = "Scope::ShipmentsWrite")] auth: BearerAuth,
+        #[oai(scope = "Scope::ShipmentsWrite")] _auth: BearerAuth,
         id: Path<PathId>,
         body: StrictJson<ShipRequest>,
     ) -> Result<Json<ShipmentDto>, Problems<TransitionWithBody>> {
-        auth.require(Scope::ShipmentsWrite)?;
         let carrier = Carrier::parse(body.0.carrier.as_str()).map_err(invalid)?;
         let tracking = TrackingNumber::parse(body.0.tracking_number.as_str()).map_err(invalid)?;
         let id = ShipmentId::from_uuid(id.0.parse("id")?);
@@ -203,10 +199,9 @@ impl ShipmentsApi {
     #[oai(path = "/shipments/:id/deliver", method = "post", operation_id = "deliver_shipment")]
     async fn deliver(
         &self,
-        #[oai(scope = "Scope::ShipmentsWrite")] auth: BearerAuth,
+        #[oai(scope = "Scope::ShipmentsWrite")] _auth: BearerAuth,
         id: Path<PathId>,
     ) -> Result<Json<ShipmentDto>, Problems<Transition>> {
-        auth.require(Scope::ShipmentsWrite)?;
         let shipment = self.service.deliver(ShipmentId::from_uuid(id.0.parse("id")?)).await.map_err(failed)?;
         Ok(Json(shipment.into()))
     }

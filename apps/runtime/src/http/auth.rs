@@ -1,13 +1,14 @@
-//! Bearer authentication for the APIs: verifies the token, applies the per-client rate limit, and lets
-//! each operation demand its scope.
+//! Bearer authentication for the APIs: verifies the token, applies the per-client rate limit, and demands
+//! the scope the operation's document declares.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use orderflow_ports::auth::{AuthError, Principal, TokenVerifier};
 use orderflow_ports::rate_limit::{RateDecision, RateLimiter};
-use poem::Request;
 use poem::http::{HeaderName, StatusCode, header};
+use poem::{PathPattern, Request};
 use poem_openapi::auth::Bearer;
 use poem_openapi::{OAuthScopes, SecurityScheme};
 
@@ -76,8 +77,9 @@ pub struct RateLimitQuota {
     pub burst: u32,
 }
 
-/// The scopes operations need; each operation declares its own in the document
-/// (`#[oai(scope = "Scope::OrdersRead")]` on its `BearerAuth`) and demands it with [`BearerAuth::require`].
+/// The scopes operations need. Each operation declares its own once, in the document
+/// (`#[oai(scope = "Scope::OrdersRead")]` on its `BearerAuth`); the checker demands what the document says
+/// ([`OperationScopes`]), so what an operation documents is what it enforces.
 #[derive(Debug, Clone, Copy, OAuthScopes)]
 pub enum Scope {
     /// Read orders and the catalogue.
@@ -99,30 +101,87 @@ pub enum Scope {
 
 /// An authenticated caller: a bearer JWT from the configured issuer (its discovery document is the
 /// scheme's `openIdConnectUrl`, filled in when the service starts). Every operation but health, metrics
-/// and docs takes one.
+/// and docs takes one; its checker also refuses a token without the operation's scope (403).
 #[derive(SecurityScheme)]
 #[oai(ty = "openid_connect", openid_connect_url = "/.well-known/openid-configuration", checker = "authenticate")]
 pub struct BearerAuth(pub Principal);
 
-impl BearerAuth {
-    /// The caller, if the token grants `scope`.
-    ///
-    /// # Errors
-    /// 403 `insufficient_scope` otherwise.
-    pub fn require(&self, scope: Scope) -> Result<&Principal, Problem> {
-        let scope = scope.name();
-        if self.0.has_scope(scope) {
-            Ok(&self.0)
-        } else {
-            Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "insufficient-scope",
-                "Insufficient scope",
-                format!("this operation needs the scope {scope}"),
-            )
-            .with_header(header::WWW_AUTHENTICATE, format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")))
+/// The scopes each operation of a service's OpenAPI document demands, by method and path template: what
+/// the bearer checker enforces, attached to the routes with `.data(Arc::new(...))`.
+#[derive(Debug)]
+pub struct OperationScopes {
+    /// (`GET`, `/orders/{}`) → the alternatives of the operation's `security`, each the scopes it needs
+    /// together (OpenAPI: any one requirement object satisfies it).
+    operations: HashMap<(String, String), Vec<Vec<String>>>,
+}
+
+impl OperationScopes {
+    /// Reads the `security` of every operation of `document` (the OpenAPI document as JSON); an operation
+    /// without one demands no scope. A document that is not JSON lists no operation, so every request is
+    /// then refused as reaching an unknown one.
+    pub fn from_document(document: &str) -> Self {
+        let document: serde_json::Value = serde_json::from_str(document).unwrap_or_default();
+        let mut operations = HashMap::new();
+        for (path, item) in document["paths"].as_object().into_iter().flatten() {
+            for (method, operation) in item.as_object().into_iter().flatten() {
+                let alternatives = operation["security"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|requirement| {
+                        let scopes = requirement.as_object().into_iter().flat_map(|schemes| schemes.values());
+                        scopes
+                            .flat_map(|s| s.as_array().into_iter().flatten())
+                            .filter_map(|s| s.as_str())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .collect();
+                operations.insert((method.to_uppercase(), shape(path)), alternatives);
+            }
+        }
+        Self { operations }
+    }
+
+    /// Whether `principal` may call the operation matched as `pattern` (poem's `/orders/:param0`): it may
+    /// when it holds every scope of one alternative; otherwise the refusal names the first alternative's.
+    fn admit(&self, method: &str, pattern: &str, principal: &Principal) -> Result<(), Refusal> {
+        let Some(alternatives) = self.operations.get(&(method.to_owned(), shape(pattern))) else {
+            return Err(Refusal::UnknownOperation(format!("{method} {pattern}")));
+        };
+        let granted = |scopes: &Vec<String>| scopes.iter().all(|s| principal.has_scope(s));
+        match alternatives.first() {
+            Some(first) if !alternatives.iter().any(granted) => Err(Refusal::Scope(first.join(" "))),
+            _ => Ok(()),
         }
     }
+}
+
+/// A path template with its parameters unnamed, `/orders/{}/cancel`: the document names them
+/// (`/orders/{id}/cancel`), the router that matched a request by position (`/orders/:param0/cancel`), and
+/// two routes cannot differ by names alone.
+fn shape(template: &str) -> String {
+    let segments = template.split('/').map(|s| if s.starts_with(':') || s.starts_with('{') { "{}" } else { s });
+    segments.collect::<Vec<_>>().join("/")
+}
+
+/// Why the checker refuses a verified token.
+enum Refusal {
+    /// The scopes, space-separated as a `WWW-Authenticate` challenge lists them.
+    Scope(String),
+    /// The request reached an operation the document does not list: a wiring fault, never the client's.
+    UnknownOperation(String),
+}
+
+/// The 403 a token without the operation's scope gets.
+fn insufficient_scope(scope: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "insufficient-scope",
+        "Insufficient scope",
+        format!("this operation needs the scope {scope}"),
+    )
+    .with_header(header::WWW_AUTHENTICATE, format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""))
 }
 
 /// The 401 every authentication failure gets.
@@ -162,7 +221,13 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Principal> 
             }
         }
     }
-    Ok(principal)
+    let scopes = req.data::<Arc<OperationScopes>>().ok_or_else(|| Problem::internal(&MissingAuthContext))?;
+    let pattern = req.data::<PathPattern>().map_or("", |p| &p.0);
+    match scopes.admit(req.method().as_str(), pattern, &principal) {
+        Ok(()) => Ok(principal),
+        Err(Refusal::Scope(scope)) => Err(insufficient_scope(&scope).into()),
+        Err(Refusal::UnknownOperation(operation)) => Err(Problem::internal(&UnknownOperation(operation)).into()),
+    }
 }
 
 /// The 429: `Retry-After` (whole seconds, at least 1) and the `RateLimit-*` headers of the IETF draft
@@ -186,14 +251,125 @@ fn rate_limited(client_id: &str, retry_after: Duration, burst: Option<u32>) -> P
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the route has no AuthContext attached")]
+#[error("the route has no AuthContext or OperationScopes attached")]
 struct MissingAuthContext;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the OpenAPI document has no operation {0}, so its scopes are unknown")]
+struct UnknownOperation(String);
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use async_trait::async_trait;
     use poem::error::ResponseError;
+    use poem::http::Method;
+    use poem::test::TestClient;
+    use poem::{EndpointExt, Route};
+    use poem_openapi::param::Path;
+    use poem_openapi::payload::PlainText;
+    use poem_openapi::{OpenApi, OpenApiService};
 
     use super::*;
+
+    /// Takes the token for the comma-separated scopes it grants.
+    struct ScopesAsToken;
+
+    #[async_trait]
+    impl TokenVerifier for ScopesAsToken {
+        async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+            let scopes = token.split(',').map(str::to_owned).collect();
+            Ok(Principal { subject: "s".into(), client_id: "c".into(), scopes })
+        }
+    }
+
+    struct Things;
+
+    #[OpenApi]
+    impl Things {
+        #[oai(path = "/things/:id", method = "get")]
+        async fn get(
+            &self,
+            #[oai(scope = "Scope::OrdersRead")] _auth: BearerAuth,
+            id: Path<String>,
+        ) -> PlainText<String> {
+            PlainText(id.0)
+        }
+
+        #[oai(path = "/things/:id/archive", method = "post")]
+        async fn archive(
+            &self,
+            #[oai(scope = "Scope::Admin")] _auth: BearerAuth,
+            id: Path<String>,
+        ) -> PlainText<String> {
+            PlainText(id.0)
+        }
+    }
+
+    fn principal(scopes: &[&str]) -> Principal {
+        let scopes: BTreeSet<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        Principal { subject: "s".into(), client_id: "c".into(), scopes }
+    }
+
+    #[tokio::test]
+    async fn an_operation_demands_exactly_the_scope_its_document_declares() {
+        let api = OpenApiService::new(Things, "things", "1");
+        let scopes = Arc::new(OperationScopes::from_document(&api.spec()));
+        let context = AuthContext {
+            verifier: Arc::new(ScopesAsToken),
+            limiter: None,
+            routes: Vec::new(),
+            policy: RateLimitPolicy::Allow,
+        };
+        // Served as the services serve their API: nested at the root.
+        let client = TestClient::new(Route::new().nest("/", api).data(context).data(scopes));
+
+        for (method, path, token, demanded) in [
+            (Method::GET, "/things/1", "orders:read", None),
+            (Method::GET, "/things/1", "orders:write,admin", Some("orders:read")),
+            (Method::POST, "/things/1/archive", "admin", None),
+            (Method::POST, "/things/1/archive", "orders:read", Some("admin")),
+        ] {
+            let response =
+                client.request(method.clone(), path).header("authorization", format!("Bearer {token}")).send().await;
+            let case = format!("{method} {path} with {token}");
+            match demanded {
+                None => response.assert_status_is_ok(),
+                Some(scope) => {
+                    response.assert_status(StatusCode::FORBIDDEN);
+                    response.assert_header(
+                        "www-authenticate",
+                        format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
+                    );
+                    let body = response.0.into_body().into_string().await.expect("a body");
+                    assert!(body.contains("insufficient-scope") && body.contains(scope), "{case}: {body}");
+                }
+            }
+        }
+        client.get("/things/1").send().await.assert_status(StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn any_one_security_requirement_of_an_operation_satisfies_it_and_none_means_no_scope() {
+        let document = r#"{"paths": {
+            "/a/{id}": {"post": {"security": [{"BearerAuth": ["x", "y"]}, {"BearerAuth": ["z"]}]}},
+            "/open": {"get": {}}
+        }}"#;
+        let scopes = OperationScopes::from_document(document);
+        let allowed = |method: &str, pattern: &str, held: &[&str]| scopes.admit(method, pattern, &principal(held));
+
+        assert!(allowed("POST", "/a/:id", &["x", "y"]).is_ok());
+        assert!(allowed("POST", "/a/:id", &["z"]).is_ok());
+        assert!(matches!(allowed("POST", "/a/:id", &["x"]), Err(Refusal::Scope(s)) if s == "x y"));
+        assert!(allowed("GET", "/open", &[]).is_ok());
+        assert!(matches!(allowed("GET", "/a/:id", &["x", "y", "z"]), Err(Refusal::UnknownOperation(_))));
+        assert!(matches!(allowed("GET", "/nowhere", &["x"]), Err(Refusal::UnknownOperation(_))));
+        assert!(matches!(
+            OperationScopes::from_document("not json").admit("GET", "/open", &principal(&[])),
+            Err(Refusal::UnknownOperation(_))
+        ));
+    }
 
     fn header_of(problem: &Problem, name: &str) -> Option<String> {
         problem.as_response().headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)

@@ -15,7 +15,7 @@ mod ready;
 mod refusals;
 mod text;
 
-pub use auth::{AuthContext, BearerAuth, RateLimitPolicy, RateLimitQuota, RouteLimit, Scope};
+pub use auth::{AuthContext, BearerAuth, OperationScopes, RateLimitPolicy, RateLimitQuota, RouteLimit, Scope};
 pub use cursor::{IdCursor, page_limit};
 pub use dlq::{DlqApi, admin_limit};
 pub use document::exact_document;
