@@ -106,14 +106,19 @@ pub async fn traced<E: From<TelemetryError>>(
 }
 
 /// The layer that makes `tracing` spans OpenTelemetry spans of `provider`. Traces do not depend on
-/// `RUST_LOG`: the spans carry the trace context messages continue, so they exist at any log level; of
-/// the events, only warnings and errors go onto the spans.
+/// `RUST_LOG`: the spans carry the trace context messages continue, so they exist at any log level. The
+/// spans are this project's own: a library's (lapin's connection loop, alive as long as the process) would
+/// be a trace of its own that says nothing of an order. Of the events, any crate's warnings and errors go
+/// onto the spans.
 pub fn traces<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let traced = |metadata: &tracing::Metadata<'_>| {
-        *metadata.level() <= tracing::Level::INFO && (metadata.is_span() || *metadata.level() <= tracing::Level::WARN)
+    let ours =
+        |target: &str| ["orderflow", "sales_api", "delivery_api"].iter().any(|crate_| target.starts_with(crate_));
+    let traced = move |metadata: &tracing::Metadata<'_>| match metadata.is_span() {
+        true => *metadata.level() <= tracing::Level::INFO && ours(metadata.target()),
+        false => *metadata.level() <= tracing::Level::WARN,
     };
     // Decided once per callsite, not per span.
     let traced = tracing_subscriber::filter::dynamic_filter_fn(move |metadata, _| traced(metadata))
@@ -278,5 +283,34 @@ impl tracing::field::Visit for JsonVisitor<'_> {
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
         self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_this_projects_spans_are_exported_and_any_crates_warnings_go_onto_them() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = tracer_provider("telemetry", Some(exporter.clone()));
+        let subscriber = tracing_subscriber::registry().with(traces(&provider));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!(target: "lapin::io_loop", "io_loop").in_scope(|| {});
+            tracing::debug_span!("ours, but below INFO").in_scope(|| {});
+            tracing::info_span!("ours").in_scope(|| {
+                tracing::warn!(target: "lapin::channel", "a library's warning");
+                tracing::info!("an INFO event, which the log has");
+            });
+        });
+        provider.force_flush().expect("spans flushed");
+
+        let spans = exporter.get_finished_spans().expect("spans");
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["ours"]);
+        let events: Vec<&str> = spans[0].events.iter().map(|e| e.name.as_ref()).collect();
+        assert_eq!(events, ["a library's warning"]);
     }
 }
