@@ -1,7 +1,7 @@
 //! A simulated payment gateway: deterministic declines by rule, configurable latency and transient
 //! failures — what the Sales service charges against until a real provider is wired in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,11 +18,22 @@ pub struct PaymentSettings {
     pub latency: Duration,
     /// Fraction (0–1) of calls that fail transiently before deciding anything.
     pub transient_failure_rate: f64,
+    /// How many charges it remembers, the oldest forgotten first (100,000 by default, about 10 MiB): a
+    /// service that runs for months must not keep every order it ever charged. Remembering is what makes a
+    /// repeated charge repeat its verdict and a refund undo a charge; the Sales service never charges an
+    /// order twice anyway (its inbox and the order's state see to that), so only a refund long after its
+    /// charge, when 100,000 newer charges came between, finds nothing to undo.
+    pub remembered: usize,
 }
 
 impl Default for PaymentSettings {
     fn default() -> Self {
-        Self { decline_above_minor: 1_000_000, latency: Duration::ZERO, transient_failure_rate: 0.0 }
+        Self {
+            decline_above_minor: 1_000_000,
+            latency: Duration::ZERO,
+            transient_failure_rate: 0.0,
+            remembered: 100_000,
+        }
     }
 }
 
@@ -35,7 +46,14 @@ struct Charge {
 /// Charges and refunds in memory, idempotently per order.
 pub struct SimulatedPaymentGateway {
     settings: PaymentSettings,
-    charges: Mutex<HashMap<OrderId, Charge>>,
+    ledger: Mutex<Ledger>,
+}
+
+/// The charges remembered, and the order they came in, to forget the oldest.
+#[derive(Default)]
+struct Ledger {
+    charges: HashMap<OrderId, Charge>,
+    arrival: VecDeque<OrderId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,16 +63,16 @@ struct SimulatedOutage;
 impl SimulatedPaymentGateway {
     /// A gateway following `settings`.
     pub fn new(settings: PaymentSettings) -> Self {
-        Self { settings, charges: Mutex::new(HashMap::new()) }
+        Self { settings, ledger: Mutex::default() }
     }
 
     /// Whether the charge of `order` was refunded.
     pub fn refunded(&self, order: OrderId) -> bool {
-        self.charges().get(&order).is_some_and(|c| c.refunded)
+        self.ledger().charges.get(&order).is_some_and(|c| c.refunded)
     }
 
-    fn charges(&self) -> std::sync::MutexGuard<'_, HashMap<OrderId, Charge>> {
-        self.charges.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn call(&self) -> Result<(), PaymentError> {
@@ -72,23 +90,30 @@ impl SimulatedPaymentGateway {
 impl PaymentGateway for SimulatedPaymentGateway {
     async fn charge(&self, order: OrderId, amount: Money) -> Result<PaymentOutcome, PaymentError> {
         self.call().await?;
-        let mut charges = self.charges();
-        let charge = charges.entry(order).or_insert_with(|| {
-            let outcome = if amount.amount_minor > self.settings.decline_above_minor {
-                PaymentOutcome::Declined {
-                    reason: format!("amount exceeds the limit of {} minor units", self.settings.decline_above_minor),
-                }
-            } else {
-                PaymentOutcome::Completed
-            };
-            Charge { outcome, refunded: false }
-        });
-        Ok(charge.outcome.clone())
+        let mut ledger = self.ledger();
+        if let Some(charge) = ledger.charges.get(&order) {
+            return Ok(charge.outcome.clone());
+        }
+        let outcome = if amount.amount_minor > self.settings.decline_above_minor {
+            PaymentOutcome::Declined {
+                reason: format!("amount exceeds the limit of {} minor units", self.settings.decline_above_minor),
+            }
+        } else {
+            PaymentOutcome::Completed
+        };
+        ledger.charges.insert(order, Charge { outcome: outcome.clone(), refunded: false });
+        ledger.arrival.push_back(order);
+        while ledger.arrival.len() > self.settings.remembered {
+            if let Some(oldest) = ledger.arrival.pop_front() {
+                ledger.charges.remove(&oldest);
+            }
+        }
+        Ok(outcome)
     }
 
     async fn refund(&self, order: OrderId) -> Result<(), PaymentError> {
         self.call().await?;
-        if let Some(charge) = self.charges().get_mut(&order) {
+        if let Some(charge) = self.ledger().charges.get_mut(&order) {
             charge.refunded = charge.outcome == PaymentOutcome::Completed;
         }
         Ok(())
@@ -125,6 +150,32 @@ mod tests {
         gateway.refund(declined).await.unwrap();
         assert!(gateway.refunded(paid));
         assert!(!gateway.refunded(declined));
+    }
+
+    #[tokio::test]
+    async fn beyond_what_it_remembers_the_oldest_charge_is_forgotten_first() {
+        let gateway = SimulatedPaymentGateway::new(PaymentSettings {
+            decline_above_minor: 100,
+            remembered: 2,
+            ..Default::default()
+        });
+        let [first, second, third] = [(); 3].map(|()| OrderId::from_uuid(uuid::Uuid::now_v7()));
+        for order in [first, second] {
+            assert_eq!(gateway.charge(order, eur(1)).await.unwrap(), PaymentOutcome::Completed);
+        }
+        // Within what it remembers a repeated charge repeats its verdict, whatever the amount.
+        assert_eq!(gateway.charge(first, eur(1_000)).await.unwrap(), PaymentOutcome::Completed);
+
+        gateway.charge(third, eur(1)).await.unwrap();
+        // The first charge is forgotten: charged again it is decided anew, and it has nothing to refund.
+        gateway.refund(first).await.unwrap();
+        assert!(!gateway.refunded(first));
+        gateway.refund(third).await.unwrap();
+        assert!(gateway.refunded(third));
+        assert!(matches!(gateway.charge(first, eur(1_000)).await.unwrap(), PaymentOutcome::Declined { .. }));
+        // Deciding it anew remembered it again, and the oldest remembered (the second) went instead.
+        gateway.refund(second).await.unwrap();
+        assert!(!gateway.refunded(second));
     }
 
     #[tokio::test]

@@ -96,6 +96,7 @@ impl SalesConfig {
                 decline_above_minor: self.payment_decline_above_minor,
                 latency: self.payment_latency,
                 transient_failure_rate: self.payment_transient_failure_rate,
+                ..PaymentSettings::default()
             })),
             mail: match &self.smtp_url {
                 Some(url) => Mail::Smtp { url: url.clone(), from: self.notify_from.clone() },
