@@ -31,6 +31,7 @@ macro_rules! sales_store_contract {
             the_same_key_and_hash_replays_the_first_order,
             the_same_key_with_another_hash_is_refused_as_reused,
             an_expired_key_may_be_used_again,
+            keys_recorded_before_a_moment_are_forgotten_and_only_those,
             keys_of_different_clients_do_not_collide,
             concurrent_placements_never_oversell,
             applying_a_change_with_a_stale_version_is_a_conflict_and_writes_nothing,

@@ -315,4 +315,11 @@ pub trait SalesStore: OutboxStore {
         price: Money,
         stock: u32,
     ) -> Result<Product, PutProductError>;
+
+    /// Deletes the idempotency keys recorded before `before`: past their time to live a key is only ever
+    /// taken over, and each holds its order's first answer. Returns how many went.
+    ///
+    /// # Errors
+    /// [`ReadError::Unexpected`] when the store fails.
+    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, ReadError>;
 }

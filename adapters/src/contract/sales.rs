@@ -201,6 +201,38 @@ pub async fn an_expired_key_may_be_used_again(store: Arc<dyn SalesStore>) {
     );
 }
 
+/// Keys recorded before a moment are forgotten, and only those: a forgotten key then places a new order
+/// even with another body (a remembered one would be refused as reused), while a kept key still replays.
+pub async fn keys_recorded_before_a_moment_are_forgotten_and_only_those(store: Arc<dyn SalesStore>) {
+    let store = store.as_ref();
+    stock(store, "A-1", 5).await;
+    let now = super::fixtures::now();
+    // Far enough back that neither key has expired for a placement.
+    let not_before = later(now, -86_400);
+    let old = OrderDraft::new("alice").line("A-1", 1).at(later(now, -7_200)).key("client-1", "old", "h-1", not_before);
+    let first = place(store, old.placement()).await;
+    let kept = OrderDraft::new("alice").line("A-1", 1).at(now).key("client-1", "kept", "h-1", not_before);
+    let kept = place(store, kept.placement()).await;
+
+    let forgotten = store.forget_idempotency_keys(later(now, -3_600)).await.expect("keys forgotten");
+
+    assert_eq!(forgotten, 1, "only the key recorded before the moment goes");
+    let reused = OrderDraft::new("alice").line("A-1", 2).key("client-1", "old", "h-2", not_before).placement();
+    let second = place(store, reused).await;
+    assert_ne!(second.id, first.id, "the forgotten key places a new order");
+    let retry = OrderDraft::new("alice").line("A-1", 1).key("client-1", "kept", "h-1", not_before).placement();
+    assert_eq!(
+        store.place_order(retry).await.expect("the retry is answered"),
+        PlaceOutcome::Replayed(kept),
+        "the kept key still replays its order"
+    );
+    assert_eq!(
+        store.forget_idempotency_keys(later(now, -3_600)).await.expect("keys forgotten"),
+        0,
+        "nothing older is left"
+    );
+}
+
 /// Two clients may use the same key, even with different bodies: each gets its own order.
 pub async fn keys_of_different_clients_do_not_collide(store: Arc<dyn SalesStore>) {
     let store = store.as_ref();

@@ -135,6 +135,13 @@ impl SalesStore for InMemorySalesStore {
         Ok(ChangeOutcome::Applied)
     }
 
+    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, ReadError> {
+        let mut state = lock(&self.state);
+        let held = state.keys.len();
+        state.keys.retain(|_, record| record.recorded_at >= before);
+        Ok(u64::try_from(held - state.keys.len()).unwrap_or(u64::MAX))
+    }
+
     async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
         let mut state = lock(&self.state);
         if let Some(key) = &placement.idempotency {

@@ -3,7 +3,9 @@
 //! its lines, its timeline and its outbox rows, and `COMMIT`.
 
 use async_trait::async_trait;
-use orderflow_domain::{Currency, EmailAddress, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect};
+use orderflow_domain::{
+    Currency, EmailAddress, Money, Order, OrderId, OrderStatus, ProductName, Sku, StockEffect, Timestamp,
+};
 use orderflow_messages::CloudEvent;
 use orderflow_ports::messaging::InboxEntry;
 use orderflow_ports::notify::NotifyError;
@@ -35,6 +37,15 @@ impl PgSalesStore {
 }
 
 pg_outbox_store!(PgSalesStore);
+
+/// How many expired idempotency keys one statement deletes: the first purge after an upgrade may find
+/// millions, and one statement holding all their row locks would make placements that take over a key
+/// wait for it.
+const FORGET_AT_ONCE: i64 = 10_000;
+
+/// Deletes up to `$2` keys recorded before `$1`, skipping a key a placement is taking over.
+const FORGET_KEYS: &str = "DELETE FROM idempotency_keys WHERE (client, key) IN (
+    SELECT client, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)";
 
 /// The columns `order_from` reads, lines aggregated so one round trip reads a whole order.
 const ORDER_COLUMNS: &str = "o.id, o.customer_id, o.status, o.total_minor, o.currency, o.shipping_address,
@@ -617,6 +628,19 @@ impl SalesStore for PgSalesStore {
         let sql = "SELECT sku, name, price_minor, currency, stock, reserved FROM products WHERE sku = ANY($1)";
         let rows = self.db.read_keyed(sql, &[&skus]).await.map_err(ReadError::Unexpected)?;
         rows.iter().map(product_from).collect::<Result<_, _>>().map_err(ReadError::Unexpected)
+    }
+
+    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, ReadError> {
+        let client = self.db.client().await.map_err(ReadError::Unexpected)?;
+        let statement = client.prepare_cached(FORGET_KEYS).await.map_err(read_failed)?;
+        let mut forgotten = 0;
+        loop {
+            let deleted = client.execute(&statement, &[&before, &FORGET_AT_ONCE]).await.map_err(read_failed)?;
+            forgotten += deleted;
+            if deleted < FORGET_AT_ONCE.unsigned_abs() {
+                return Ok(forgotten);
+            }
+        }
     }
 
     async fn products(&self, limit: usize, after: Option<Sku>) -> Result<Page<Product, Sku>, ReadError> {

@@ -60,6 +60,9 @@ impl<S: OutboxStore> OutboxStore for Isolated<S> {
 
 #[async_trait]
 impl<S: SalesStore> SalesStore for Isolated<S> {
+    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, ReadError> {
+        self.store.forget_idempotency_keys(before).await
+    }
     async fn place_order(&self, placement: Placement) -> Result<PlaceOutcome, PlaceError> {
         self.store.place_order(placement).await
     }

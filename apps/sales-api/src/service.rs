@@ -183,6 +183,30 @@ impl SalesService {
         Self { store, cache, payments, clock, ids, pressure }
     }
 
+    /// Deletes the idempotency keys older than [`IDEMPOTENCY_TTL`]: a request can no longer replay them, only
+    /// take them over. Returns how many went.
+    ///
+    /// # Errors
+    /// [`ReadError`] when the store fails.
+    pub async fn forget_expired_keys(&self) -> Result<u64, ReadError> {
+        self.store.forget_idempotency_keys(self.clock.now() - IDEMPOTENCY_TTL).await
+    }
+
+    /// Forgets expired idempotency keys every `period`, at once first, until the process stops: the table
+    /// then holds about a day of keys, not one for every keyed order ever placed. Each replica runs it;
+    /// they skip the keys another is deleting.
+    pub async fn keep_forgetting_expired_keys(self, period: std::time::Duration) {
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match self.forget_expired_keys().await {
+                Ok(forgotten) => tracing::debug!(forgotten, "expired idempotency keys deleted"),
+                Err(error) => tracing::warn!(%error, "could not delete expired idempotency keys"),
+            }
+        }
+    }
+
     /// Prices `request` from the catalogue and places it, honouring the client's idempotency key.
     ///
     /// # Errors
@@ -657,5 +681,38 @@ mod tests {
 
         assert_eq!(again.id, first.id);
         assert_ne!(later.id, first.id);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_deleted_once_its_day_is_over_and_not_before() {
+        let clock = Arc::new(ManualClock::at(chrono::Utc::now()));
+        let store = Arc::new(InMemorySalesStore::new());
+        let price = Money::new(100, Currency::parse("EUR").unwrap()).unwrap();
+        store
+            .put_product(Sku::parse("SKU-CLOCK").unwrap(), ProductName::parse("Clock").unwrap(), price, 10)
+            .await
+            .unwrap();
+        let service = SalesService::new(
+            store,
+            Arc::new(InMemoryOrderCache::new()),
+            Arc::new(SimulatedPaymentGateway::new(PaymentSettings::default())),
+            clock.clone(),
+            Arc::new(UuidV7Ids),
+            Arc::new(BackPressure::new(PressureLimits::default())),
+        );
+        let key = Idempotency {
+            client: "sales-client".into(),
+            key: IdempotencyKey::parse("forget-me").unwrap(),
+            fingerprint: "same body".into(),
+        };
+        service.place_order(request(), Some(key)).await.unwrap();
+        service.place_order(request(), None).await.unwrap();
+
+        assert_eq!(service.forget_expired_keys().await.unwrap(), 0, "a fresh key is kept");
+        clock.advance(Duration::from_secs(23 * 3600));
+        assert_eq!(service.forget_expired_keys().await.unwrap(), 0, "a day has not passed");
+        clock.advance(Duration::from_secs(2 * 3600));
+        assert_eq!(service.forget_expired_keys().await.unwrap(), 1, "the key's day is over");
+        assert_eq!(service.forget_expired_keys().await.unwrap(), 0, "it went once");
     }
 }

@@ -39,6 +39,9 @@ use crate::workers::{DeliveryReports, NotificationWorker, PaymentWorker};
 /// what a lost write-through could leave behind.
 const CACHE_TTL: Duration = Duration::from_secs(300);
 
+/// How often each replica deletes the idempotency keys past their day.
+const FORGET_KEYS_EVERY: Duration = Duration::from_secs(600);
+
 /// What to build: the settings, and per port memory or a real server.
 pub struct SalesSetup {
     /// Settings that are not adapters.
@@ -219,6 +222,7 @@ impl Application {
         let outbox: Arc<dyn OutboxStore> = adapters.store.clone();
         let mut tasks = Vec::new();
         tasks.push(("webhooks", webhooks.clone().run().boxed()));
+        tasks.push(("idempotency key expiry", service.clone().keep_forgetting_expired_keys(FORGET_KEYS_EVERY).boxed()));
         if settings.pressure.any() {
             let watch = pressure.watch(outbox.clone(), adapters.shared.consumer.clone(), RoutingKey::SALES.to_vec());
             tasks.push(("back-pressure", watch.boxed()));
