@@ -158,6 +158,9 @@ cpu_cgroup() { # $1 = name, $2 = cores
     { echo "SALES_CPU=$cores: not a CPU limit of at least 0.01 cores" >&2; return 1; }
   if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
     dir="/sys/fs/cgroup/$name"
+    # A child gets cpu.max only once the root hands the cpu controller down.
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null ||
+      echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
     mkdir -p "$dir" && echo "$quota $period" >"$dir/cpu.max"
   elif [ -w /sys/fs/cgroup/cpu ]; then
     dir="/sys/fs/cgroup/cpu/$name"
