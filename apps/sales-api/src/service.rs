@@ -649,8 +649,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_idempotency_key_replays_its_order_for_24_hours_and_places_a_new_one_after() {
+    /// A service on memory adapters whose clock the test moves, with `request`'s product in stock.
+    async fn on_a_manual_clock() -> (SalesService, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::at(chrono::Utc::now()));
         let store = Arc::new(InMemorySalesStore::new());
         let price = Money::new(100, Currency::parse("EUR").unwrap()).unwrap();
@@ -666,11 +666,21 @@ mod tests {
             Arc::new(UuidV7Ids),
             Arc::new(BackPressure::new(PressureLimits::default())),
         );
-        let key = Idempotency {
+        (service, clock)
+    }
+
+    fn key(key: &str) -> Idempotency {
+        Idempotency {
             client: "sales-client".into(),
-            key: IdempotencyKey::parse("retry-me").unwrap(),
+            key: IdempotencyKey::parse(key).unwrap(),
             fingerprint: "same body".into(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_replays_its_order_for_24_hours_and_places_a_new_one_after() {
+        let (service, clock) = on_a_manual_clock().await;
+        let key = key("retry-me");
         let place = || service.place_order(request(), Some(key.clone()));
 
         let PlaceOutcome::Created(first) = place().await.unwrap() else { panic!("the first placement creates") };
@@ -685,26 +695,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_idempotency_key_is_deleted_once_its_day_is_over_and_not_before() {
-        let clock = Arc::new(ManualClock::at(chrono::Utc::now()));
-        let store = Arc::new(InMemorySalesStore::new());
-        let price = Money::new(100, Currency::parse("EUR").unwrap()).unwrap();
-        store
-            .put_product(Sku::parse("SKU-CLOCK").unwrap(), ProductName::parse("Clock").unwrap(), price, 10)
-            .await
-            .unwrap();
-        let service = SalesService::new(
-            store,
-            Arc::new(InMemoryOrderCache::new()),
-            Arc::new(SimulatedPaymentGateway::new(PaymentSettings::default())),
-            clock.clone(),
-            Arc::new(UuidV7Ids),
-            Arc::new(BackPressure::new(PressureLimits::default())),
-        );
-        let key = Idempotency {
-            client: "sales-client".into(),
-            key: IdempotencyKey::parse("forget-me").unwrap(),
-            fingerprint: "same body".into(),
-        };
+        let (service, clock) = on_a_manual_clock().await;
+        let key = key("forget-me");
         service.place_order(request(), Some(key)).await.unwrap();
         service.place_order(request(), None).await.unwrap();
 
