@@ -46,6 +46,7 @@ impl From<ShipmentStatusDto> for ShipmentStatus {
 
 /// A shipment.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ShipmentDto {
     /// Shipment id.
     pub id: Uuid,
@@ -54,10 +55,8 @@ pub struct ShipmentDto {
     /// Where it is.
     pub status: ShipmentStatusDto,
     /// Set once shipped.
-    #[oai(skip_serializing_if_is_none)]
     pub carrier: Option<String>,
     /// Set once shipped.
-    #[oai(skip_serializing_if_is_none)]
     pub tracking_number: Option<String>,
     /// When Delivery learned of the order.
     pub created_at: DateTime<Utc>,
@@ -66,20 +65,22 @@ pub struct ShipmentDto {
 }
 
 impl From<Shipment> for ShipmentDto {
-    fn from(s: Shipment) -> Self {
+    fn from(shipment: Shipment) -> Self {
+        // Every field named: one added to the shipment cannot be left out of the API unnoticed.
+        let Shipment { id, order, status, carrier, tracking_number, created_at, updated_at, version: _ } = shipment;
         Self {
-            id: s.id.as_uuid(),
-            order_id: s.order.order_id.as_uuid(),
-            status: match s.status {
+            id: id.as_uuid(),
+            order_id: order.order_id.as_uuid(),
+            status: match status {
                 ShipmentStatus::Pending => ShipmentStatusDto::Pending,
                 ShipmentStatus::Shipped => ShipmentStatusDto::Shipped,
                 ShipmentStatus::Delivered => ShipmentStatusDto::Delivered,
                 ShipmentStatus::Cancelled => ShipmentStatusDto::Cancelled,
             },
-            carrier: s.carrier.map(|c| c.to_string()),
-            tracking_number: s.tracking_number.map(|t| t.to_string()),
-            created_at: s.created_at,
-            updated_at: s.updated_at,
+            carrier: carrier.map(|c| c.to_string()),
+            tracking_number: tracking_number.map(|t| t.to_string()),
+            created_at,
+            updated_at,
         }
     }
 }
@@ -139,11 +140,10 @@ impl ShipmentsApi {
         /// `next_cursor` of the previous page.
         cursor: Query<Option<IdCursor>>,
     ) -> Result<Json<ShipmentList>, Problems<Listing>> {
-        let after = cursor.0.map(|c| ShipmentId::from_uuid(c.0));
         let query = ShipmentQuery {
             status: status.0.map(Into::into),
             limit: page_limit(limit.0)?,
-            after,
+            after: cursor.0.map(|c| ShipmentId::from_uuid(c.0)),
             ..ShipmentQuery::default()
         };
         let page = self.service.shipments(query).await.map_err(|e| Problem::unavailable(&e))?;

@@ -257,13 +257,25 @@ pub struct OrderDto {
 }
 
 impl From<Order> for OrderDto {
-    fn from(o: Order) -> Self {
+    fn from(order: Order) -> Self {
+        // Every field named: one added to the order cannot be left out of the API unnoticed.
+        let Order {
+            id,
+            customer_id,
+            status,
+            lines,
+            total,
+            shipping_address,
+            contact_email,
+            created_at,
+            updated_at,
+            version: _,
+        } = order;
         Self {
-            id: o.id.as_uuid(),
-            customer_id: o.customer_id.to_string(),
-            status: o.status.into(),
-            lines: o
-                .lines
+            id: id.as_uuid(),
+            customer_id: customer_id.to_string(),
+            status: status.into(),
+            lines: lines
                 .into_iter()
                 .map(|l| OrderLineDto {
                     sku: l.sku.to_string(),
@@ -271,11 +283,11 @@ impl From<Order> for OrderDto {
                     unit_price: l.unit_price.into(),
                 })
                 .collect(),
-            total: o.total.into(),
-            shipping_address: o.shipping_address.into(),
-            contact_email: o.contact_email.map(String::from),
-            created_at: o.created_at,
-            updated_at: o.updated_at,
+            total: total.into(),
+            shipping_address: shipping_address.into(),
+            contact_email: contact_email.map(String::from),
+            created_at,
+            updated_at,
         }
     }
 }

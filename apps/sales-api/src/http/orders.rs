@@ -106,17 +106,16 @@ impl OrdersApi {
         /// `next_cursor` of the previous page.
         cursor: Query<Option<IdCursor>>,
     ) -> Result<Json<OrderList>, Problems<Listing>> {
-        let after = cursor.0.map(|c| OrderId::from_uuid(c.0));
+        let customer_id = customer_id
+            .0
+            .map(|c| CustomerId::parse(c.as_str()))
+            .transpose()
+            .map_err(|e| Problem::invalid(e.field, e.reason))?;
         let query = OrderQuery {
-            customer_id: customer_id
-                .0
-                .map(|c| CustomerId::parse(c.as_str()))
-                .transpose()
-                .map_err(|e| Problem::invalid(e.field, e.reason))?
-                .map(String::from),
+            customer_id: customer_id.map(String::from),
             status: status.0.map(Into::into),
             limit: page_limit(limit.0)?,
-            after,
+            after: cursor.0.map(|c| OrderId::from_uuid(c.0)),
         };
         let page = self.service.orders(query).await.map_err(|e| read_failed(&e))?;
         Ok(Json(OrderList::from(page)))
