@@ -28,6 +28,12 @@ pub enum Step<S, E> {
     Unchanged(S),
 }
 
+/// A change a use case asks of a state machine: from the state as read and the time, its [`Step`], or the
+/// rule the change breaks.
+pub trait Transition<S, E>: Fn(S, Timestamp) -> Result<Step<S, E>, TransitionError> {}
+
+impl<S, E, F: Fn(S, Timestamp) -> Result<Step<S, E>, TransitionError>> Transition<S, E> for F {}
+
 /// A change a state machine does not allow, named for the rule it breaks. Consumers treat it as permanent
 /// (straight to the DLQ); the HTTP APIs answer 409 with its words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,6 +14,8 @@ pub mod system;
 pub mod trace;
 pub mod webhooks;
 
+use sales::{ChangeError, ChangeOutcome};
+
 /// The boxed cause carried by every `Unexpected` variant.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -44,6 +46,33 @@ pub enum TransitionFailure {
     /// The store failed.
     #[error("the store failed")]
     Unexpected(#[source] BoxError),
+}
+
+/// What an optimistic attempt makes of committing its change: the outcome, or `None` when another writer
+/// changed the state since the attempt read it (so [`optimistically`] runs it anew).
+///
+/// # Errors
+/// [`TransitionFailure::NotFound`] when the state is gone; [`TransitionFailure::Unexpected`] when the store
+/// failed.
+pub fn committed(result: Result<ChangeOutcome, ChangeError>) -> Result<Option<ChangeOutcome>, TransitionFailure> {
+    match result {
+        Ok(outcome) => Ok(Some(outcome)),
+        Err(ChangeError::Conflict { .. }) => Ok(None),
+        Err(ChangeError::NotFound) => Err(TransitionFailure::NotFound),
+        Err(error) => Err(TransitionFailure::unexpected(error)),
+    }
+}
+
+impl TransitionFailure {
+    /// A store's failure to commit a change, once the outcomes a use case handles itself (a conflict, a
+    /// missing row) are ruled out.
+    #[must_use]
+    pub fn unexpected(error: ChangeError) -> Self {
+        match error {
+            ChangeError::Unexpected(e) => Self::Unexpected(e),
+            other => Self::Unexpected(Box::new(other)),
+        }
+    }
 }
 
 impl From<ReadError> for TransitionFailure {
@@ -121,6 +150,23 @@ mod tests {
         }));
         assert_eq!(outcome.ok(), Some("committed"));
         assert_eq!(attempts.get(), 3);
+    }
+
+    #[test]
+    fn a_commit_that_lost_its_race_asks_for_another_attempt_and_one_that_landed_ends_it() {
+        assert!(matches!(committed(Err(ChangeError::Conflict { expected: 3 })), Ok(None)));
+        assert!(matches!(committed(Ok(ChangeOutcome::Applied)), Ok(Some(ChangeOutcome::Applied))));
+        assert!(matches!(committed(Ok(ChangeOutcome::AlreadyProcessed)), Ok(Some(ChangeOutcome::AlreadyProcessed))));
+    }
+
+    #[test]
+    fn a_commit_of_a_vanished_state_is_not_found_and_a_failed_store_unexpected() {
+        assert!(matches!(committed(Err(ChangeError::NotFound)), Err(TransitionFailure::NotFound)));
+        let failed = committed(Err(ChangeError::Unexpected("connection reset".into())));
+        assert!(
+            matches!(&failed, Err(TransitionFailure::Unexpected(e)) if e.to_string() == "connection reset"),
+            "{failed:?}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use orderflow_domain::{
     Carrier, EventId, OrderId, Shipment, ShipmentEvent, ShipmentId, ShipmentOrder, ShipmentStatus, Step, Timestamp,
-    TrackingNumber, TransitionError,
+    TrackingNumber, Transition,
 };
 use orderflow_messages::{Outgoing, Source};
 use orderflow_ports::delivery::{DeliveryStore, Due, ShipmentChange, ShipmentQuery};
@@ -16,7 +16,7 @@ use orderflow_ports::outbox::OutboxMessage;
 use orderflow_ports::sales::{ChangeError, ChangeOutcome};
 use orderflow_ports::system::{Clock, IdGenerator};
 use orderflow_ports::trace;
-use orderflow_ports::{Page, ReadError, optimistically};
+use orderflow_ports::{Page, ReadError, committed, optimistically};
 use tokio::sync::Notify;
 use tracing::{Instrument, Span};
 
@@ -210,7 +210,7 @@ impl DeliveryService {
             Ok(ChangeOutcome::AlreadyProcessed) | Err(ChangeError::Conflict { .. }) => {
                 self.store.shipment_for_order(shipment.order.order_id).await?.ok_or(TransitionFailure::NotFound)
             }
-            Err(e) => Err(unexpected(e)),
+            Err(e) => Err(TransitionFailure::unexpected(e)),
         }
     }
 
@@ -238,7 +238,7 @@ impl DeliveryService {
                 .map(|outcome| match outcome {
                     // Created before (by this message or another): that shipment stands.
                     Ok(_) | Err(ChangeError::Conflict { .. }) => Ok(()),
-                    Err(e) => Err(unexpected(e)),
+                    Err(e) => Err(TransitionFailure::unexpected(e)),
                 })
                 .collect();
         }
@@ -265,7 +265,7 @@ impl DeliveryService {
         &self,
         target: Target,
         inbox: Option<InboxEntry>,
-        transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
+        transition: impl Transition<Shipment, ShipmentEvent>,
     ) -> Result<Shipment, TransitionFailure> {
         let (inbox, transition) = (&inbox, &transition);
         optimistically(|| async move {
@@ -282,14 +282,12 @@ impl DeliveryService {
                 messages: self.messages(orderflow_messages::shipment_message(&event), now),
                 inbox: inbox.clone(),
             };
-            match self.store.save(change).await {
-                Ok(ChangeOutcome::Applied) => Ok(Some(shipment)),
-                Ok(ChangeOutcome::AlreadyProcessed) => {
+            let Some(outcome) = committed(self.store.save(change).await)? else { return Ok(None) };
+            match outcome {
+                ChangeOutcome::Applied => Ok(Some(shipment)),
+                ChangeOutcome::AlreadyProcessed => {
                     self.find(target).await?.ok_or(TransitionFailure::NotFound).map(Some)
                 }
-                Err(ChangeError::Conflict { .. }) => Ok(None),
-                Err(ChangeError::NotFound) => Err(TransitionFailure::NotFound),
-                Err(e) => Err(unexpected(e)),
             }
         })
         .await
@@ -304,7 +302,7 @@ impl DeliveryService {
         &self,
         step: AutoStep,
         due: Vec<Due>,
-        transition: impl Fn(Shipment, Timestamp) -> Result<Step<Shipment, ShipmentEvent>, TransitionError>,
+        transition: impl Transition<Shipment, ShipmentEvent>,
     ) -> Result<usize, TransitionFailure> {
         let now = self.clock.now();
         let changes: Vec<ShipmentChange> = due
@@ -321,7 +319,7 @@ impl DeliveryService {
         }
         let creations = changes.iter().flat_map(|c| c.messages.iter().map(|m| m.event.traceparent.as_deref()));
         let span = step.span(creations).unwrap_or_else(Span::none);
-        let outcomes = self.store.save_all(changes).instrument(span).await.map_err(unexpected)?;
+        let outcomes = self.store.save_all(changes).instrument(span).await.map_err(TransitionFailure::unexpected)?;
         Ok(outcomes.iter().filter(|outcome| matches!(outcome, Ok(ChangeOutcome::Applied))).count())
     }
 
@@ -339,12 +337,5 @@ impl DeliveryService {
     ) -> Vec<OutboxMessage> {
         let id = EventId::from_uuid(self.ids.new_id());
         vec![OutboxMessage::from_outgoing(outgoing, id, Source::Delivery, at, traceparent)]
-    }
-}
-
-fn unexpected(error: ChangeError) -> TransitionFailure {
-    match error {
-        ChangeError::Unexpected(e) => TransitionFailure::Unexpected(e),
-        other => TransitionFailure::Unexpected(Box::new(other)),
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use orderflow_domain::{
     Carrier, EmailAddress, EventId, IdempotencyKey, Money, Order, OrderEvent, OrderId, OrderRequest, OrderStatus,
-    PaymentOutcome, PricingError, ProductName, Sku, Step, StockEffect, Timestamp, TrackingNumber, TransitionError,
+    PaymentOutcome, PricingError, ProductName, Sku, Step, StockEffect, Timestamp, TrackingNumber, Transition,
 };
 use orderflow_messages::{CloudEvent, Notice, Outgoing, Source};
 use orderflow_ports::cache::OrderCache;
@@ -20,7 +20,7 @@ use orderflow_ports::sales::{
     Product, PutProductError, SalesStore,
 };
 use orderflow_ports::system::{Clock, IdGenerator};
-use orderflow_ports::{Page, ReadError, optimistically};
+use orderflow_ports::{Page, ReadError, committed, optimistically};
 
 use tracing::{Instrument, Span};
 
@@ -141,8 +141,7 @@ pub struct Reported {
 }
 
 /// A transition of an existing order, for [`SalesService::transition_all`].
-type Transition<'a> =
-    Box<dyn Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError> + Send + Sync + 'a>;
+type BoxedTransition<'a> = Box<dyn Transition<Order, OrderEvent> + Send + Sync + 'a>;
 
 /// One transition of a batch: the order, the message that asks for it, and the change.
 struct BatchTransition<'a> {
@@ -156,7 +155,7 @@ struct BatchTransition<'a> {
     /// The span of the message that asks for it, which what the change sends continues.
     span: Span,
     /// The change.
-    transition: Transition<'a>,
+    transition: BoxedTransition<'a>,
 }
 
 /// The Sales use cases, on the ports they run on.
@@ -412,7 +411,7 @@ impl SalesService {
         let mut batch = Vec::new();
         let mut batched = Vec::new();
         for Reported { report, inbox, span } in reports {
-            let (id, transition): (OrderId, Transition<'static>) = match report {
+            let (id, transition): (OrderId, BoxedTransition<'static>) = match report {
                 Report::Shipped { order_id, carrier, tracking_number } => {
                     (order_id, Box::new(move |o, at| o.mark_shipped(carrier.clone(), tracking_number.clone(), at)))
                 }
@@ -469,7 +468,7 @@ impl SalesService {
         &self,
         id: OrderId,
         inbox: Option<InboxEntry>,
-        transition: impl Fn(Order, Timestamp) -> Result<Step<Order, OrderEvent>, TransitionError>,
+        transition: impl Transition<Order, OrderEvent>,
     ) -> Result<Order, TransitionFailure> {
         let (inbox, transition) = (&inbox, &transition);
         optimistically(|| async move {
@@ -491,23 +490,15 @@ impl SalesService {
                 inbox: inbox.clone(),
                 order: order.clone(),
             };
-            match self.store.apply(change).await {
-                Ok(ChangeOutcome::Applied) => {
-                    self.cache_put(&order).await;
-                    Ok(Some(order))
-                }
+            let Some(outcome) = committed(self.store.apply(change).await)? else { return Ok(None) };
+            let order = match outcome {
+                ChangeOutcome::Applied => order,
                 // A redelivery: the first delivery committed, but the process may have died before writing
                 // the order through to the cache, which would then serve the old state until it expires.
-                Ok(ChangeOutcome::AlreadyProcessed) => {
-                    let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
-                    self.cache_put(&order).await;
-                    Ok(Some(order))
-                }
-                Err(ChangeError::Conflict { .. }) => Ok(None),
-                Err(ChangeError::NotFound) => Err(TransitionFailure::NotFound),
-                Err(ChangeError::Unexpected(e)) => Err(TransitionFailure::Unexpected(e)),
-                Err(other) => Err(TransitionFailure::Unexpected(Box::new(other))),
-            }
+                ChangeOutcome::AlreadyProcessed => self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?,
+            };
+            self.cache_put(&order).await;
+            Ok(Some(order))
         })
         .await
     }
