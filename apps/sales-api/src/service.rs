@@ -425,7 +425,7 @@ impl SalesService {
                 }
                 Report::ShipmentCancelled { order_id } => {
                     let refunded = async {
-                        self.transition(order_id, Some(inbox), |o, at| o.confirm_shipment_cancelled(at)).await?;
+                        self.transition(order_id, Some(&inbox), |o, at| o.confirm_shipment_cancelled(at)).await?;
                         self.payments.refund(order_id).await.map_err(SettleFailure::from)
                     };
                     results.push(Some(refunded.instrument(span).await));
@@ -450,7 +450,7 @@ impl SalesService {
         inbox: InboxEntry,
     ) -> Result<(), SettleFailure> {
         let early = AtomicBool::new(false);
-        self.transition(id, Some(inbox), |o, at| {
+        self.transition(id, Some(&inbox), |o, at| {
             let unshipped = matches!(o.status, OrderStatus::PendingShipment | OrderStatus::CancellationRequested);
             if unshipped && first_arrival {
                 early.store(true, Ordering::Relaxed);
@@ -467,10 +467,10 @@ impl SalesService {
     async fn transition(
         &self,
         id: OrderId,
-        inbox: Option<InboxEntry>,
+        inbox: Option<&InboxEntry>,
         transition: impl Transition<Order, OrderEvent>,
     ) -> Result<Order, TransitionFailure> {
-        let (inbox, transition) = (&inbox, &transition);
+        let transition = &transition;
         optimistically(|| async move {
             let order = self.store.order(id).await?.ok_or(TransitionFailure::NotFound)?;
             let (from, version) = (order.status, order.version);
@@ -487,7 +487,7 @@ impl SalesService {
                 stock: StockEffect::between(Some(from), order.status),
                 messages: self.messages(orderflow_messages::order_messages(&event, &order), now),
                 expected_version: version,
-                inbox: inbox.clone(),
+                inbox: inbox.cloned(),
                 order: order.clone(),
             };
             let Some(outcome) = committed(self.store.apply(change).await)? else { return Ok(None) };
@@ -567,7 +567,7 @@ impl SalesService {
         for (t, result) in batch.iter().zip(results) {
             done.push(match result {
                 Some(result) => result,
-                None => self.transition(t.id, t.inbox.clone(), &*t.transition).instrument(t.span.clone()).await,
+                None => self.transition(t.id, t.inbox.as_ref(), &*t.transition).instrument(t.span.clone()).await,
             });
         }
         done
