@@ -10,35 +10,15 @@ use orderflow::dev::{DevOptions, DevPostgres};
 use orderflow_domain::OrderId;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{Harness, SKU, eventually, expect_status, order_body, string};
+use support::{Harness, SKU, database_url, drop_schemas, eventually, expect_status, order_body, string};
 use uuid::Uuid;
-
-fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
 
 /// The two schemas of one test, dropped when it ends.
 struct Schemas(Vec<String>);
 
 impl Drop for Schemas {
     fn drop(&mut self) {
-        let names = std::mem::take(&mut self.0);
-        // Drop may run inside a runtime that is shutting down: the cleanup gets a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async move {
-                let (client, connection) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.ok()?;
-                tokio::spawn(connection);
-                for name in names {
-                    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await.ok()?;
-                }
-                Some(())
-            })
-        })
-        .join();
+        drop_schemas(std::mem::take(&mut self.0));
     }
 }
 

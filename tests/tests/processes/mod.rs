@@ -15,16 +15,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{eventually, expect_status, order_body, string, workspace_binary};
+pub use crate::support::database_url;
+use crate::support::{drop_schemas, eventually, expect_status, order_body, string, workspace_binary};
 
 /// The OAuth2 server the test command starts (`infra/scripts/oauth.sh start`).
 pub fn issuer() -> String {
     std::env::var("OAUTH_ISSUER").unwrap_or_else(|_| "http://127.0.0.1:9000".to_owned())
-}
-
-/// The PostgreSQL server of the tests.
-pub fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
@@ -497,20 +493,7 @@ impl Drop for Services {
             replica.kill();
         }
         let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
-        let schemas = std::mem::take(&mut self.schemas);
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async move {
-                let (client, connection) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.ok()?;
-                tokio::spawn(connection);
-                for schema in schemas {
-                    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await.ok()?;
-                }
-                Some(())
-            })
-        })
-        .join();
+        drop_schemas(std::mem::take(&mut self.schemas));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
