@@ -3,10 +3,10 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 use orderflow_adapters::kafka::{KafkaAuditLog, KafkaSettings};
 use orderflow_domain::EventId;
 use orderflow_messages::CloudEvent;
@@ -15,23 +15,12 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 const BROKERS: &str = "127.0.0.1:9092";
-/// How long one CLI run may take before the test fails (and the process is killed).
-const CLI_DEADLINE: Duration = Duration::from_secs(30);
+/// What would tell the CLI where the audit log is: the tests say it with flags.
+const UNSET: &[&str] = &["KAFKA_BROKERS", "AUDIT_TOPIC"];
 
-/// Runs `orderflow args…` to completion, failing when it takes longer than [`CLI_DEADLINE`].
+/// Runs `orderflow args…` (see [`support::run_cli`]).
 async fn orderflow(args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = tokio::process::Command::new(support::workspace_binary("orderflow")?);
-    command
-        .args(args)
-        .env_remove("KAFKA_BROKERS")
-        .env_remove("AUDIT_TOPIC")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(CLI_DEADLINE, command.output())
-        .await
-        .with_context(|| format!("`orderflow {}` did not finish within {CLI_DEADLINE:?}", args.join(" ")))?
-        .context("running orderflow")
+    support::run_cli(args, UNSET).await
 }
 
 /// Runs `orderflow audit <args…> --brokers … --topic TOPIC`, expecting success; returns stdout.
@@ -39,15 +28,7 @@ async fn audit(topic: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut all = vec!["audit"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--brokers", BROKERS, "--topic", topic]);
-    let output = orderflow(&all).await?;
-    ensure!(
-        output.status.success(),
-        "`orderflow {}` failed ({}): {}",
-        all.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
+    support::cli_output(&all, UNSET).await
 }
 
 /// Every stdout line as JSON: jsonl output is nothing but CloudEvents.

@@ -19,8 +19,6 @@ use uuid::Uuid;
 /// The retry delays of the test topology, passed to the CLI as `--retry-delays`.
 const DELAYS: [Duration; 3] = [Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400)];
 const DELAYS_FLAG: &str = "100ms,200ms,400ms";
-/// How long one CLI run may take before the test fails (and the process is killed).
-const CLI_DEADLINE: Duration = Duration::from_secs(30);
 
 fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     let status = std::process::Command::new("rabbitmqctl")
@@ -65,20 +63,12 @@ impl Drop for Vhost {
     }
 }
 
-/// Runs `orderflow args…` to completion, failing when it takes longer than [`CLI_DEADLINE`].
+/// What would tell the CLI where the broker is and how its queues retry: the tests say it with flags.
+const UNSET: &[&str] = &["AMQP_URL", "AMQP_RETRY_DELAYS"];
+
+/// Runs `orderflow args…` (see [`support::run_cli`]).
 async fn orderflow(args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = tokio::process::Command::new(support::workspace_binary("orderflow")?);
-    command
-        .args(args)
-        .env_remove("AMQP_URL")
-        .env_remove("AMQP_RETRY_DELAYS")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(CLI_DEADLINE, command.output())
-        .await
-        .with_context(|| format!("`orderflow {}` did not finish within {CLI_DEADLINE:?}", args.join(" ")))?
-        .context("running orderflow")
+    support::run_cli(args, UNSET).await
 }
 
 /// Runs `orderflow dlq <args…> --amqp-url URL --retry-delays …`, expecting success; returns stdout.
@@ -86,15 +76,7 @@ async fn dlq(vhost: &Vhost, args: &[&str]) -> anyhow::Result<String> {
     let mut all = vec!["dlq"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--amqp-url", &vhost.url, "--retry-delays", DELAYS_FLAG]);
-    let output = orderflow(&all).await?;
-    ensure!(
-        output.status.success(),
-        "`orderflow {}` failed ({}): {}",
-        all.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
+    support::cli_output(&all, UNSET).await
 }
 
 fn long_string(value: &str) -> AMQPValue {

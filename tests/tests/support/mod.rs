@@ -326,3 +326,33 @@ pub fn drop_schemas(names: Vec<String>) {
     })
     .join();
 }
+
+/// How long one run of the `orderflow` CLI may take before the test fails (and the process is killed).
+pub const CLI_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs `orderflow args…` to completion without the variables `unset` in its environment (so the flags a
+/// test passes are all it is told), failing when it takes longer than [`CLI_DEADLINE`].
+pub async fn run_cli(args: &[&str], unset: &[&str]) -> anyhow::Result<std::process::Output> {
+    let mut command = tokio::process::Command::new(workspace_binary("orderflow")?);
+    command.args(args).env("RUST_BACKTRACE", "0").stdin(std::process::Stdio::null()).kill_on_drop(true);
+    for name in unset {
+        command.env_remove(name);
+    }
+    tokio::time::timeout(CLI_DEADLINE, command.output())
+        .await
+        .with_context(|| format!("`orderflow {}` did not finish within {CLI_DEADLINE:?}", args.join(" ")))?
+        .context("running orderflow")
+}
+
+/// Runs `orderflow args…` as [`run_cli`] does, expecting it to succeed; returns what it printed.
+pub async fn cli_output(args: &[&str], unset: &[&str]) -> anyhow::Result<String> {
+    let output = run_cli(args, unset).await?;
+    ensure!(
+        output.status.success(),
+        "`orderflow {}` failed ({}): {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
