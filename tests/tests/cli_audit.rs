@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -17,11 +16,6 @@ use uuid::Uuid;
 const BROKERS: &str = "127.0.0.1:9092";
 /// What would tell the CLI where the audit log is: the tests say it with flags.
 const UNSET: &[&str] = &["KAFKA_BROKERS", "AUDIT_TOPIC"];
-
-/// Runs `orderflow args…` (see [`support::run_cli`]).
-async fn orderflow(args: &[&str]) -> anyhow::Result<Output> {
-    support::run_cli(args, UNSET).await
-}
 
 /// Runs `orderflow audit <args…> --brokers … --topic TOPIC`, expecting success; returns stdout.
 async fn audit(topic: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -112,7 +106,9 @@ async fn the_timeline_prints_exactly_one_orders_events_oldest_first() -> anyhow:
 async fn the_timeline_of_an_order_without_events_is_an_error() -> anyhow::Result<()> {
     let stream = Stream::fill().await?;
     let unknown = Uuid::now_v7().to_string();
-    let output = orderflow(&["audit", "timeline", &unknown, "--brokers", BROKERS, "--topic", &stream.topic]).await?;
+    let output =
+        support::run_cli(&["audit", "timeline", &unknown, "--brokers", BROKERS, "--topic", &stream.topic], UNSET)
+            .await?;
     assert!(!output.status.success(), "no events is a failure");
     assert!(output.stdout.is_empty(), "nothing on stdout");
     let stderr = String::from_utf8_lossy(&output.stderr);

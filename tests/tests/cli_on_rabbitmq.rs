@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -65,11 +65,6 @@ impl Drop for Vhost {
 
 /// What would tell the CLI where the broker is and how its queues retry: the tests say it with flags.
 const UNSET: &[&str] = &["AMQP_URL", "AMQP_RETRY_DELAYS"];
-
-/// Runs `orderflow args…` (see [`support::run_cli`]).
-async fn orderflow(args: &[&str]) -> anyhow::Result<Output> {
-    support::run_cli(args, UNSET).await
-}
 
 /// Runs `orderflow dlq <args…> --amqp-url URL --retry-delays …`, expecting success; returns stdout.
 async fn dlq(vhost: &Vhost, args: &[&str]) -> anyhow::Result<String> {
@@ -202,8 +197,11 @@ async fn purging_is_refused_without_yes_and_empties_the_dead_letter_queue_with_i
         let id = Uuid::new_v4().to_string();
         dead_letter(&vhost, &id, &event(&id, &Uuid::new_v4().to_string())).await?;
     }
-    let refused =
-        orderflow(&["dlq", "purge", "orders.created", "--amqp-url", &vhost.url, "--retry-delays", DELAYS_FLAG]).await?;
+    let refused = support::run_cli(
+        &["dlq", "purge", "orders.created", "--amqp-url", &vhost.url, "--retry-delays", DELAYS_FLAG],
+        UNSET,
+    )
+    .await?;
     assert!(!refused.status.success(), "purge without --yes fails");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--yes"), "the refusal says how to confirm: {stderr}");
@@ -219,7 +217,8 @@ async fn purging_is_refused_without_yes_and_empties_the_dead_letter_queue_with_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_delays_that_differ_from_the_services_are_explained() -> anyhow::Result<()> {
     let vhost = Vhost::create().await?;
-    let output = orderflow(&["dlq", "list", "--amqp-url", &vhost.url, "--retry-delays", "1s,5s,25s"]).await?;
+    let output =
+        support::run_cli(&["dlq", "list", "--amqp-url", &vhost.url, "--retry-delays", "1s,5s,25s"], UNSET).await?;
     assert!(!output.status.success(), "the broker refuses the other TTLs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--retry-delays"), "the error points at the flag: {stderr}");
@@ -230,7 +229,8 @@ async fn retry_delays_that_differ_from_the_services_are_explained() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_queue_is_an_error_listing_the_valid_ones() -> anyhow::Result<()> {
     for command in ["peek", "replay", "purge"] {
-        let output = orderflow(&["dlq", command, "orders.nope", "--amqp-url", "amqp://127.0.0.1:1/%2f"]).await?;
+        let output =
+            support::run_cli(&["dlq", command, "orders.nope", "--amqp-url", "amqp://127.0.0.1:1/%2f"], UNSET).await?;
         assert!(!output.status.success(), "{command} of an unknown queue fails");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("orders.nope"), "the error names the queue: {stderr}");
