@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use orderflow_messages::{CloudEvent, DecodeError};
 use orderflow_ports::BoxError;
 use orderflow_ports::messaging::{AuditLog, PublishError};
+use orderflow_ports::system::HealthCheck;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -479,6 +480,18 @@ fn record(message: &BorrowedMessage<'_>) -> Result<AuditRecord, ReadError> {
         headers,
         event,
     })
+}
+
+/// Reported as `audit` by `/health/ready`: whether a broker answers [`KafkaAuditLog::ping`].
+#[async_trait]
+impl HealthCheck for KafkaAuditLog {
+    fn name(&self) -> &'static str {
+        "audit"
+    }
+
+    async fn check(&self) -> bool {
+        self.ping().await
+    }
 }
 
 #[cfg(test)]

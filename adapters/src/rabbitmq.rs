@@ -22,6 +22,7 @@ use orderflow_ports::messaging::{
     AdminError, CommandConsumer, CommandPublisher, ConsumeError, DeadLetter, DeadLetterAdmin, DeadLetterQueue,
     Delivery, HandlerOutcome, MessageHandler, PublishError, Published,
 };
+use orderflow_ports::system::HealthCheck;
 use orderflow_ports::trace;
 use tokio::sync::Mutex;
 use tracing::Instrument;
@@ -736,6 +737,19 @@ impl DeadLetterAdmin for RabbitBroker {
         })
         .await
         .map_err(AdminError::Unexpected)
+    }
+}
+
+/// Reported as `broker` by `/health/ready`: whether the broker answers [`RabbitBroker::ping`] within two
+/// seconds.
+#[async_trait]
+impl HealthCheck for RabbitBroker {
+    fn name(&self) -> &'static str {
+        "broker"
+    }
+
+    async fn check(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.ping()).await.unwrap_or(false)
     }
 }
 

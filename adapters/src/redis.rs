@@ -11,6 +11,7 @@ use std::time::Duration;
 pub use ::redis::aio::ConnectionManager;
 use ::redis::aio::ConnectionManagerConfig;
 pub use cache::RedisOrderCache;
+use orderflow_ports::system::HealthCheck;
 pub use rate_limit::RedisRateLimiter;
 
 /// Longest a TCP connect + handshake to Redis may take before the attempt fails.
@@ -60,6 +61,21 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, RedisConnectError> 
 /// [`RedisConnectError::InvalidUrl`] for a malformed URL.
 pub fn connect_lazy(url: &str) -> Result<ConnectionManager, RedisConnectError> {
     ConnectionManager::new_lazy_with_config(client(url)?, config()).map_err(RedisConnectError::InvalidUrl)
+}
+
+/// The Redis server behind a connection, as `/health/ready` reports it (`cache`: it backs the order cache
+/// and the rate limiter's counters).
+pub struct RedisHealth(pub ConnectionManager);
+
+#[async_trait::async_trait]
+impl HealthCheck for RedisHealth {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    async fn check(&self) -> bool {
+        ping(&self.0).await.is_ok()
+    }
 }
 
 /// Checks that Redis answers, for readiness probes and the "Redis up" gauge.

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use orderflow_domain::{EventId, OrderId};
 use orderflow_messages::{CancelRequested, CloudEvent, EventBody, Source};
 use orderflow_ports::messaging::AuditLog;
+use orderflow_ports::system::HealthCheck;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -233,6 +234,17 @@ async fn ping_says_whether_a_broker_answers() {
 
     assert!(up.ping().await);
     assert!(!down.ping().await);
+}
+
+#[tokio::test]
+async fn readiness_reports_the_audit_log_as_audit_up_only_while_a_broker_answers() {
+    let topic = TestTopic::new(1);
+    let up = KafkaAuditLog::connect(topic.settings.clone()).await.expect("connects");
+    let down = KafkaAuditLog::new(KafkaSettings::new("127.0.0.1:1")).expect("a producer needs no broker");
+
+    assert_eq!(HealthCheck::name(&up), "audit");
+    assert!(HealthCheck::check(&up).await);
+    assert!(!HealthCheck::check(&down).await);
 }
 
 #[tokio::test]

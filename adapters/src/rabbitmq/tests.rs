@@ -11,6 +11,7 @@ use orderflow_messages::{CloudEvent, EventBody, RoutingKey, Source};
 use orderflow_ports::messaging::{
     CommandConsumer, CommandPublisher, DeadLetterAdmin, Delivery, HandlerOutcome, MessageHandler,
 };
+use orderflow_ports::system::HealthCheck;
 use uuid::Uuid;
 
 use super::{RabbitBroker, RabbitSettings};
@@ -144,6 +145,20 @@ async fn a_frame_max_in_the_url_is_what_the_connection_negotiates() {
     assert_eq!(connection.configuration().frame_max(), 8192);
     let (connection, _channel) = super::open_channel(&vhost.settings(&[100]).url).await.unwrap();
     assert_eq!(connection.configuration().frame_max(), super::FRAME_MAX, "the default keeps lapin's buffers small");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_the_broker_as_broker_up_while_it_answers() {
+    let vhost = TestVhost::new();
+    let broker = RabbitBroker::connect(vhost.settings(&[100]), &[RoutingKey::OrdersCreated]).await.unwrap();
+    assert_eq!(HealthCheck::name(&broker), "broker");
+    assert!(HealthCheck::check(&broker).await);
+
+    rabbitmqctl(&["delete_vhost", &vhost.name]);
+    let answered = HealthCheck::check(&broker).await;
+    // Put back for the test's own clean-up.
+    rabbitmqctl(&["add_vhost", &vhost.name]);
+    assert!(!answered, "a broker that closed the connection and refuses a new one is not ready");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

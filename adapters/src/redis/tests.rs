@@ -13,11 +13,12 @@ use chrono::{SubsecRound, Utc};
 use orderflow_domain::{Address, Currency, CustomerId, Money, Order, OrderId, OrderRequest, Quantity, RawAddress, Sku};
 use orderflow_ports::cache::{CacheError, OrderCache};
 use orderflow_ports::rate_limit::{RateDecision, RateLimitError, RateLimiter};
+use orderflow_ports::system::HealthCheck;
 use uuid::Uuid;
 
 use crate::contract::rate_limit::LimiterFixture;
 
-use super::{RedisConnectError, RedisOrderCache, RedisRateLimiter, connect, connect_lazy, ping};
+use super::{RedisConnectError, RedisHealth, RedisOrderCache, RedisRateLimiter, connect, connect_lazy, ping};
 
 /// Nothing listens on port 1, so connections are refused at once: Redis "down" without stopping the shared one.
 const DEAD_REDIS: &str = "redis://127.0.0.1:1";
@@ -261,6 +262,16 @@ async fn a_lazily_connected_manager_works_and_pings() {
     cache.put_if_newer(&order).await.unwrap();
     assert_eq!(cache.get(order.id).await.unwrap(), Some(order));
     TestRedis { manager, prefix }.clean_up().await;
+}
+
+#[tokio::test]
+async fn readiness_reports_redis_as_cache_up_only_while_it_answers() {
+    let up = RedisHealth(connect_lazy(&redis_url()).unwrap());
+    let down = RedisHealth(connect_lazy(DEAD_REDIS).unwrap());
+
+    assert_eq!(up.name(), "cache");
+    assert!(up.check().await);
+    assert!(!down.check().await);
 }
 
 #[tokio::test]

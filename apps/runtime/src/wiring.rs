@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use orderflow_adapters::auth::{JwksVerifier, VerifierSettings};
 use orderflow_adapters::kafka::{KafkaAuditLog, KafkaSettings};
 use orderflow_adapters::memory::{InMemoryAuditLog, InMemoryBus, InMemoryOrderCache, InMemoryRateLimiter};
 use orderflow_adapters::postgres::PgSettings;
 use orderflow_adapters::rabbitmq::{RabbitBroker, RabbitSettings};
-use orderflow_adapters::redis::{ConnectionManager, RedisOrderCache, RedisRateLimiter};
+use orderflow_adapters::redis::{ConnectionManager, RedisHealth, RedisOrderCache, RedisRateLimiter};
 use orderflow_messages::RoutingKey;
 use orderflow_ports::BoxError;
 use orderflow_ports::cache::OrderCache;
@@ -150,7 +149,7 @@ impl Wiring {
             Broker::Memory(bus) => (bus.clone(), bus.clone(), bus.clone()),
             Broker::RabbitMq(settings) => {
                 let broker = Arc::new(RabbitBroker::connect(settings.clone(), queues).await?);
-                health.push(Arc::new(BrokerHealth(broker.clone())));
+                health.push(broker.clone());
                 (broker.clone(), broker.clone(), broker)
             }
         };
@@ -158,7 +157,7 @@ impl Wiring {
             Audit::Memory(log) => log.clone(),
             Audit::Kafka(settings) => {
                 let log = Arc::new(KafkaAuditLog::connect(settings.clone()).await?);
-                health.push(Arc::new(AuditHealth(log.clone())));
+                health.push(log.clone());
                 log
             }
         };
@@ -237,44 +236,5 @@ impl Connected {
             None => Arc::new(InMemoryOrderCache::new()),
             Some(redis) => Arc::new(RedisOrderCache::new(redis.clone(), ttl, "orderflow")),
         }
-    }
-}
-
-struct BrokerHealth(Arc<RabbitBroker>);
-
-#[async_trait]
-impl HealthCheck for BrokerHealth {
-    fn name(&self) -> &'static str {
-        "broker"
-    }
-
-    async fn check(&self) -> bool {
-        tokio::time::timeout(Duration::from_secs(2), self.0.ping()).await.unwrap_or(false)
-    }
-}
-
-struct AuditHealth(Arc<KafkaAuditLog>);
-
-#[async_trait]
-impl HealthCheck for AuditHealth {
-    fn name(&self) -> &'static str {
-        "audit"
-    }
-
-    async fn check(&self) -> bool {
-        self.0.ping().await
-    }
-}
-
-struct RedisHealth(ConnectionManager);
-
-#[async_trait]
-impl HealthCheck for RedisHealth {
-    fn name(&self) -> &'static str {
-        "cache"
-    }
-
-    async fn check(&self) -> bool {
-        orderflow_adapters::redis::ping(&self.0).await.is_ok()
     }
 }
