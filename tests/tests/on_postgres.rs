@@ -7,10 +7,11 @@ mod support;
 use anyhow::ensure;
 use futures::future::join_all;
 use orderflow::dev::{DevOptions, DevPostgres};
+use orderflow_adapters::contract::postgres::{database_url, drop_schemas};
 use orderflow_domain::OrderId;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{Harness, SKU, database_url, drop_schemas, eventually, expect_status, order_body, string};
+use support::{Harness, SKU, eventually, expect_status, order_body, string};
 use uuid::Uuid;
 
 /// The two schemas of one test, dropped when it ends.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
+use orderflow_adapters::contract::postgres::database_url;
 use orderflow_adapters::kafka::{AuditReader, AuditRecord, HEADER_ID, KafkaSettings, ReadOptions};
 use processes::{Kind, Options, Services};
 use uuid::Uuid;
@@ -239,7 +240,7 @@ async fn on_private_kafka(
         ..Options::default()
     })
     .await?;
-    let (db, connection) = tokio_postgres::connect(&processes::database_url(), tokio_postgres::NoTls).await?;
+    let (db, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     s.put_product(SKU, 100, 1_000).await?;
     let placed = s.place_many(orders, customer, SKU).await?;
@@ -372,7 +373,7 @@ async fn every_orders_trail_stays_in_lifecycle_order_with_three_sales_and_two_de
     let sales_c = s.add_replica(Kind::Sales).await?;
     let delivery_b = s.add_replica(Kind::Delivery).await?;
     s.put_product(SKU, 100, 10_000).await?;
-    let (db, connection) = tokio_postgres::connect(&processes::database_url(), tokio_postgres::NoTls).await?;
+    let (db, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let sales_schema = s.schemas()[0].clone();
     ensure!(relays(&db, &sales_schema).await? == 3, "three Sales relays share the outbox");

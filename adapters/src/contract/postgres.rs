@@ -55,16 +55,23 @@ impl TestSchema {
 
 impl Drop for TestSchema {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any runtime guarantee, so the cleanup gets a thread and a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&database_url(), NoTls).await.ok()?;
-                tokio::spawn(connection);
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await.ok()
-            })
-        });
-        let _ = cleanup.join();
+        drop_schemas(vec![self.name.clone()]);
     }
+}
+
+/// Drops schemas a test made, best effort, on a thread and a runtime of its own: it is called from `Drop`,
+/// which runs outside any runtime guarantee (possibly inside one that is shutting down).
+pub fn drop_schemas(names: Vec<String>) {
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&database_url(), NoTls).await.ok()?;
+            tokio::spawn(connection);
+            for name in names {
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await.ok()?;
+            }
+            Some(())
+        })
+    });
+    let _ = cleanup.join();
 }

@@ -15,8 +15,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-pub use crate::support::database_url;
-use crate::support::{drop_schemas, eventually, expect_status, order_body, string, workspace_binary};
+use orderflow_adapters::contract::postgres::{database_url, drop_schemas};
+
+use crate::support::{eventually, expect_status, order_body, string, workspace_binary};
 
 /// The OAuth2 server the test command starts (`infra/scripts/oauth.sh start`).
 pub fn issuer() -> String {

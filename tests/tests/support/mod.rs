@@ -303,32 +303,8 @@ pub fn number(value: &Value) -> anyhow::Result<u64> {
     value.as_u64().with_context(|| format!("expected a non-negative integer, got {value}"))
 }
 
-/// The PostgreSQL the tests use: `TEST_DATABASE_URL`, else `DATABASE_URL`, else the local server.
-pub fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// Drops a test's schemas, best effort, on a thread and runtime of its own: it runs from `Drop`, possibly
-/// inside a runtime that is shutting down.
-pub fn drop_schemas(names: Vec<String>) {
-    let _ = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-        runtime.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await.ok()?;
-            tokio::spawn(connection);
-            for name in names {
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE")).await.ok()?;
-            }
-            Some(())
-        })
-    })
-    .join();
-}
-
 /// How long one run of the `orderflow` CLI may take before the test fails (and the process is killed).
-pub const CLI_DEADLINE: Duration = Duration::from_secs(30);
+const CLI_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs `orderflow args…` to completion without the variables `unset` in its environment (so the flags a
 /// test passes are all it is told), failing when it takes longer than [`CLI_DEADLINE`].
